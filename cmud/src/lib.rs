@@ -1,0 +1,3 @@
+//! CMUD, the game.
+//!
+//! Not implemented yet: this crate is a placeholder in the workspace. It exports nothing.

@@ -1,0 +1,438 @@
+//! The last-writer-wins map.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::collections::btree_map;
+use std::ops::{AddAssign, Bound, RangeBounds};
+
+use crate::Timestamp;
+
+/// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
+/// produced it.
+///
+/// Entries are ordered by timestamp first and value second (a tombstone below any value), and
+/// the greater entry wins a merge. Timestamps issued by [`crate::Hlc`]s never tie, so the value
+/// comparison only matters for arbitrary input (a peer bug, a fuzzer, a hand-made delta): it
+/// makes the winner of a tie independent of delivery order, which is what keeps merge
+/// commutative and associative for every input rather than only for well-behaved callers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Entry<V> {
+    /// When the write happened (the primary sort key; field order matters for `Ord`).
+    pub ts: Timestamp,
+    /// The value written, or `None` for a delete.
+    pub value: Option<V>,
+}
+
+impl<V> Entry<V> {
+    /// An entry holding `value`.
+    pub fn live(value: V, ts: Timestamp) -> Self {
+        Entry { ts, value: Some(value) }
+    }
+
+    /// A tombstone: the key was deleted at `ts`.
+    pub fn tombstone(ts: Timestamp) -> Self {
+        Entry { ts, value: None }
+    }
+
+    /// Whether this entry records a delete.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// What a merge did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Entries that changed the state of the receiving map (new keys, newer writes).
+    pub changed: usize,
+    /// Entries that changed nothing: the map already held them or something newer.
+    pub redundant: usize,
+    /// The greatest timestamp among the merged entries ([`Timestamp::ZERO`] if there were
+    /// none); a replica's clock observes it so its next write wins over everything it has seen.
+    pub newest: Timestamp,
+}
+
+impl MergeStats {
+    /// Total number of entries merged.
+    pub fn total(&self) -> usize {
+        self.changed + self.redundant
+    }
+}
+
+impl AddAssign for MergeStats {
+    fn add_assign(&mut self, rhs: Self) {
+        self.changed += rhs.changed;
+        self.redundant += rhs.redundant;
+        self.newest = self.newest.max(rhs.newest);
+    }
+}
+
+/// A last-writer-wins map: `key -> (Option<value>, Timestamp)`, where `None` is a tombstone.
+///
+/// Every operation is a merge of one entry: the entry with the greater [`Entry`] order wins.
+/// Hence [`LwwMap::merge`] is associative, commutative and idempotent, and any interleaving,
+/// duplication or regrouping of the same writes yields the same map.
+///
+/// Keys are kept sorted, so [`LwwMap::scan_prefix`] costs `O(log n + result)` rather than a scan
+/// of the whole map.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LwwMap<K, V> {
+    entries: BTreeMap<K, Entry<V>>,
+    tombstones: usize,
+}
+
+impl<K, V> Default for LwwMap<K, V> {
+    fn default() -> Self {
+        LwwMap { entries: BTreeMap::new(), tombstones: 0 }
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for LwwMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter()).finish()
+    }
+}
+
+impl<K, V> LwwMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of live (non-deleted) keys.
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.tombstones
+    }
+
+    /// Whether the map holds no live key (it may still hold tombstones).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones
+    }
+
+    /// Number of entries, live and tombstones.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Live `(key, value)` pairs in key order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {
+        self.entries.iter().filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Every entry, tombstones included, in key order.
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + ExactSizeIterator + '_ {
+        self.entries.iter()
+    }
+
+    /// Consumes the map into its entries, tombstones included, in key order.
+    pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)> {
+        self.entries.into_iter()
+    }
+
+    /// The newest timestamp in the map, if any entry exists. `O(n)`.
+    pub fn max_timestamp(&self) -> Option<Timestamp> {
+        self.entries.values().map(|e| e.ts).max()
+    }
+}
+
+impl<K: Ord, V> LwwMap<K, V> {
+    /// The live value of `key`, if any.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.entries.get(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// The entry of `key` (a value or a tombstone), if the map knows the key at all.
+    pub fn get_entry<Q>(&self, key: &Q) -> Option<&Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.entries.get(key)
+    }
+
+    /// Whether `key` has a live value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Entries (tombstones included) whose keys fall in `range`, in key order. Used to page
+    /// through the map, e.g. for snapshots in bounded chunks.
+    pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.entries.range(range)
+    }
+
+    /// Removes tombstones older than `horizon` and returns how many were removed.
+    ///
+    /// Only safe once every replica has seen every write older than `horizon`: a write older
+    /// than a collected tombstone that arrives later would otherwise bring the key back.
+    pub fn collect_tombstones(&mut self, horizon: Timestamp) -> usize {
+        let before = self.tombstones;
+        let mut removed = 0;
+        self.entries.retain(|_, e| {
+            let drop = e.is_tombstone() && e.ts < horizon;
+            removed += usize::from(drop);
+            !drop
+        });
+        self.tombstones = before - removed;
+        removed
+    }
+}
+
+impl<K: Ord + Borrow<[u8]>, V> LwwMap<K, V> {
+    /// Live pairs whose key starts with `prefix`, in key order. Costs `O(log n)` plus the
+    /// entries (and tombstones) under the prefix, never a scan of the whole map.
+    pub fn scan_prefix<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a K, &'a V)> + 'a {
+        self.entries
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| (*k).borrow().starts_with(prefix))
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+    }
+}
+
+impl<K: Ord, V: Ord> LwwMap<K, V> {
+    /// Merges one entry; returns whether it changed the map (it was newer than what the map
+    /// held for `key`, or the key was new).
+    pub fn apply(&mut self, key: K, entry: Entry<V>) -> bool {
+        match self.entries.entry(key) {
+            btree_map::Entry::Vacant(slot) => {
+                self.tombstones += usize::from(entry.is_tombstone());
+                slot.insert(entry);
+                true
+            }
+            btree_map::Entry::Occupied(mut slot) => {
+                let current = slot.get_mut();
+                if entry > *current {
+                    self.tombstones += usize::from(entry.is_tombstone());
+                    self.tombstones -= usize::from(current.is_tombstone());
+                    *current = entry;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Writes `value` under `key` at `ts`; returns whether the write won (it loses only to a
+    /// newer write already merged).
+    pub fn put(&mut self, key: K, value: V, ts: Timestamp) -> bool {
+        self.apply(key, Entry::live(value, ts))
+    }
+
+    /// Deletes `key` at `ts` by writing a tombstone; returns whether the delete won.
+    pub fn delete(&mut self, key: K, ts: Timestamp) -> bool {
+        self.apply(key, Entry::tombstone(ts))
+    }
+
+    /// Merges every entry of `other` (a delta or a whole replica) into `self`.
+    pub fn merge(&mut self, other: &LwwMap<K, V>) -> MergeStats
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.merge_with(other, |_, _| {})
+    }
+
+    /// Merges `other` and calls `on_change` for every entry that changed `self`, e.g. to record
+    /// it in a [`crate::DeltaBuffer`] or a log.
+    pub fn merge_with(&mut self, other: &LwwMap<K, V>, mut on_change: impl FnMut(&K, &Entry<V>)) -> MergeStats
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut stats = MergeStats::default();
+        for (k, e) in &other.entries {
+            stats.newest = stats.newest.max(e.ts);
+            if self.apply_ref(k, e) {
+                stats.changed += 1;
+                on_change(k, e);
+            } else {
+                stats.redundant += 1;
+            }
+        }
+        stats
+    }
+
+    /// Merges `other`, consuming it (no clones of keys or values).
+    pub fn merge_owned(&mut self, other: LwwMap<K, V>) -> MergeStats {
+        if self.entries.is_empty() {
+            // Joining an empty map is the identity: adopt the other map wholesale.
+            let stats = MergeStats {
+                changed: other.entries.len(),
+                redundant: 0,
+                newest: other.max_timestamp().unwrap_or(Timestamp::ZERO),
+            };
+            *self = other;
+            return stats;
+        }
+        let mut stats = MergeStats::default();
+        for (k, e) in other.entries {
+            stats.newest = stats.newest.max(e.ts);
+            if self.apply(k, e) {
+                stats.changed += 1;
+            } else {
+                stats.redundant += 1;
+            }
+        }
+        stats
+    }
+
+    /// [`LwwMap::apply`] from borrowed parts, cloning only what is stored.
+    fn apply_ref(&mut self, key: &K, entry: &Entry<V>) -> bool
+    where
+        K: Clone,
+        V: Clone,
+    {
+        if let Some(current) = self.entries.get_mut(key) {
+            if *entry > *current {
+                self.tombstones += usize::from(entry.is_tombstone());
+                self.tombstones -= usize::from(current.is_tombstone());
+                current.clone_from(entry);
+                true
+            } else {
+                false
+            }
+        } else {
+            self.tombstones += usize::from(entry.is_tombstone());
+            self.entries.insert(key.clone(), entry.clone());
+            true
+        }
+    }
+}
+
+impl<K: Ord, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
+    /// Builds a map by merging the entries; duplicate keys resolve by last-writer-wins.
+    fn from_iter<I: IntoIterator<Item = (K, Entry<V>)>>(iter: I) -> Self {
+        let mut map = LwwMap::new();
+        map.extend(iter);
+        map
+    }
+}
+
+impl<K: Ord, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
+    /// Merges the entries one by one.
+    fn extend<I: IntoIterator<Item = (K, Entry<V>)>>(&mut self, iter: I) {
+        for (k, e) in iter {
+            self.apply(k, e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn ts(wall_ms: u64, replica: u64) -> Timestamp {
+        Timestamp::new(wall_ms, 0, replica)
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn newer_write_wins_older_loses() {
+        let mut m = LwwMap::new();
+        assert!(m.put(b("k"), b("v1"), ts(10, 1)));
+        assert!(!m.put(b("k"), b("old"), ts(5, 1)));
+        assert_eq!(m.get(&b"k"[..]), Some(&b("v1")));
+        assert!(m.put(b("k"), b("v2"), ts(11, 1)));
+        assert_eq!(m.get(&b"k"[..]), Some(&b("v2")));
+        assert_eq!((m.len(), m.tombstones()), (1, 0));
+    }
+
+    #[test]
+    fn delete_leaves_a_tombstone_that_beats_older_puts() {
+        let mut m = LwwMap::new();
+        m.put(b("k"), b("v"), ts(10, 1));
+        assert!(m.delete(b("k"), ts(20, 1)));
+        assert_eq!(m.get(&b"k"[..]), None);
+        assert_eq!((m.len(), m.tombstones(), m.entry_count()), (0, 1, 1));
+        assert!(!m.put(b("k"), b("late"), ts(15, 2)), "an older put must not resurrect a key");
+        assert!(m.put(b("k"), b("new"), ts(21, 2)));
+        assert_eq!((m.len(), m.tombstones()), (1, 0));
+    }
+
+    #[test]
+    fn ties_break_by_value_in_any_order() {
+        let t = ts(10, 1);
+        let mut a = LwwMap::new();
+        a.put(b("k"), b("x"), t);
+        a.put(b("k"), b("y"), t);
+        a.delete(b("k"), t);
+        let mut c = LwwMap::new();
+        c.delete(b("k"), t);
+        c.put(b("k"), b("y"), t);
+        c.put(b("k"), b("x"), t);
+        assert_eq!(a, c);
+        assert_eq!(a.get(&b"k"[..]), Some(&b("y")));
+    }
+
+    #[test]
+    fn scan_prefix_returns_sorted_live_pairs_under_the_prefix_only() {
+        let mut m = LwwMap::new();
+        for (i, k) in ["a", "ab", "abc", "abd", "ac", "b", "ab\u{ff}"].iter().enumerate() {
+            m.put(b(k), b(k), ts(i as u64 + 1, 1));
+        }
+        m.delete(b("abd"), ts(100, 1));
+        let got: Vec<_> = m.scan_prefix(b"ab").map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, vec![b("ab"), b("abc"), b("ab\u{ff}")]);
+        assert_eq!(m.scan_prefix(b"").count(), 6);
+        assert_eq!(m.scan_prefix(b"zz").count(), 0);
+    }
+
+    #[test]
+    fn merge_reports_changed_redundant_and_newest() {
+        let mut a = LwwMap::new();
+        a.put(b("x"), b("1"), ts(10, 1));
+        a.put(b("y"), b("1"), ts(10, 1));
+        let mut d = LwwMap::new();
+        d.put(b("x"), b("2"), ts(20, 2)); // newer: changes
+        d.put(b("y"), b("0"), ts(5, 2)); // older: redundant
+        d.delete(b("z"), ts(30, 2)); // new key (tombstone): changes
+        let mut changed = Vec::new();
+        let stats = a.merge_with(&d, |k, _| changed.push(k.clone()));
+        assert_eq!(stats, MergeStats { changed: 2, redundant: 1, newest: ts(30, 2) });
+        assert_eq!(changed, vec![b("x"), b("z")]);
+        assert_eq!(a.merge(&d).redundant, 3, "merging again changes nothing");
+        let mut e = a.clone();
+        assert_eq!(e.merge_owned(d.clone()).changed, 0);
+        let mut empty = LwwMap::new();
+        let s = empty.merge_owned(a.clone());
+        assert_eq!((s.changed, s.newest), (3, ts(30, 2)));
+        assert_eq!(empty, a);
+        assert_eq!((a.len(), a.tombstones()), (2, 1));
+    }
+
+    #[test]
+    fn collect_tombstones_below_horizon_only() {
+        let mut m = LwwMap::new();
+        m.delete(b("old"), ts(10, 1));
+        m.delete(b("new"), ts(50, 1));
+        m.put(b("live"), b("v"), ts(5, 1));
+        assert_eq!(m.collect_tombstones(ts(20, 0)), 1);
+        assert_eq!((m.len(), m.tombstones(), m.entry_count()), (1, 1, 2));
+        assert!(m.get_entry(&b"old"[..]).is_none());
+        assert!(m.get_entry(&b"new"[..]).is_some_and(Entry::is_tombstone));
+    }
+}
