@@ -104,9 +104,12 @@ impl Hlc {
         match self.logical.checked_add(1) {
             Some(l) => self.logical = l,
             None => {
-                // u64 milliseconds last 584 million years; saturating is only for hostile input.
-                self.wall_ms = self.wall_ms.saturating_add(1);
-                self.logical = 0;
+                // u64 milliseconds last 584 million years: only hostile input gets here. At the
+                // very end of time the clock stays put rather than wrap below what it issued.
+                if let Some(w) = self.wall_ms.checked_add(1) {
+                    self.wall_ms = w;
+                    self.logical = 0;
+                }
             }
         }
     }
@@ -172,6 +175,6 @@ mod tests {
         let mut c = Hlc::new(1);
         c.observe(Timestamp::new(u64::MAX, u32::MAX, 2));
         let t = c.now(0);
-        assert_eq!(t.wall_ms, u64::MAX);
+        assert_eq!(t, Timestamp::new(u64::MAX, u32::MAX, 1), "never below what was observed");
     }
 }
