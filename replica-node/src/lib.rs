@@ -1,3 +1,28 @@
-//! The replica server.
+//! The replica server of the CRDT key-value store, its client library and the `kv` CLI.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace. It exports nothing.
+//! A node runs one query actor per core. Each actor is an OS thread that owns a full replica
+//! (an [`lww_crdt::BytesMap`]), serves its own client port in RESP (so `redis-cli` and every
+//! Redis client work), and exchanges deltas with the other actors of its node through
+//! unbounded FIFO mailboxes. Nothing on the data path takes a lock.
+//!
+//! - [`actor`]: mailboxes that wake an event loop.
+//! - [`replica`]: the pure state machine of one actor (time in, messages out): writes,
+//!   merges, sync pacing and budgets.
+//! - [`commands`]: the RESP command set, applied to a replica.
+//! - [`server`]: the thin per-core loop around them (sockets, mailbox, clock).
+//! - [`node`]: start and stop a whole node; its description line.
+//! - [`client`]: the client library (routers, failover).
+//! - [`resp`]: the RESP2/RESP3 codec.
+//!
+//! Not here yet: server-to-server sync over QUIC (the `net-quic` crate) and persistence.
+
+pub mod actor;
+pub mod client;
+pub mod commands;
+pub mod node;
+pub mod replica;
+pub mod resp;
+pub mod server;
+pub mod stats;
+
+pub use node::{Description, Node, NodeConfig, StartError};

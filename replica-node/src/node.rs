@@ -1,0 +1,251 @@
+//! Starting and stopping a whole node: bind every port, start one thread per query actor,
+//! describe the node, shut down cleanly.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+use serde::{Deserialize, Serialize};
+
+use crate::actor::{Address, Mailbox, Notify};
+use crate::commands::NodeInfo;
+use crate::replica::Replica;
+use crate::server::{self, ActorMsg, ActorStart, Clock, WAKER};
+use crate::stats::NodeStats;
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Address to bind and advertise.
+    pub host: String,
+    /// The peer (QUIC, UDP) port; query actor `i` serves clients on TCP `port + 1 + i`. With
+    /// port 0 every port is chosen by the OS (for tests and embedding).
+    pub port: u16,
+    /// Number of query actors (threads).
+    pub actors: usize,
+    /// Directory of the cluster CA.
+    pub cluster_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            host: "127.0.0.1".into(),
+            port: 6000,
+            actors: default_actors(),
+            cluster_dir: PathBuf::from("cluster"),
+        }
+    }
+}
+
+/// One query actor per core by default.
+pub fn default_actors() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The most query actors a node runs (the actor index is part of the replica id).
+pub const MAX_ACTORS: usize = 1024;
+
+/// What a node prints when it is ready, and what `--join` takes: the contract of design 4.4.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// The node's unique id.
+    pub node: String,
+    /// The peer (QUIC) address.
+    pub peer: String,
+    /// The client addresses, one per query actor, in actor order.
+    pub clients: Vec<String>,
+}
+
+impl Description {
+    /// The single-line JSON form.
+    pub fn to_line(&self) -> String {
+        // Serializing a struct of strings cannot fail.
+        serde_json::to_string(self).expect("a description serializes")
+    }
+
+    /// The client addresses, resolved.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.clients.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Any other OS failure while starting.
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running node. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Node {
+    description: Description,
+    shutdown: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<NodeStats>,
+    /// Holds the peer port; the QUIC endpoint will serve it.
+    _peer_socket: UdpSocket,
+}
+
+impl Node {
+    /// Binds every port and starts the actors. When this returns, the node serves clients.
+    pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
+        if config.actors == 0 || config.actors > MAX_ACTORS {
+            return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
+        }
+        let ip = resolve_host(&config.host)?;
+        let client_port = |i: usize| -> Result<u16, StartError> {
+            if config.port == 0 {
+                return Ok(0);
+            }
+            u16::try_from(usize::from(config.port) + 1 + i).map_err(|_| {
+                StartError::Config(format!(
+                    "--port {} leaves no room for {} client ports below 65536",
+                    config.port, config.actors
+                ))
+            })
+        };
+        let peer_addr = SocketAddr::new(ip, config.port);
+        let peer_socket =
+            UdpSocket::bind(peer_addr).map_err(|source| StartError::Bind { addr: peer_addr, source })?;
+        let peer_addr = peer_socket.local_addr()?;
+
+        let mut listeners = Vec::with_capacity(config.actors);
+        for i in 0..config.actors {
+            let addr = SocketAddr::new(ip, client_port(i)?);
+            let l = mio::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        let clients: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+
+        let node_num = random_u64() >> 16;
+        let node = format!("{:012x}", node_num);
+        let description = Description {
+            node: node.clone(),
+            peer: peer_addr.to_string(),
+            clients: clients.iter().map(ToString::to_string).collect(),
+        };
+
+        let stats = Arc::new(NodeStats::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let clock = Clock::default();
+        let started = clock.now().mono_ms;
+
+        let mut polls = Vec::new();
+        let mut wakers = Vec::new();
+        let mut addresses: Vec<Address<ActorMsg>> = Vec::new();
+        let mut mailboxes = Vec::new();
+        for _ in 0..config.actors {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (addr, mailbox) = Mailbox::with_notify(Notify::new(waker.clone()));
+            polls.push(poll);
+            wakers.push(waker);
+            addresses.push(addr);
+            mailboxes.push(mailbox);
+        }
+
+        let mut threads = Vec::new();
+        for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
+            let recipients: Vec<_> =
+                addresses.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+            let replica_id = (node_num << 16) | i as u64;
+            let start = ActorStart {
+                replica: Replica::new(i, replica_id, recipients.len(), stats.clone()),
+                listener,
+                poll,
+                mailbox,
+                recipients,
+                info: NodeInfo {
+                    node: node.clone(),
+                    actors: config.actors,
+                    client_addr: clients[i].to_string(),
+                    peer_addr: peer_addr.to_string(),
+                    started_mono_ms: started,
+                },
+                shutdown: shutdown.clone(),
+                clock,
+            };
+            let t =
+                std::thread::Builder::new().name(format!("actor-{i}")).spawn(move || server::run(start))?;
+            threads.push(t);
+        }
+        drop(addresses);
+        tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
+        Ok(Node { description, shutdown, wakers, threads, stats, _peer_socket: peer_socket })
+    }
+
+    /// The node's description (what it prints when ready).
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// The whole-node counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Stops the node: every actor finishes the requests it has received, then exits.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("an actor thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn resolve_host(host: &str) -> Result<IpAddr, StartError> {
+    if let Ok(ip) = host.parse() {
+        return Ok(ip);
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip())
+        .ok_or_else(|| StartError::Config(format!("cannot resolve --host {host:?}")))
+}
+
+/// 64 random bits for ids, from the standard library's per-process random hash keys mixed with
+/// the time and process id (no extra dependency, and ids only need to be unique).
+fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,279 @@
+//! The replica state machine of one query actor.
+//!
+//! Pure in the sans-IO sense: it owns a full [`BytesMap`] replica and its clock, takes time as
+//! an argument ([`Now`]) and returns what to send; the per-core loop in [`crate::server`] does
+//! the sockets, the mailboxes and the clock reads. That keeps the sync rules (pacing, no
+//! re-forwarding, budgets) testable with virtual time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, ReplicaId, Timestamp};
+
+use crate::stats::NodeStats;
+
+/// The least time between two sync messages from one actor to one recipient. Ten messages per
+/// second per ordered pair is the budget of the design; an isolated write still goes out at once.
+pub const SYNC_INTERVAL_MS: u64 = 100;
+
+/// The window over which the per-pair message rate is measured.
+const RATE_WINDOW_MS: u64 = 1_000;
+
+/// How far ahead of our own wall clock a received timestamp may be before we stop letting it
+/// drag our clock along. A peer with a broken clock could otherwise push every later write of
+/// ours into the far future. Entries are still merged (the data is not lost); only the clock
+/// ignores them.
+pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+
+/// A reading of the two clocks the state machine needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Wall-clock milliseconds since the Unix epoch, for write timestamps.
+    pub wall_ms: u64,
+    /// Monotonic milliseconds since an arbitrary origin, for pacing.
+    pub mono_ms: u64,
+}
+
+/// A delta on its way from one actor to others; immutable and shared by all recipients.
+#[derive(Clone, Debug)]
+pub struct SyncBatch {
+    /// Index of the sending actor on its node.
+    pub from: usize,
+    /// The entries.
+    pub delta: Arc<BytesMap>,
+}
+
+/// Counts the messages sent to one recipient in the last second.
+#[derive(Debug, Default)]
+struct RateWindow {
+    sent_at: VecDeque<u64>,
+}
+
+impl RateWindow {
+    /// Records a send at `mono_ms`; returns how many sends fall in `(mono_ms - 1 s, mono_ms]`.
+    fn record(&mut self, mono_ms: u64) -> usize {
+        while self.sent_at.front().is_some_and(|&t| t + RATE_WINDOW_MS <= mono_ms) {
+            self.sent_at.pop_front();
+        }
+        self.sent_at.push_back(mono_ms);
+        self.sent_at.len()
+    }
+}
+
+/// The state of one query actor: a full replica, its clock and what it owes its peers.
+#[derive(Debug)]
+pub struct Replica {
+    index: usize,
+    map: BytesMap,
+    clock: Hlc,
+    /// Writes accepted from this actor's clients since the last flush.
+    pending: DeltaBuffer<Bytes, Bytes>,
+    last_flush_ms: Option<u64>,
+    windows: Vec<RateWindow>,
+    stats: Arc<NodeStats>,
+    /// Resume points of `SCAN` cursors handed out by this actor, oldest first.
+    cursors: VecDeque<(u64, Bytes)>,
+    next_cursor: u64,
+}
+
+/// How many `SCAN` cursors an actor remembers; older ones expire.
+const MAX_CURSORS: usize = 1_024;
+
+impl Replica {
+    /// Actor `index` of its node, stamping writes as `replica` (unique in the cluster), with
+    /// `recipients` sync destinations (the other local actors, and later the gateway).
+    pub fn new(index: usize, replica: ReplicaId, recipients: usize, stats: Arc<NodeStats>) -> Self {
+        Replica {
+            index,
+            map: BytesMap::new(),
+            clock: Hlc::new(replica),
+            pending: DeltaBuffer::new(),
+            last_flush_ms: None,
+            windows: (0..recipients).map(|_| RateWindow::default()).collect(),
+            stats,
+            cursors: VecDeque::new(),
+            next_cursor: 1,
+        }
+    }
+
+    /// This actor's index on its node.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The replica.
+    pub fn map(&self) -> &BytesMap {
+        &self.map
+    }
+
+    /// The node-wide counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// A client write: `Some(value)` puts, `None` deletes. Returns the write's timestamp. The
+    /// write always wins locally: the clock is past everything this replica has merged.
+    pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Timestamp {
+        let ts = self.clock.now(now.wall_ms);
+        let entry = Entry { ts, value };
+        if self.map.apply(key.clone(), entry.clone()) {
+            self.pending.record(key, entry);
+        }
+        ts
+    }
+
+    /// A client delete; returns whether the key had a live value here before.
+    pub fn delete(&mut self, key: Bytes, now: Now) -> bool {
+        let existed = self.map.contains_key(&key[..]);
+        self.write(key, None, now);
+        existed
+    }
+
+    /// Merges a delta from a peer. Entries learned this way are not re-forwarded: their
+    /// originator sends them to every recipient itself.
+    pub fn on_sync(&mut self, batch: &SyncBatch, now: Now) -> MergeStats {
+        let stats = self.map.merge(&batch.delta);
+        self.observe(stats.newest, now);
+        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
+        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        stats
+    }
+
+    /// Moves the clock past `ts` unless `ts` is implausibly far in the future.
+    fn observe(&mut self, ts: Timestamp, now: Now) {
+        if ts.wall_ms <= now.wall_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
+            self.clock.observe(ts);
+        } else {
+            tracing::warn!(%ts, "ignoring a timestamp far ahead of the local clock");
+        }
+    }
+
+    /// The delta to send to every recipient now, if there is one and pacing allows it.
+    pub fn poll_sync(&mut self, now: Now) -> Option<SyncBatch> {
+        if self.pending.is_empty() || self.next_sync_at().is_some_and(|at| now.mono_ms < at) {
+            return None;
+        }
+        self.last_flush_ms = Some(now.mono_ms);
+        let delta = Arc::new(self.pending.flush());
+        let recipients = self.windows.len() as u64;
+        let mut peak = 0;
+        for w in &mut self.windows {
+            peak = peak.max(w.record(now.mono_ms));
+        }
+        self.stats.sync_max_pair_rate.fetch_max(peak as u64, std::sync::atomic::Ordering::Relaxed);
+        NodeStats::add(&self.stats.sync_messages_sent, recipients);
+        NodeStats::add(&self.stats.sync_entries_sent, recipients * delta.entry_count() as u64);
+        Some(SyncBatch { from: self.index, delta })
+    }
+
+    /// When [`Replica::poll_sync`] will next have something to send (monotonic ms), if ever.
+    pub fn next_sync_at(&self) -> Option<u64> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(self.last_flush_ms.map_or(0, |t| t + SYNC_INTERVAL_MS))
+    }
+
+    /// Remembers where a `SCAN` stopped; returns the cursor to hand to the client.
+    pub(crate) fn save_cursor(&mut self, resume_after: Bytes) -> u64 {
+        let id = self.next_cursor;
+        // Cursor 0 means "start" (and "done" in replies): never hand it out.
+        self.next_cursor = self.next_cursor.checked_add(1).unwrap_or(1);
+        if self.cursors.len() == MAX_CURSORS {
+            self.cursors.pop_front();
+        }
+        self.cursors.push_back((id, resume_after));
+        id
+    }
+
+    /// The resume point of a cursor handed out earlier.
+    pub(crate) fn cursor(&self, id: u64) -> Option<Bytes> {
+        self.cursors.iter().find(|(c, _)| *c == id).map(|(_, k)| k.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(ms: u64) -> Now {
+        Now { wall_ms: 1_700_000_000_000 + ms, mono_ms: ms }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn an_isolated_write_goes_out_at_once_and_a_burst_is_batched() {
+        let mut r = Replica::new(0, 1, 2, Arc::default());
+        r.write(b("a"), Some(b("1")), now(1_000));
+        let first = r.poll_sync(now(1_000)).expect("isolated write is sent immediately");
+        assert_eq!(first.delta.entry_count(), 1);
+        for i in 0..50 {
+            r.write(b(&format!("k{i}")), Some(b("v")), now(1_000 + i));
+            assert!(r.poll_sync(now(1_000 + i)).is_none() || i == 0, "paced within 100 ms");
+        }
+        assert_eq!(r.next_sync_at(), Some(1_100));
+        let batch = r.poll_sync(now(1_100)).expect("due after 100 ms");
+        assert_eq!(batch.delta.entry_count(), 50);
+        assert!(r.poll_sync(now(5_000)).is_none(), "nothing pending");
+    }
+
+    #[test]
+    fn entries_learned_from_peers_are_not_reforwarded() {
+        let mut a = Replica::new(0, 1, 1, Arc::default());
+        let mut c = Replica::new(1, 2, 1, Arc::default());
+        a.write(b("k"), Some(b("v")), now(10));
+        let batch = a.poll_sync(now(10)).unwrap();
+        let stats = c.on_sync(&batch, now(11));
+        assert_eq!(stats.changed, 1);
+        assert_eq!(c.map().get(&b"k"[..]), Some(&b("v")));
+        assert!(c.poll_sync(now(500)).is_none());
+    }
+
+    #[test]
+    fn a_write_after_a_merge_wins_even_with_a_clock_behind() {
+        let mut ahead = Replica::new(0, 1, 1, Arc::default());
+        let mut behind = Replica::new(1, 2, 1, Arc::default());
+        ahead.write(b("k"), Some(b("future")), now(10_000));
+        let batch = ahead.poll_sync(now(10_000)).unwrap();
+        behind.on_sync(&batch, now(0));
+        behind.write(b("k"), Some(b("later")), now(0));
+        let reply = behind.poll_sync(now(0)).unwrap();
+        ahead.on_sync(&reply, now(10_001));
+        assert_eq!(ahead.map().get(&b"k"[..]), Some(&b("later")));
+    }
+
+    #[test]
+    fn pair_rate_stays_within_budget_under_constant_load() {
+        let stats = Arc::new(NodeStats::default());
+        let mut r = Replica::new(0, 1, 3, stats.clone());
+        let mut sent = Vec::new();
+        for ms in (0..5_000).step_by(10) {
+            r.write(b(&format!("k{ms}")), Some(b("v")), now(ms));
+            if r.poll_sync(now(ms)).is_some() {
+                sent.push(ms);
+            }
+        }
+        for (i, t) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().take_while(|&&u| u < t + 1_000).count();
+            assert!(in_window <= 10, "{in_window} messages in the second after {t}");
+        }
+        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), 10);
+        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 3 * sent.len() as u64);
+    }
+
+    #[test]
+    fn far_future_timestamps_do_not_drag_the_clock() {
+        let mut r = Replica::new(0, 1, 1, Arc::default());
+        let mut evil = BytesMap::new();
+        evil.put(b("k"), b("v"), Timestamp::new(u64::MAX - 1, 0, 9));
+        r.on_sync(&SyncBatch { from: 1, delta: Arc::new(evil) }, now(0));
+        assert_eq!(r.map().get(&b"k"[..]), Some(&b("v")), "the entry is kept");
+        r.write(b("other"), Some(b("x")), now(1));
+        let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
+        assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");
+    }
+}

@@ -1,0 +1,378 @@
+//! The per-core loop of a query actor: one OS thread that serves the actor's client port and
+//! its mailbox, with no lock on the data path.
+//!
+//! The loop is a thin driver around [`Replica`] and [`crate::commands::execute`]: it reads
+//! bytes, hands parsed commands to the state machine, writes the replies, delivers mail, and
+//! sends the deltas the state machine asks it to send when they are due.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::actor::{Address, Empty, Mailbox};
+use crate::commands::{self, Flow, NodeInfo, Session};
+use crate::replica::{Now, Replica, SyncBatch};
+use crate::resp::{self, RequestParser};
+use crate::stats::NodeStats;
+
+/// Mail a query actor accepts.
+#[derive(Debug)]
+pub enum ActorMsg {
+    /// A delta from another actor of this node (or, fanned out, from a remote server).
+    Sync(SyncBatch),
+}
+
+/// The clocks of a node: wall time for timestamps, monotonic time for pacing.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock { origin: Instant::now() }
+    }
+}
+
+impl Clock {
+    /// Reads both clocks.
+    pub fn now(&self) -> Now {
+        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Now { wall_ms, mono_ms: self.origin.elapsed().as_millis() as u64 }
+    }
+}
+
+/// Everything a query actor's thread starts with.
+#[derive(Debug)]
+pub struct ActorStart {
+    /// The replica state machine.
+    pub replica: Replica,
+    /// The actor's client port, already bound.
+    pub listener: TcpListener,
+    /// The poll the actor sleeps in (its waker is registered with it).
+    pub poll: Poll,
+    /// Where other actors' mail arrives.
+    pub mailbox: Mailbox<ActorMsg>,
+    /// The sync recipients: every other local actor (later also the gateway).
+    pub recipients: Vec<Address<ActorMsg>>,
+    /// Node facts for INFO.
+    pub info: NodeInfo,
+    /// Set when the node stops.
+    pub shutdown: Arc<AtomicBool>,
+    /// The node's clocks.
+    pub clock: Clock,
+}
+
+const LISTENER: Token = Token(0);
+/// The token of the waker registered with the actor's poll.
+pub const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Replies waiting beyond this make the actor stop reading from that client until it reads
+/// its replies: a client that pipelines without reading cannot make the server buffer forever.
+const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
+/// Open client connections per actor; more are told so and closed.
+const MAX_CONNECTIONS: usize = 10_000;
+const READ_CHUNK: usize = 64 * 1024;
+/// How long a stopping actor keeps trying to hand replies already computed to slow clients.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    parser: RequestParser,
+    session: Session,
+    /// Close once the output is flushed (QUIT, protocol error, end of input).
+    closing: bool,
+}
+
+impl Conn {
+    fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+}
+
+struct Actor {
+    replica: Replica,
+    info: NodeInfo,
+    recipients: Vec<Address<ActorMsg>>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    next_session: u64,
+    clock: Clock,
+    /// Read buffer shared by the actor's connections (bytes are copied out per read).
+    scratch: Vec<u8>,
+}
+
+/// Runs a query actor until the node shuts down.
+pub fn run(start: ActorStart) {
+    let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, shutdown, clock } = start;
+    let mut actor = Actor {
+        replica,
+        info,
+        recipients,
+        conns: Vec::new(),
+        free: Vec::new(),
+        next_session: 1,
+        clock,
+        scratch: vec![0; READ_CHUNK],
+    };
+    if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
+        tracing::error!(actor = actor.replica.index(), "cannot watch the client port: {e}");
+        return;
+    }
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let now = clock.now();
+        let timeout =
+            actor.replica.next_sync_at().map(|at| Duration::from_millis(at.saturating_sub(now.mono_ms)));
+        if let Err(e) = poll.poll(&mut events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            tracing::error!(actor = actor.replica.index(), "poll failed: {e}");
+            break;
+        }
+        if shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        for event in &events {
+            match event.token() {
+                LISTENER => actor.accept(&listener, &poll),
+                WAKER => {}
+                Token(t) => actor.serve(t, &poll),
+            }
+        }
+        actor.deliver_mail(&mailbox);
+        actor.sync();
+    }
+    let _ = poll.registry().deregister(&mut listener);
+    drop(listener);
+    actor.finish(&mut poll);
+}
+
+impl Actor {
+    fn accept(&mut self, listener: &TcpListener, poll: &Poll) {
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let open = self.conns.len() - self.free.len();
+                    if open >= MAX_CONNECTIONS {
+                        let _ = stream.write(b"-ERR max number of clients reached\r\n");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.free.pop().unwrap_or_else(|| {
+                        self.conns.push(None);
+                        self.conns.len() - 1
+                    });
+                    let token = Token(slot + FIRST_CONN);
+                    if let Err(e) =
+                        poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                    {
+                        tracing::warn!("cannot watch a client connection: {e}");
+                        self.free.push(slot);
+                        continue;
+                    }
+                    let session = Session::new(self.next_session);
+                    self.next_session += 1;
+                    self.conns[slot] = Some(Conn {
+                        stream,
+                        rbuf: BytesMut::with_capacity(READ_CHUNK),
+                        wbuf: Vec::new(),
+                        wpos: 0,
+                        parser: RequestParser::new(),
+                        session,
+                        closing: false,
+                    });
+                    NodeStats::add(&self.replica.stats().clients_connected, 1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors, typically: keep serving the clients we have.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads, executes and writes for one connection until it would block.
+    fn serve(&mut self, token: usize, poll: &Poll) {
+        let Some(slot) = token.checked_sub(FIRST_CONN) else { return };
+        let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
+        let keep = serve_conn(conn, &mut self.scratch, &mut self.replica, &self.info, &self.clock);
+        if !keep {
+            self.close(slot, poll);
+        }
+    }
+
+    fn close(&mut self, slot: usize, poll: &Poll) {
+        if let Some(mut conn) = self.conns[slot].take() {
+            let _ = poll.registry().deregister(&mut conn.stream);
+            self.free.push(slot);
+            self.replica.stats().clients_connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn deliver_mail(&mut self, mailbox: &Mailbox<ActorMsg>) {
+        mailbox.begin_drain();
+        loop {
+            match mailbox.try_recv() {
+                Ok(ActorMsg::Sync(batch)) => {
+                    let now = self.clock.now();
+                    self.replica.on_sync(&batch, now);
+                }
+                Err(Empty::Empty | Empty::Closed) => return,
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some(batch) = self.replica.poll_sync(self.clock.now()) {
+            for r in &self.recipients {
+                // A recipient that stopped is shutting down with the node: nothing to do.
+                let _ = r.send(ActorMsg::Sync(batch.clone()));
+            }
+        }
+    }
+
+    /// Stops serving: executes the commands already received, hands the replies out within a
+    /// grace period, and sends the last writes to the other actors.
+    fn finish(&mut self, poll: &mut Poll) {
+        for slot in 0..self.conns.len() {
+            if let Some(conn) = &mut self.conns[slot] {
+                conn.closing = true;
+                execute_buffered(conn, &mut self.replica, &self.info, &self.clock);
+                if flush(conn).is_err() || conn.pending_output() == 0 {
+                    self.close(slot, poll);
+                }
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let mut events = Events::with_capacity(256);
+        while self.conns.iter().any(Option::is_some) && Instant::now() < deadline {
+            let _ = poll.poll(&mut events, Some(deadline.saturating_duration_since(Instant::now())));
+            for event in &events {
+                let Some(slot) = event.token().0.checked_sub(FIRST_CONN) else { continue };
+                if let Some(Some(conn)) = self.conns.get_mut(slot)
+                    && (flush(conn).is_err() || conn.pending_output() == 0)
+                {
+                    self.close(slot, poll);
+                }
+            }
+        }
+        // Sent regardless of pacing: this is the actor's last message.
+        let now = Now { mono_ms: u64::MAX, ..self.clock.now() };
+        self.sync_at(now);
+    }
+
+    fn sync_at(&mut self, now: Now) {
+        if let Some(batch) = self.replica.poll_sync(now) {
+            for r in &self.recipients {
+                let _ = r.send(ActorMsg::Sync(batch.clone()));
+            }
+        }
+    }
+}
+
+/// Serves one connection; returns whether to keep it open.
+fn serve_conn(
+    conn: &mut Conn,
+    scratch: &mut [u8],
+    replica: &mut Replica,
+    info: &NodeInfo,
+    clock: &Clock,
+) -> bool {
+    loop {
+        if flush(conn).is_err() {
+            return false;
+        }
+        if conn.closing {
+            return conn.pending_output() > 0;
+        }
+        if conn.pending_output() > MAX_PENDING_OUTPUT {
+            // Resume when the socket becomes writable again (a WRITABLE event).
+            return true;
+        }
+        // Read what is there, then execute every complete command it holds.
+        let mut eof = false;
+        let mut got = 0;
+        while conn.rbuf.len() < resp::MAX_REQUEST + READ_CHUNK {
+            match conn.stream.read(scratch) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.rbuf.extend_from_slice(&scratch[..n]);
+                    got += n;
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return false,
+                },
+            }
+        }
+        execute_buffered(conn, replica, info, clock);
+        if eof {
+            conn.closing = true;
+        }
+        if got == 0 && !eof {
+            // Nothing more to read: flush what the commands produced and wait for an event.
+            return flush(conn).is_ok() && !(conn.closing && conn.pending_output() == 0);
+        }
+    }
+}
+
+/// Executes the complete commands in the read buffer (stopping at a close or when the output
+/// backs up).
+fn execute_buffered(conn: &mut Conn, replica: &mut Replica, info: &NodeInfo, clock: &Clock) {
+    let now = clock.now();
+    while !conn.closing && conn.pending_output() <= MAX_PENDING_OUTPUT {
+        match conn.parser.parse(&mut conn.rbuf) {
+            Ok(Some(args)) => {
+                if commands::execute(replica, info, &mut conn.session, &args, now, &mut conn.wbuf)
+                    == Flow::Close
+                {
+                    conn.closing = true;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                resp::error(&mut conn.wbuf, &format!("ERR Protocol error: {e}"));
+                conn.closing = true;
+            }
+        }
+    }
+}
+
+/// Writes as much pending output as the socket takes.
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while conn.wpos < conn.wbuf.len() {
+        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.wpos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.wbuf.clear();
+    conn.wpos = 0;
+    if conn.wbuf.capacity() > 1024 * 1024 {
+        conn.wbuf.shrink_to(64 * 1024);
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The `replica-node` binary: readiness line, bad arguments, clean exit on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use replica_node::Description;
+use replica_node::client::{Client, Fixed};
+
+fn start(args: &[&str]) -> (std::process::Child, Description) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let desc: Description = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    (child, desc)
+}
+
+fn free_port_block(n: u16) -> u16 {
+    // Find a base port whose block of n + 1 ports looks free (TCP and UDP).
+    for base in (20_000..60_000).step_by(97) {
+        let ok = (0..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+#[test]
+fn prints_its_description_serves_and_exits_cleanly_on_signals() {
+    for signal in ["TERM", "INT"] {
+        let port = free_port_block(3);
+        let (mut child, desc) = start(&["--port", &port.to_string(), "--actors", "2"]);
+        assert_eq!(desc.peer, format!("127.0.0.1:{port}"));
+        assert_eq!(desc.clients, [format!("127.0.0.1:{}", port + 1), format!("127.0.0.1:{}", port + 2)]);
+        assert!(!desc.node.is_empty());
+        let client = Client::new(Fixed(desc.client_addrs()[1]));
+        client.put(b"k", b"v").unwrap();
+        assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "SIG{signal}: exit {exit:?}");
+    }
+}
+
+#[test]
+fn rejects_bad_arguments_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_replica-node")).args(["--actors", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--actors"));
+    let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", "65534", "--actors", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no room"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_replica-node")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--host", "--port", "--actors", "--cluster-dir"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let port = free_port_block(2);
+    let _hold = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", &port.to_string(), "--actors", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on") && err.contains(&(port + 1).to_string()), "{err}");
+}
