@@ -19,7 +19,10 @@
 pub mod actor;
 pub mod client;
 pub mod commands;
+pub mod gateway;
 pub mod node;
+pub mod peer;
+pub mod remote;
 pub mod replica;
 pub mod resp;
 pub mod server;

@@ -2,17 +2,20 @@
 //! describe the node, shut down cleanly.
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
+use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
 use serde::{Deserialize, Serialize};
 
 use crate::actor::{Address, Mailbox, Notify};
 use crate::commands::NodeInfo;
+use crate::gateway::Gateway;
+use crate::remote::{self, GatewayStart, JoinTarget, TokioWake};
 use crate::replica::Replica;
 use crate::server::{self, ActorMsg, ActorStart, Clock, WAKER};
 use crate::stats::NodeStats;
@@ -27,8 +30,14 @@ pub struct NodeConfig {
     pub port: u16,
     /// Number of query actors (threads).
     pub actors: usize,
-    /// Directory of the cluster CA.
-    pub cluster_dir: PathBuf,
+    /// Directory of the cluster CA (created there on first start). `None`: a private CA in a
+    /// temporary directory, removed when the node stops: the node can join nobody and nobody
+    /// can join it (for embedding and single-server tests).
+    pub cluster_dir: Option<PathBuf>,
+    /// Descriptions of the servers to join, in their start order.
+    pub join: Vec<Description>,
+    /// Show a progress bar on stderr while receiving a snapshot (if stderr is a terminal).
+    pub progress: bool,
 }
 
 impl Default for NodeConfig {
@@ -37,7 +46,9 @@ impl Default for NodeConfig {
             host: "127.0.0.1".into(),
             port: 6000,
             actors: default_actors(),
-            cluster_dir: PathBuf::from("cluster"),
+            cluster_dir: None,
+            join: Vec::new(),
+            progress: false,
         }
     }
 }
@@ -70,7 +81,37 @@ impl Description {
 
     /// The client addresses, resolved.
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
-        self.clients.iter().filter_map(|a| a.parse().ok()).collect()
+        self.clients.iter().filter_map(|a| a.to_socket_addrs().ok()?.next()).collect()
+    }
+
+    /// Parses a description line (as a node prints it), or `@FILE` holding one, and checks it:
+    /// a valid node id, a resolvable peer address, client addresses of the form `HOST:PORT`.
+    pub fn parse(arg: &str) -> Result<Description, String> {
+        let text = match arg.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
+            None => arg.to_owned(),
+        };
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty()).ok_or("empty description")?;
+        let desc: Description = serde_json::from_str(line).map_err(|e| {
+            format!("not a node description ({e}); expected {{\"node\": ID, \"peer\": \"HOST:PORT\", \"clients\": [...]}}")
+        })?;
+        net_quic::validate_node_id(&desc.node).map_err(|e| format!("bad node id {:?}: {e}", desc.node))?;
+        desc.peer_addr()?;
+        for c in &desc.clients {
+            if c.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("bad client address {c:?}: expected HOST:PORT"));
+            }
+        }
+        Ok(desc)
+    }
+
+    /// The peer address, resolved.
+    pub fn peer_addr(&self) -> Result<SocketAddr, String> {
+        self.peer
+            .to_socket_addrs()
+            .map_err(|e| format!("bad peer address {:?}: {e}", self.peer))?
+            .next()
+            .ok_or_else(|| format!("peer address {:?} resolves to nothing", self.peer))
     }
 }
 
@@ -88,6 +129,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The cluster identity (CA, node certificate) could not be set up.
+    #[error("cluster identity: {0}")]
+    Cluster(String),
     /// Any other OS failure while starting.
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
@@ -100,9 +144,33 @@ pub struct Node {
     shutdown: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
+    gateway: Option<JoinHandle<()>>,
+    stop_gateway: tokio::sync::watch::Sender<bool>,
     stats: Arc<NodeStats>,
-    /// Holds the peer port; the QUIC endpoint will serve it.
-    _peer_socket: UdpSocket,
+    /// A private cluster directory, removed when the node is dropped.
+    _private_cluster: Option<TempDir>,
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!(
+            "replica-node-{tag}-{}-{:x}",
+            std::process::id(),
+            random_u64()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Node {
@@ -123,10 +191,40 @@ impl Node {
                 ))
             })
         };
+        let mut joins = Vec::new();
+        for d in &config.join {
+            joins.push(JoinTarget { node: d.node.clone(), addr: d.peer_addr().map_err(StartError::Config)? });
+        }
+        let node_num = random_u64() >> 16;
+        let node = format!("{:012x}", node_num);
+
+        // The cluster identity and the QUIC endpoint, on the gateway's runtime.
+        let private_cluster = match &config.cluster_dir {
+            Some(_) => None,
+            None => Some(TempDir::new("cluster")?),
+        };
+        let cluster_dir = config.cluster_dir.as_deref().or(private_cluster.as_ref().map(|t| t.0.as_path()));
+        let cluster_dir = cluster_dir.expect("one of the two is set");
+        let cluster = ClusterIdentity::load_or_create(cluster_dir)
+            .map_err(|e| StartError::Cluster(format!("{}: {e}", cluster_dir.display())))?;
+        let identity = cluster.mint_node(&node).map_err(|e| StartError::Cluster(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let peer_addr = SocketAddr::new(ip, config.port);
-        let peer_socket =
-            UdpSocket::bind(peer_addr).map_err(|source| StartError::Bind { addr: peer_addr, source })?;
-        let peer_addr = peer_socket.local_addr()?;
+        let options = EndpointOptions {
+            max_frame: crate::peer::MAX_FRAME,
+            // With a fixed address, the same reset keys after a restart let peers notice the
+            // restart at once instead of at the idle timeout.
+            secret: (config.port != 0).then(|| cluster.endpoint_secret(&peer_addr.to_string())),
+            ..EndpointOptions::default()
+        };
+        let endpoint = {
+            let _enter = runtime.enter();
+            PeerEndpoint::bind(peer_addr, &identity, &options).map_err(|e| match e {
+                net_quic::EndpointError::Bind { addr, source } => StartError::Bind { addr, source },
+                other => StartError::Cluster(other.to_string()),
+            })?
+        };
+        let peer_addr = endpoint.local_addr()?;
 
         let mut listeners = Vec::with_capacity(config.actors);
         for i in 0..config.actors {
@@ -136,8 +234,6 @@ impl Node {
         }
         let clients: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
 
-        let node_num = random_u64() >> 16;
-        let node = format!("{:012x}", node_num);
         let description = Description {
             node: node.clone(),
             peer: peer_addr.to_string(),
@@ -162,11 +258,19 @@ impl Node {
             addresses.push(addr);
             mailboxes.push(mailbox);
         }
+        let gateway_mail = Arc::new(tokio::sync::Notify::new());
+        let (gateway_addr, gateway_mailbox) =
+            Mailbox::with_notify(Notify::new(TokioWake(gateway_mail.clone())));
 
         let mut threads = Vec::new();
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
-            let recipients: Vec<_> =
-                addresses.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.clone()).collect();
+            let recipients: Vec<_> = addresses
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.clone())
+                .chain([gateway_addr.clone()])
+                .collect();
             let replica_id = (node_num << 16) | i as u64;
             let start = ActorStart {
                 replica: Replica::new(i, replica_id, recipients.len(), stats.clone()),
@@ -188,9 +292,36 @@ impl Node {
                 std::thread::Builder::new().name(format!("actor-{i}")).spawn(move || server::run(start))?;
             threads.push(t);
         }
+        drop(gateway_addr);
+        let (stop_gateway, stop_rx) = tokio::sync::watch::channel(false);
+        let gateway_start = GatewayStart {
+            runtime,
+            endpoint: Arc::new(endpoint),
+            gateway: Gateway::new(config.actors, stats.clone()),
+            mailbox: gateway_mailbox,
+            mail: gateway_mail,
+            actors: addresses.clone(),
+            joins,
+            stop: stop_rx,
+            clock,
+            stats: stats.clone(),
+            advertised: peer_addr.to_string(),
+            progress: config.progress,
+        };
+        let gateway =
+            std::thread::Builder::new().name("gateway".into()).spawn(move || remote::run(gateway_start))?;
         drop(addresses);
         tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
-        Ok(Node { description, shutdown, wakers, threads, stats, _peer_socket: peer_socket })
+        Ok(Node {
+            description,
+            shutdown,
+            wakers,
+            threads,
+            gateway: Some(gateway),
+            stop_gateway,
+            stats,
+            _private_cluster: private_cluster,
+        })
     }
 
     /// The node's description (what it prints when ready).
@@ -217,6 +348,13 @@ impl Node {
             if t.join().is_err() {
                 tracing::error!("an actor thread panicked");
             }
+        }
+        // The actors have sent the gateway their last writes: now it may finish.
+        let _ = self.stop_gateway.send(true);
+        if let Some(g) = self.gateway.take()
+            && g.join().is_err()
+        {
+            tracing::error!("the gateway thread panicked");
         }
     }
 }

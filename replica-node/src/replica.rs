@@ -46,13 +46,13 @@ pub struct SyncBatch {
 
 /// Counts the messages sent to one recipient in the last second.
 #[derive(Debug, Default)]
-struct RateWindow {
+pub(crate) struct RateWindow {
     sent_at: VecDeque<u64>,
 }
 
 impl RateWindow {
     /// Records a send at `mono_ms`; returns how many sends fall in `(mono_ms - 1 s, mono_ms]`.
-    fn record(&mut self, mono_ms: u64) -> usize {
+    pub(crate) fn record(&mut self, mono_ms: u64) -> usize {
         while self.sent_at.front().is_some_and(|&t| t + RATE_WINDOW_MS <= mono_ms) {
             self.sent_at.pop_front();
         }

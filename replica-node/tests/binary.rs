@@ -6,6 +6,13 @@ use std::process::{Command, Stdio};
 use replica_node::Description;
 use replica_node::client::{Client, Fixed};
 
+/// A cluster directory for one test, under the system temp dir.
+fn cluster_dir(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("replica-node-bin-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.to_string_lossy().into_owned()
+}
+
 fn start(args: &[&str]) -> (std::process::Child, Description) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
         .args(args)
@@ -35,7 +42,8 @@ fn free_port_block(n: u16) -> u16 {
 fn prints_its_description_serves_and_exits_cleanly_on_signals() {
     for signal in ["TERM", "INT"] {
         let port = free_port_block(3);
-        let (mut child, desc) = start(&["--port", &port.to_string(), "--actors", "2"]);
+        let dir = cluster_dir(signal);
+        let (mut child, desc) = start(&["--port", &port.to_string(), "--actors", "2", "--cluster-dir", &dir]);
         assert_eq!(desc.peer, format!("127.0.0.1:{port}"));
         assert_eq!(desc.clients, [format!("127.0.0.1:{}", port + 1), format!("127.0.0.1:{}", port + 2)]);
         assert!(!desc.node.is_empty());
@@ -47,6 +55,8 @@ fn prints_its_description_serves_and_exits_cleanly_on_signals() {
         assert!(status.success());
         let exit = child.wait().unwrap();
         assert!(exit.success(), "SIG{signal}: exit {exit:?}");
+        assert!(std::path::Path::new(&dir).join("ca.pem").exists(), "the cluster CA was created");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -56,7 +66,7 @@ fn rejects_bad_arguments_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--actors"));
     let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(["--port", "65534", "--actors", "4"])
+        .args(["--port", "65534", "--actors", "4", "--cluster-dir", &cluster_dir("noroom")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -67,8 +77,27 @@ fn rejects_bad_arguments_with_a_clear_message() {
     );
     let help = Command::new(env!("CARGO_BIN_EXE_replica-node")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--host", "--port", "--actors", "--cluster-dir"] {
+    for flag in ["--host", "--port", "--actors", "--join", "--cluster-dir"] {
         assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_malformed_join_fails_at_start_with_a_clear_message() {
+    for (bad, expect) in [
+        ("not json", "not a node description"),
+        (r#"{"node":"NOT HEX!","peer":"127.0.0.1:1","clients":[]}"#, "bad node id"),
+        (r#"{"node":"abc123","peer":"nowhere","clients":[]}"#, "bad peer address"),
+        ("@/nonexistent/desc.json", "cannot read"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+            .args(["--port", "0", "--join", bad, "--cluster-dir", &cluster_dir("join")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect) && err.contains("--join"), "{bad}: {err}");
+        assert!(out.stdout.is_empty(), "no readiness line for {bad}");
     }
 }
 
@@ -77,7 +106,7 @@ fn a_taken_port_is_a_clear_error() {
     let port = free_port_block(2);
     let _hold = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(["--port", &port.to_string(), "--actors", "1"])
+        .args(["--port", &port.to_string(), "--actors", "1", "--cluster-dir", &cluster_dir("taken")])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

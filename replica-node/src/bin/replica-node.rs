@@ -1,17 +1,22 @@
 //! `replica-node`: one server of the replicated key-value store.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use replica_node::node::{MAX_ACTORS, default_actors};
-use replica_node::{Node, NodeConfig};
+use replica_node::{Description, Node, NodeConfig};
 
 /// A replica server of the geo-replicated CRDT key-value store.
 ///
 /// Every query actor (one thread per core by default) holds a full replica and serves Redis
 /// clients (RESP) on its own TCP port: actor i listens on PORT + 1 + i. Writes are answered at
 /// once and reach the other actors in the background; replicas converge by last-writer-wins.
+///
+/// Servers form a cluster by joining: start the first one alone, then each next one with
+/// --join and the description of every server before it. Servers sync over QUIC with mutual
+/// TLS (certificates from the cluster CA in --cluster-dir, which all servers must share).
 ///
 /// When every port listens, the node prints one line on stdout: its description, a JSON
 /// object {"node": ID, "peer": "HOST:PORT", "clients": ["HOST:PORT", ...]}. Logs go to
@@ -28,10 +33,19 @@ struct Args {
     /// Number of query actors (threads) [default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_ACTORS as i64))]
     actors: Option<u32>,
-    /// Directory of the cluster certificate authority (`ca.pem`, `ca.key`); server-to-server
-    /// sync, which uses it, is not available yet.
+    /// Join an existing server: its description line (as it printed it) or @FILE holding it.
+    /// Repeat once per existing server, in their start order.
+    #[arg(long, value_name = "DESC", value_parser = parse_description)]
+    join: Vec<Description>,
+    /// Directory of the cluster certificate authority (`ca.pem`, `ca.key`), created on first
+    /// start. Every server of a cluster uses the same CA; a peer whose certificate it did not
+    /// sign is refused.
     #[arg(long, default_value = "./cluster")]
     cluster_dir: PathBuf,
+}
+
+fn parse_description(arg: &str) -> Result<Description, String> {
+    Description::parse(arg)
 }
 
 fn main() -> ExitCode {
@@ -46,7 +60,9 @@ fn main() -> ExitCode {
         host: args.host,
         port: args.port,
         actors: args.actors.map_or_else(default_actors, |n| n as usize),
-        cluster_dir: args.cluster_dir,
+        cluster_dir: Some(args.cluster_dir),
+        join: args.join,
+        progress: std::io::stderr().is_terminal(),
     };
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {

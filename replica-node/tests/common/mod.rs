@@ -87,3 +87,90 @@ impl Raw {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+/// A cluster directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "replica-node-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Servers of one cluster on loopback, optionally with a link emulator on every link.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub nodes: Vec<Node>,
+    pub relays: Vec<net_quic::LinkEmulator>,
+    pub link: Option<net_quic::LinkConfig>,
+}
+
+impl Cluster {
+    pub fn new(tag: &str) -> Cluster {
+        Cluster { dir: TempDir::new(tag), nodes: Vec::new(), relays: Vec::new(), link: None }
+    }
+
+    /// Every link gets `delay` one way (a relay per joining pair).
+    pub fn with_delay(tag: &str, delay: Duration) -> Cluster {
+        let mut c = Cluster::new(tag);
+        c.link = Some(net_quic::LinkConfig { delay, ..net_quic::LinkConfig::default() });
+        c
+    }
+
+    /// Starts a server of `actors` actors that joins every server started before it.
+    pub fn add(&mut self, actors: usize) -> &Node {
+        let mut join = Vec::new();
+        for n in &self.nodes {
+            let mut d = n.description().clone();
+            if let Some(link) = &self.link {
+                let relay = net_quic::LinkEmulator::start(
+                    "127.0.0.1:0".parse().unwrap(),
+                    d.peer_addr().unwrap(),
+                    link.clone(),
+                )
+                .expect("relay starts");
+                d.peer = relay.local_addr().to_string();
+                self.relays.push(relay);
+            }
+            join.push(d);
+        }
+        let config = NodeConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            actors,
+            cluster_dir: Some(self.dir.0.clone()),
+            join,
+            progress: false,
+        };
+        self.nodes.push(Node::start(&config).expect("node starts"));
+        self.nodes.last().unwrap()
+    }
+
+    /// One client per actor of every server, server by server.
+    pub fn clients(&self) -> Vec<Vec<Client>> {
+        self.nodes.iter().map(clients).collect()
+    }
+
+    /// Waits until every server reports `n` connected peers.
+    pub fn wait_connected(&self, deadline: Duration) {
+        let want = self.nodes.len() as u64 - 1;
+        let ok = eventually(deadline, || {
+            self.nodes.iter().all(|n| replica_node::stats::NodeStats::get(&n.stats().peers_connected) == want)
+        });
+        assert!(ok.is_some(), "servers did not all connect within {deadline:?}");
+    }
+}

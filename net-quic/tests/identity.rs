@@ -1,0 +1,129 @@
+//! The cluster CA on disk: created once, reused, safe under concurrent starts, clear errors
+//! when broken; node certificates that name their node.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use common::TempDir;
+use net_quic::{CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, node_id_from_cert};
+
+#[test]
+fn ca_is_created_once_and_reused() {
+    let dir = TempDir::new("ca-reuse");
+    let nested = dir.path().join("cluster");
+    let first = ClusterIdentity::load_or_create(&nested).unwrap();
+    let pem = std::fs::read(nested.join(CA_CERT_FILE)).unwrap();
+    let key = std::fs::read(nested.join(CA_KEY_FILE)).unwrap();
+
+    let second = ClusterIdentity::load_or_create(&nested).unwrap();
+    assert_eq!(first.ca_cert_der(), second.ca_cert_der());
+    assert_eq!(std::fs::read(nested.join(CA_CERT_FILE)).unwrap(), pem);
+    assert_eq!(std::fs::read(nested.join(CA_KEY_FILE)).unwrap(), key);
+    assert_eq!(
+        first.endpoint_secret("127.0.0.1:6000"),
+        second.endpoint_secret("127.0.0.1:6000"),
+        "endpoint secrets survive a restart"
+    );
+    assert_ne!(first.endpoint_secret("127.0.0.1:6000"), second.endpoint_secret("127.0.0.1:6001"));
+
+    // No temporary files are left behind.
+    let mut names: Vec<_> =
+        std::fs::read_dir(&nested).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, [CA_KEY_FILE, CA_CERT_FILE]);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(nested.join(CA_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "key mode {mode:o}");
+    }
+}
+
+#[test]
+fn concurrent_load_or_create_ends_with_one_ca() {
+    for round in 0..3 {
+        let dir = TempDir::new(&format!("ca-race-{round}"));
+        let barrier = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let path = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ClusterIdentity::load_or_create(&path).unwrap()
+                })
+            })
+            .collect();
+        let cas: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let on_disk = ClusterIdentity::load(dir.path()).unwrap();
+        for ca in &cas {
+            assert_eq!(ca.ca_cert_der(), on_disk.ca_cert_der());
+        }
+        // Every node's certificate verifies against the one CA: mint from each, check names.
+        for (i, ca) in cas.iter().enumerate() {
+            let node = ca.mint_node(&format!("{i}")).unwrap();
+            assert_eq!(node_id_from_cert(node.cert_der()).unwrap(), format!("{i}"));
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left");
+    }
+}
+
+#[test]
+fn half_present_ca_is_a_clear_error() {
+    let dir = TempDir::new("ca-half");
+    ClusterIdentity::load_or_create(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(CA_CERT_FILE)).unwrap();
+    let err = ClusterIdentity::load_or_create(dir.path()).unwrap_err();
+    assert!(matches!(err, IdentityError::HalfPresent { present: "ca.key", missing: "ca.pem", .. }), "{err}");
+    assert!(err.to_string().contains("half-present"), "{err}");
+    // Nothing was replaced.
+    assert!(!dir.path().join(CA_CERT_FILE).exists());
+}
+
+#[test]
+fn corrupt_or_mismatched_ca_is_a_clear_error() {
+    let dir = TempDir::new("ca-corrupt");
+    let other = TempDir::new("ca-other");
+    ClusterIdentity::load_or_create(dir.path()).unwrap();
+    ClusterIdentity::load_or_create(other.path()).unwrap();
+    let good_pem = std::fs::read(dir.path().join(CA_CERT_FILE)).unwrap();
+    let good_key = std::fs::read(dir.path().join(CA_KEY_FILE)).unwrap();
+
+    std::fs::write(dir.path().join(CA_CERT_FILE), b"not a certificate").unwrap();
+    let err = ClusterIdentity::load_or_create(dir.path()).unwrap_err();
+    assert!(matches!(&err, IdentityError::Corrupt { path, .. } if path.ends_with(CA_CERT_FILE)), "{err}");
+
+    std::fs::write(dir.path().join(CA_CERT_FILE), &good_pem).unwrap();
+    std::fs::write(dir.path().join(CA_KEY_FILE), &good_key[..good_key.len() / 2]).unwrap();
+    let err = ClusterIdentity::load_or_create(dir.path()).unwrap_err();
+    assert!(matches!(&err, IdentityError::Corrupt { path, .. } if path.ends_with(CA_KEY_FILE)), "{err}");
+
+    // A key from another cluster: parses, but signs certificates the CA does not vouch for.
+    std::fs::copy(other.path().join(CA_KEY_FILE), dir.path().join(CA_KEY_FILE)).unwrap();
+    let err = ClusterIdentity::load_or_create(dir.path()).unwrap_err();
+    assert!(matches!(err, IdentityError::Unusable { .. }), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+
+    std::fs::write(dir.path().join(CA_KEY_FILE), &good_key).unwrap();
+    ClusterIdentity::load_or_create(dir.path()).unwrap();
+}
+
+#[test]
+fn node_certificates_name_their_node() {
+    let dir = TempDir::new("ca-mint");
+    let ca = ClusterIdentity::load_or_create(dir.path()).unwrap();
+    let node = ca.mint_node("1a2b3c4d5e6f").unwrap();
+    assert_eq!(node.node_id(), "1a2b3c4d5e6f");
+    assert_eq!(node_id_from_cert(node.cert_der()).unwrap(), "1a2b3c4d5e6f");
+    // Fresh keys every time.
+    assert_ne!(ca.mint_node("1a2b3c4d5e6f").unwrap().cert_der(), node.cert_der());
+    for bad in ["", "1A2B", "a.b", "*", "zz", &"a".repeat(64)] {
+        assert!(matches!(ca.mint_node(bad), Err(IdentityError::InvalidNodeId(_))), "{bad:?}");
+    }
+    // The CA certificate itself names no node.
+    assert!(node_id_from_cert(ca.ca_cert_der()).is_err());
+    node.server_config().unwrap();
+    node.client_config().unwrap();
+}

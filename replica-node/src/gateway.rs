@@ -1,0 +1,294 @@
+//! The gateway state machine: the node's one link to the other servers.
+//!
+//! Pure, like [`crate::replica`]: it takes deltas and time in and says what to send. The QUIC
+//! driver around it is [`crate::remote`].
+//!
+//! - Local actors send the gateway the deltas of their clients' writes (paced like any
+//!   recipient). The gateway merges them into its own full replica and queues the entries that
+//!   changed it for every known remote server, so each Put crosses to each remote server once,
+//!   however many actors either side has.
+//! - Each remote server gets at most one batch per [`SYNC_INTERVAL_MS`]: an isolated write goes
+//!   out at once, a burst is batched.
+//! - Batches from remote servers are merged into the gateway's replica; the entries that
+//!   changed it are fanned out once to every local actor, again paced, so remote traffic never
+//!   breaks the per-pair budget however many servers send at once.
+//! - A joining server gets a snapshot of the gateway's replica. Every entry the gateway had when
+//!   the joiner connected is in it; every entry after that goes out as a delta; so nothing
+//!   written during a join is lost.
+//! - A remote server that is disconnected keeps its queue: it gets what it missed (newest entry
+//!   per key) when it reconnects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
+
+use crate::replica::{RateWindow, SYNC_INTERVAL_MS, SyncBatch};
+use crate::stats::NodeStats;
+
+/// Sends at most once per [`SYNC_INTERVAL_MS`], immediately when idle.
+#[derive(Debug, Default)]
+struct Pacer {
+    last: Option<u64>,
+}
+
+impl Pacer {
+    fn next_at(&self) -> u64 {
+        self.last.map_or(0, |t| t + SYNC_INTERVAL_MS)
+    }
+}
+
+/// What the gateway knows about one remote server.
+#[derive(Debug, Default)]
+struct Link {
+    connected: bool,
+    /// Entries owed to this server (newest per key).
+    pending: DeltaBuffer<Bytes, Bytes>,
+    pacer: Pacer,
+    window: RateWindow,
+}
+
+/// The gateway of one node.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The gateway's index among the node's sync participants (after the query actors).
+    index: usize,
+    replica: BytesMap,
+    links: BTreeMap<String, Link>,
+    /// Entries from remote servers owed to the local actors.
+    inbound: DeltaBuffer<Bytes, Bytes>,
+    fanout: Pacer,
+    fanout_windows: Vec<RateWindow>,
+    stats: Arc<NodeStats>,
+}
+
+impl Gateway {
+    /// A gateway for a node of `actors` query actors.
+    pub fn new(actors: usize, stats: Arc<NodeStats>) -> Self {
+        Gateway {
+            index: actors,
+            replica: BytesMap::new(),
+            links: BTreeMap::new(),
+            inbound: DeltaBuffer::new(),
+            fanout: Pacer::default(),
+            fanout_windows: (0..actors).map(|_| RateWindow::default()).collect(),
+            stats,
+        }
+    }
+
+    /// The gateway's replica: everything the node has sent to or received from other servers.
+    pub fn replica(&self) -> &BytesMap {
+        &self.replica
+    }
+
+    /// Remote servers known (connected or not).
+    pub fn peers(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.links.iter().map(|(k, l)| (k.as_str(), l.connected))
+    }
+
+    /// Entries queued for `peer`.
+    pub fn pending_for(&self, peer: &str) -> usize {
+        self.links.get(peer).map_or(0, |l| l.pending.len())
+    }
+
+    /// A remote server connected (or reconnected). A server seen for the first time owes
+    /// nothing from before: it pulls a snapshot for that.
+    pub fn connected(&mut self, peer: &str) {
+        let link = self.links.entry(peer.to_owned()).or_default();
+        if !link.connected {
+            link.connected = true;
+            self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A remote server is known but not connected yet (a `--join` target); entries are queued
+    /// for it from now on.
+    pub fn expect(&mut self, peer: &str) {
+        self.links.entry(peer.to_owned()).or_default();
+    }
+
+    /// The connection to `peer` is gone; entries queue until it comes back.
+    pub fn disconnected(&mut self, peer: &str) {
+        if let Some(link) = self.links.get_mut(peer)
+            && link.connected
+        {
+            link.connected = false;
+            self.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Merges a delta of local writes; entries new to the gateway are queued for every remote
+    /// server.
+    pub fn on_local(&mut self, delta: &BytesMap) -> MergeStats {
+        let links = &mut self.links;
+        let stats = self.replica.merge_with(delta, |k, e| {
+            for link in links.values_mut() {
+                link.pending.record(k.clone(), e.clone());
+            }
+        });
+        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
+        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        stats
+    }
+
+    /// Merges entries from a remote server (a delta or a snapshot chunk); entries new to the
+    /// node are queued for the local actors. They are not sent on to other servers: every
+    /// server sends its own writes to every other.
+    pub fn on_remote(&mut self, delta: &BytesMap) -> MergeStats {
+        let inbound = &mut self.inbound;
+        let stats = self.replica.merge_with(delta, |k, e| inbound.record(k.clone(), e.clone()));
+        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
+        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        stats
+    }
+
+    /// The batch to send `peer` now, if it is connected, owed something, and pacing allows.
+    pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Option<BytesMap> {
+        let link = self.links.get_mut(peer)?;
+        if !link.connected || link.pending.is_empty() || mono_ms < link.pacer.next_at() {
+            return None;
+        }
+        link.pacer.last = Some(mono_ms);
+        let delta = link.pending.flush();
+        let rate = link.window.record(mono_ms) as u64;
+        self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
+        NodeStats::add(&self.stats.sync_messages_sent, 1);
+        NodeStats::add(&self.stats.sync_entries_sent, delta.entry_count() as u64);
+        Some(delta)
+    }
+
+    /// The batch to fan out to every local actor now, if any and pacing allows.
+    pub fn poll_fanout(&mut self, mono_ms: u64) -> Option<SyncBatch> {
+        if self.inbound.is_empty() || mono_ms < self.fanout.next_at() {
+            return None;
+        }
+        self.fanout.last = Some(mono_ms);
+        let delta = Arc::new(self.inbound.flush());
+        let mut peak = 0;
+        for w in &mut self.fanout_windows {
+            peak = peak.max(w.record(mono_ms));
+        }
+        let n = self.fanout_windows.len() as u64;
+        self.stats.sync_max_pair_rate.fetch_max(peak as u64, Ordering::Relaxed);
+        NodeStats::add(&self.stats.sync_messages_sent, n);
+        NodeStats::add(&self.stats.sync_entries_sent, n * delta.entry_count() as u64);
+        Some(SyncBatch { from: self.index, delta })
+    }
+
+    /// When the gateway next has something due (monotonic ms), if ever.
+    pub fn next_due(&self) -> Option<u64> {
+        let fanout = (!self.inbound.is_empty()).then(|| self.fanout.next_at());
+        let links =
+            self.links.values().filter(|l| l.connected && !l.pending.is_empty()).map(|l| l.pacer.next_at());
+        fanout.into_iter().chain(links).min()
+    }
+
+    /// A point-in-time copy of the gateway's replica, for a joining server. Cheap per entry:
+    /// keys and values are shared buffers.
+    pub fn snapshot(&self) -> BytesMap {
+        self.replica.clone()
+    }
+}
+
+/// Splits `delta` into pieces of about `max_bytes` of keys and values each (an entry larger than
+/// that travels alone), so no frame exceeds the transport's limit.
+pub fn split(delta: BytesMap, max_bytes: usize) -> Vec<BytesMap> {
+    let mut pieces = Vec::new();
+    let mut current = BytesMap::new();
+    let mut size = 0;
+    for (k, e) in delta.into_entries() {
+        let entry_size = k.len() + e.value.as_ref().map_or(0, Bytes::len) + 32;
+        if size + entry_size > max_bytes && current.entry_count() > 0 {
+            pieces.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += entry_size;
+        current.apply(k, e);
+    }
+    if current.entry_count() > 0 {
+        pieces.push(current);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lww_crdt::Timestamp;
+
+    fn delta(keys: &[&str], wall: u64) -> BytesMap {
+        let mut d = BytesMap::new();
+        for k in keys {
+            d.put(Bytes::copy_from_slice(k.as_bytes()), Bytes::from_static(b"v"), Timestamp::new(wall, 0, 1));
+        }
+        d
+    }
+
+    #[test]
+    fn local_writes_go_to_every_peer_once_and_are_paced() {
+        let mut g = Gateway::new(2, Arc::default());
+        g.connected("a");
+        g.connected("b");
+        g.on_local(&delta(&["x"], 10));
+        assert_eq!(g.poll_peer("a", 0).unwrap().entry_count(), 1, "isolated: at once");
+        assert_eq!(g.poll_peer("b", 0).unwrap().entry_count(), 1);
+        g.on_local(&delta(&["y"], 11));
+        g.on_local(&delta(&["z"], 12));
+        g.on_local(&delta(&["y", "z"], 12)); // a duplicate changes nothing and is not re-sent
+        assert!(g.poll_peer("a", 50).is_none(), "paced");
+        assert_eq!(g.next_due(), Some(100));
+        assert_eq!(g.poll_peer("a", 100).unwrap().entry_count(), 2);
+        assert!(g.poll_peer("a", 500).is_none());
+    }
+
+    #[test]
+    fn remote_entries_fan_out_to_actors_and_are_not_forwarded_to_other_peers() {
+        let mut g = Gateway::new(3, Arc::default());
+        g.connected("a");
+        g.connected("b");
+        let stats = g.on_remote(&delta(&["r1", "r2"], 10));
+        assert_eq!(stats.changed, 2);
+        assert!(g.poll_peer("b", 0).is_none(), "remote entries are not re-forwarded");
+        let batch = g.poll_fanout(0).unwrap();
+        assert_eq!((batch.from, batch.delta.entry_count()), (3, 2));
+        // Already known: nothing to fan out.
+        assert_eq!(g.on_remote(&delta(&["r1"], 10)).redundant, 1);
+        assert!(g.poll_fanout(1_000).is_none());
+    }
+
+    #[test]
+    fn a_disconnected_peer_keeps_its_queue() {
+        let stats = Arc::new(NodeStats::default());
+        let mut g = Gateway::new(1, stats.clone());
+        g.expect("late");
+        g.on_local(&delta(&["a", "b"], 10));
+        assert!(g.poll_peer("late", 0).is_none(), "not connected yet");
+        g.connected("late");
+        assert_eq!(NodeStats::get(&stats.peers_connected), 1);
+        assert_eq!(g.poll_peer("late", 0).unwrap().entry_count(), 2);
+        g.disconnected("late");
+        g.disconnected("late");
+        assert_eq!(NodeStats::get(&stats.peers_connected), 0);
+        g.on_local(&delta(&["c"], 11));
+        g.connected("late");
+        assert_eq!(g.poll_peer("late", 1_000).unwrap().entry_count(), 1);
+    }
+
+    #[test]
+    fn split_respects_the_size_limit() {
+        let mut d = BytesMap::new();
+        for i in 0..100u32 {
+            d.put(Bytes::from(format!("k{i:03}")), Bytes::from(vec![0u8; 100]), Timestamp::new(1, 0, 1));
+        }
+        let pieces = split(d.clone(), 1_000);
+        assert!(pieces.len() >= 10);
+        assert!(pieces.iter().all(|p| p.entry_count() <= 8));
+        let mut joined = BytesMap::new();
+        for p in pieces {
+            joined.merge_owned(p);
+        }
+        assert_eq!(joined, d);
+    }
+}

@@ -1,0 +1,49 @@
+//! Messages between the gateways of two servers (the peer wire protocol).
+//!
+//! Each message travels as one length-prefixed rmp-serde frame (see `net-quic`) on one of two
+//! long-lived streams per connection: deltas and control on the high-priority stream, snapshot
+//! chunks on the low-priority one. Entries are merged by last-writer-wins, so a frame that is
+//! duplicated, or a chunk that overlaps a delta, does no harm.
+
+use lww_crdt::BytesMap;
+use serde::{Deserialize, Serialize};
+
+/// The version of this protocol; a peer speaking another is disconnected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest payload of a delta or snapshot frame the sender builds (entries larger than that
+/// travel alone); below the frame limit so one maximal entry always fits.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Frame limit for peer connections: a maximal value and key plus framing overhead.
+pub const MAX_FRAME: usize = crate::resp::MAX_VALUE + crate::resp::MAX_KEY + 64 * 1024;
+
+/// One message between two gateways.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// First message on a connection, from both sides.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u32,
+        /// The sender's peer address as it advertises it (for logs).
+        peer: String,
+    },
+    /// Writes made on the sender's node since its last delta to this peer.
+    Delta(BytesMap),
+    /// The sender is joining: please send a snapshot of your state.
+    SnapshotRequest,
+    /// Part of a snapshot, in key order.
+    SnapshotChunk {
+        /// The entries of this chunk.
+        entries: BytesMap,
+        /// Entries in the whole snapshot (for progress).
+        total: u64,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+}
+
+/// Decodes one peer frame's payload, as the gateway does with every frame it receives.
+pub fn decode(payload: &[u8]) -> Result<PeerMsg, net_quic::FrameError> {
+    net_quic::decode_frame(payload)
+}

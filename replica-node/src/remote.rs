@@ -1,0 +1,470 @@
+//! The gateway's driver: the QUIC endpoint, one connection per remote server, and the loop
+//! that feeds the [`Gateway`] state machine and sends what it asks for.
+//!
+//! Runs on its own thread with a `current_thread` tokio runtime. One task owns the gateway
+//! state; connection tasks only move frames between the network and that task.
+//!
+//! Who dials: a server started with `--join` descriptions dials each of them (the newer server
+//! dials the older, so each pair has one connection) and redials with backoff when a
+//! connection drops; the older server only accepts. Peers are identified by their
+//! certificate's node id; a second connection from the same peer replaces the first.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lww_crdt::BytesMap;
+use net_quic::{Backoff, CloseReason, PeerConnection, PeerEndpoint, StreamClass};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::actor::{Address, Empty, Mailbox, Wake};
+use crate::gateway::{Gateway, split};
+use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg};
+use crate::server::{ActorMsg, Clock};
+use crate::stats::NodeStats;
+
+/// Wakes the gateway task when an actor sends it mail.
+#[derive(Debug)]
+pub(crate) struct TokioWake(pub Arc<Notify>);
+
+impl Wake for TokioWake {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A remote server to dial: its node id and peer address.
+#[derive(Debug, Clone)]
+pub struct JoinTarget {
+    /// Node id (checked against its certificate).
+    pub node: String,
+    /// Peer (QUIC) address, possibly a relay.
+    pub addr: SocketAddr,
+}
+
+/// Everything the gateway thread starts with.
+#[derive(Debug)]
+pub(crate) struct GatewayStart {
+    pub runtime: tokio::runtime::Runtime,
+    pub endpoint: Arc<PeerEndpoint>,
+    pub gateway: Gateway,
+    pub mailbox: Mailbox<ActorMsg>,
+    pub mail: Arc<Notify>,
+    pub actors: Vec<Address<ActorMsg>>,
+    pub joins: Vec<JoinTarget>,
+    /// Becomes `true` when the node stops (after its actors have stopped).
+    pub stop: watch::Receiver<bool>,
+    pub clock: Clock,
+    pub stats: Arc<NodeStats>,
+    pub advertised: String,
+    pub progress: bool,
+}
+
+/// What connection tasks tell the gateway task.
+enum Event {
+    Up { peer: String, conn: PeerConnection, out: mpsc::UnboundedSender<PeerMsg>, dialed: bool },
+    Msg { peer: String, conn: usize, msg: PeerMsg },
+    Down { peer: String, conn: usize },
+}
+
+struct Live {
+    conn: PeerConnection,
+    out: mpsc::UnboundedSender<PeerMsg>,
+}
+
+/// Runs the gateway until the node stops.
+pub(crate) fn run(start: GatewayStart) {
+    let GatewayStart {
+        runtime,
+        endpoint,
+        gateway,
+        mailbox,
+        mail,
+        actors,
+        joins,
+        stop,
+        clock,
+        stats,
+        advertised,
+        progress,
+    } = start;
+    runtime.block_on(async move {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        // Accept incoming connections.
+        {
+            let endpoint = endpoint.clone();
+            let events = events_tx.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                while let Some(result) = endpoint.accept().await {
+                    match result {
+                        Ok(conn) => spawn_connection(conn, false, events.clone(), stats.clone()),
+                        Err(e) => tracing::warn!("refused a peer connection: {e}"),
+                    }
+                }
+            });
+        }
+        // Dial the servers we join, and keep redialling when a connection drops.
+        let mut dialers = Vec::new();
+        for target in &joins {
+            let endpoint = endpoint.clone();
+            let events = events_tx.clone();
+            let stats = stats.clone();
+            let target = target.clone();
+            let stop = stop.clone();
+            dialers.push(tokio::spawn(async move {
+                let mut backoff = Backoff::with_seed(clock.now().wall_ms);
+                while !*stop.borrow() {
+                    let mut stop = stop.clone();
+                    let Some(conn) = endpoint
+                        .connect_with_backoff(target.addr, &target.node, &mut backoff, async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                    else {
+                        return;
+                    };
+                    tracing::info!(peer = %target.node, addr = %target.addr, "connected to peer");
+                    let closed = conn.clone();
+                    spawn_connection(conn, true, events.clone(), stats.clone());
+                    let reason = closed.closed().await;
+                    tracing::info!(peer = %target.node, "connection lost: {reason}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }));
+        }
+        let mut core = Core {
+            gateway,
+            actors,
+            live: HashMap::new(),
+            snapshot_asked: HashSet::new(),
+            clock,
+            stats,
+            advertised,
+            progress: progress.then(new_progress_bar),
+        };
+        for target in &joins {
+            core.gateway.expect(&target.node);
+        }
+        core.run(events_rx, &mailbox, &mail, stop).await;
+        for d in dialers {
+            d.abort();
+        }
+        core.finish(&endpoint).await;
+    });
+}
+
+fn new_progress_bar() -> ProgressBar {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("joining {bar:40.cyan/blue} {pos}/{len} keys ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+struct Core {
+    gateway: Gateway,
+    actors: Vec<Address<ActorMsg>>,
+    live: HashMap<String, Live>,
+    snapshot_asked: HashSet<String>,
+    clock: Clock,
+    stats: Arc<NodeStats>,
+    advertised: String,
+    progress: Option<ProgressBar>,
+}
+
+impl Core {
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mailbox: &Mailbox<ActorMsg>,
+        mail: &Notify,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let now = self.clock.now().mono_ms;
+            let wait = self.gateway.next_due().map(|at| Duration::from_millis(at.saturating_sub(now)));
+            tokio::select! {
+                () = mail.notified() => {}
+                Some(event) = events.recv() => self.handle(event),
+                () = sleep_opt(wait) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            while let Ok(event) = events.try_recv() {
+                self.handle(event);
+            }
+            self.drain_mail(mailbox);
+            if *stop.borrow() {
+                return;
+            }
+            self.flush(self.clock.now().mono_ms);
+        }
+    }
+
+    fn drain_mail(&mut self, mailbox: &Mailbox<ActorMsg>) {
+        mailbox.begin_drain();
+        loop {
+            match mailbox.try_recv() {
+                Ok(ActorMsg::Sync(batch)) => {
+                    self.gateway.on_local(&batch.delta);
+                }
+                Err(Empty::Empty | Empty::Closed) => return,
+            }
+        }
+    }
+
+    fn flush(&mut self, now: u64) {
+        let peers: Vec<String> = self.live.keys().cloned().collect();
+        for peer in peers {
+            if let Some(delta) = self.gateway.poll_peer(&peer, now) {
+                let out = &self.live[&peer].out;
+                for piece in split(delta, CHUNK_BYTES) {
+                    // A closed writer means the connection is going down; its Down event
+                    // follows, and the entries stay in the gateway's replica for a snapshot.
+                    let _ = out.send(PeerMsg::Delta(piece));
+                }
+            }
+        }
+        if let Some(batch) = self.gateway.poll_fanout(now) {
+            for a in &self.actors {
+                let _ = a.send(ActorMsg::Sync(batch.clone()));
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Up { peer, conn, out, dialed } => {
+                if let Some(old) = self.live.remove(&peer) {
+                    tracing::info!(%peer, "a new connection replaces the old one");
+                    old.conn.close(CloseReason::Replaced);
+                }
+                let _ = out.send(PeerMsg::Hello { version: PROTOCOL_VERSION, peer: self.advertised.clone() });
+                if dialed && self.snapshot_asked.insert(peer.clone()) {
+                    let _ = out.send(PeerMsg::SnapshotRequest);
+                }
+                self.gateway.connected(&peer);
+                self.live.insert(peer, Live { conn, out });
+            }
+            Event::Down { peer, conn } => {
+                if self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
+                    self.live.remove(&peer);
+                    self.gateway.disconnected(&peer);
+                }
+            }
+            Event::Msg { peer, conn, msg } => {
+                if !self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
+                    return; // from a replaced connection
+                }
+                self.on_message(&peer, msg);
+            }
+        }
+    }
+
+    fn on_message(&mut self, peer: &str, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Hello { version, peer: addr } => {
+                if version != PROTOCOL_VERSION {
+                    tracing::warn!(%peer, version, "peer speaks another protocol version; disconnecting");
+                    if let Some(l) = self.live.get(peer) {
+                        l.conn.close(CloseReason::Protocol);
+                    }
+                } else {
+                    tracing::debug!(%peer, %addr, "peer hello");
+                }
+            }
+            PeerMsg::Delta(delta) => {
+                self.gateway.on_remote(&delta);
+            }
+            PeerMsg::SnapshotRequest => {
+                if let Some(l) = self.live.get(peer) {
+                    let snapshot = self.gateway.snapshot();
+                    tracing::info!(%peer, keys = snapshot.entry_count(), "sending a snapshot");
+                    tokio::spawn(send_snapshot(l.conn.clone(), snapshot, self.stats.clone()));
+                }
+            }
+            PeerMsg::SnapshotChunk { entries, total, last } => {
+                let n = entries.entry_count() as u64;
+                self.gateway.on_remote(&entries);
+                if let Some(bar) = &self.progress {
+                    if bar.is_hidden() && std::io::stderr().is_terminal() {
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    }
+                    bar.set_length(total);
+                    bar.inc(n);
+                    if last {
+                        bar.finish_and_clear();
+                    }
+                }
+                if last {
+                    tracing::info!(%peer, keys = total, "snapshot received");
+                }
+            }
+        }
+    }
+
+    /// Sends what is still owed to connected peers, then closes the endpoint gracefully.
+    async fn finish(mut self, endpoint: &PeerEndpoint) {
+        let now = u64::MAX / 2;
+        self.flush(now);
+        // Drop our senders: writer tasks finish their streams once everything is written.
+        let live: Vec<Live> = self.live.drain().map(|(_, l)| l).collect();
+        let conns: Vec<PeerConnection> = live.iter().map(|l| l.conn.clone()).collect();
+        drop(live);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            // Give writers a moment to hand their last frames to QUIC and the peer to ack.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        for c in conns {
+            c.close(CloseReason::Shutdown);
+        }
+        endpoint.close(CloseReason::Shutdown);
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+async fn sleep_opt(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the tasks of one connection: a writer for the control stream and a reader for
+/// every stream the peer opens.
+fn spawn_connection(
+    conn: PeerConnection,
+    dialed: bool,
+    events: mpsc::UnboundedSender<Event>,
+    stats: Arc<NodeStats>,
+) {
+    let peer = conn.peer_node_id().to_owned();
+    let id = conn.stable_id();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<PeerMsg>();
+    // Writer.
+    {
+        let conn = conn.clone();
+        let stats = stats.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let mut sender = match conn.open_stream::<PeerMsg>(StreamClass::Control).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, "cannot open the control stream: {e}");
+                    return;
+                }
+            };
+            while let Some(msg) = out_rx.recv().await {
+                // Send everything already queued in one write.
+                let mut batch = vec![msg];
+                while let Ok(m) = out_rx.try_recv() {
+                    batch.push(m);
+                }
+                match sender.send_batch(batch.iter()).await {
+                    Ok(n) => NodeStats::add(&stats.remote_bytes_sent, n as u64),
+                    Err(e) => {
+                        tracing::debug!(%peer, "control stream write failed: {e}");
+                        return;
+                    }
+                }
+            }
+            let _ = sender.finish_and_wait().await;
+        });
+    }
+    // Readers: one per incoming stream (control and bulk).
+    {
+        let conn = conn.clone();
+        let events = events.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut receiver = match conn.accept_stream::<PeerMsg>().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.is_protocol_violation() {
+                            tracing::warn!(%peer, "bad stream from peer: {e}");
+                            conn.close(CloseReason::Protocol);
+                        }
+                        break;
+                    }
+                };
+                let events = events.clone();
+                let stats = stats.clone();
+                let conn = conn.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    let mut seen = 0;
+                    loop {
+                        match receiver.recv().await {
+                            Ok(Some(msg)) => {
+                                let total = receiver.bytes_received();
+                                NodeStats::add(&stats.remote_bytes_received, total - seen);
+                                seen = total;
+                                if events.send(Event::Msg { peer: peer.clone(), conn: id, msg }).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => return,
+                            Err(e) => {
+                                if e.is_protocol_violation() {
+                                    tracing::warn!(%peer, "malformed frame from peer, disconnecting: {e}");
+                                    conn.close(CloseReason::Protocol);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let _ = events.send(Event::Up { peer: peer.clone(), conn: conn.clone(), out: out_tx, dialed });
+    tokio::spawn(async move {
+        conn.closed().await;
+        let _ = events.send(Event::Down { peer, conn: id });
+    });
+}
+
+/// Streams a snapshot on the low-priority stream in chunks of about [`CHUNK_BYTES`], yielding
+/// between chunks so deltas keep flowing.
+async fn send_snapshot(conn: PeerConnection, snapshot: BytesMap, stats: Arc<NodeStats>) {
+    let peer = conn.peer_node_id().to_owned();
+    let mut sender = match conn.open_stream::<PeerMsg>(StreamClass::Bulk).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot open the snapshot stream: {e}");
+            return;
+        }
+    };
+    let total = snapshot.entry_count() as u64;
+    let mut entries = snapshot.into_entries().peekable();
+    loop {
+        let mut chunk = BytesMap::new();
+        let mut size = 0;
+        while let Some((k, e)) = entries.next_if(|_| size < CHUNK_BYTES) {
+            size += k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 32;
+            chunk.apply(k, e);
+        }
+        let last = entries.peek().is_none();
+        match sender.send(&PeerMsg::SnapshotChunk { entries: chunk, total, last }).await {
+            Ok(n) => NodeStats::add(&stats.remote_bytes_sent, n as u64),
+            Err(e) => {
+                tracing::warn!(%peer, "snapshot transfer interrupted: {e}");
+                return;
+            }
+        }
+        if last {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if let Err(e) = sender.finish_and_wait().await {
+        tracing::debug!(%peer, "snapshot stream finish: {e}");
+    }
+    tracing::info!(%peer, keys = total, "snapshot sent");
+}
