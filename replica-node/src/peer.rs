@@ -47,3 +47,47 @@ pub enum PeerMsg {
 pub fn decode(payload: &[u8]) -> Result<PeerMsg, net_quic::FrameError> {
     net_quic::decode_frame(payload)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use lww_crdt::Timestamp;
+
+    fn roundtrip(msg: &PeerMsg) -> PeerMsg {
+        let mut buf = Vec::new();
+        net_quic::encode_frame(msg, MAX_FRAME, &mut buf).unwrap();
+        decode(&buf[net_quic::FRAME_HEADER_LEN..]).unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let mut m = BytesMap::new();
+        m.put(Bytes::from_static(b"k"), Bytes::from_static(b"v"), Timestamp::new(5, 1, 9));
+        m.delete(Bytes::from_static(b"gone"), Timestamp::new(6, 0, 9));
+        for msg in [
+            PeerMsg::Hello { version: PROTOCOL_VERSION, peer: "127.0.0.1:6000".into() },
+            PeerMsg::Delta(m.clone()),
+            PeerMsg::SnapshotRequest,
+            PeerMsg::SnapshotChunk { entries: m, total: 2, last: true },
+        ] {
+            assert_eq!(roundtrip(&msg), msg);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [&b""[..], b"\xff", b"\x92\x01\x02", b"\x81\xa5Delta\xdd\xff\xff\xff\xff", &[0xc1; 64]] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_maximal_entry_fits_in_a_frame() {
+        let mut m = BytesMap::new();
+        let key = Bytes::from(vec![b'k'; crate::resp::MAX_KEY]);
+        m.put(key, Bytes::from(vec![0xab; crate::resp::MAX_VALUE]), Timestamp::new(1, 0, 1));
+        let mut buf = Vec::new();
+        assert!(net_quic::encode_frame(&PeerMsg::Delta(m), MAX_FRAME, &mut buf).is_ok());
+    }
+}

@@ -257,7 +257,7 @@ impl Core {
                 }
             }
             Event::Msg { peer, conn, msg } => {
-                if !self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
+                if self.live.get(&peer).is_none_or(|l| l.conn.stable_id() != conn) {
                     return; // from a replaced connection
                 }
                 self.on_message(&peer, msg);

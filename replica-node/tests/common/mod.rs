@@ -140,7 +140,7 @@ impl Cluster {
                 let relay = net_quic::LinkEmulator::start(
                     "127.0.0.1:0".parse().unwrap(),
                     d.peer_addr().unwrap(),
-                    link.clone(),
+                    *link,
                 )
                 .expect("relay starts");
                 d.peer = relay.local_addr().to_string();

@@ -1,0 +1,279 @@
+//! `cmud`: play CMUD in a terminal.
+//!
+//! The thin driver around the [`cmud`] library: it connects (or starts an embedded node), reads
+//! lines with rustyline, passes them and the time to a [`Game`], renders the replies with the
+//! story's pauses, and shows the message feed as it arrives.
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use cmud::{Game, Hardware, Item, Name, Place, Reply, SessionId, Tone};
+use replica_node::client::{Client, RoundRobin};
+use replica_node::{Node, NodeConfig};
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor};
+
+const AFTER_HELP: &str = "\
+Without --server, cmud starts a private replica node inside the game process (two actors on
+free loopback ports) and prints its addresses, so one command plays at once. The world lives in
+memory and ends when that game quits; others on the same machine can join it meanwhile with
+--server.
+
+To share a world, start servers (`replica-node --actors 2`) and give each player one or more of
+their client addresses. With several --server addresses, queries rotate over them and skip
+those that do not answer.
+
+Exit status: 0 after `quit` (or Ctrl-D), 2 when no server can be reached at start or the
+arguments are wrong.
+
+Examples:
+  cmud
+  cmud --name ada
+  cmud --server 127.0.0.1:6001 --server 127.0.0.1:6002 --name ada
+  cmud --seed 7 --story-ms 0        # the same dice every time, no pauses";
+
+/// CMUD: a multi-user dungeon on a replicated key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "cmud", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// A server's client address, HOST:PORT (a query actor's port: node port + 1 + actor).
+    /// Repeat for failover. Without any, an embedded node is started.
+    #[arg(short, long = "server", value_name = "ADDR")]
+    servers: Vec<String>,
+
+    /// Log in as NAME (3 to 16 characters: a letter, then letters, digits or _; case folded)
+    /// instead of being asked.
+    #[arg(short, long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<Name>,
+
+    /// Seed of the game's dice; the same seed and the same commands give the same outcomes.
+    /// Default: a fresh random seed.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+
+    /// Milliseconds between beats of the story (0: no pauses).
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    story_ms: u64,
+}
+
+fn parse_name(s: &str) -> Result<Name, String> {
+    Name::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cmud: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// 64 bits from the standard library's per-process random hash keys (seeded by the OS), mixed
+/// with the time and the process id.
+fn entropy() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Whether to colour: stdout is a terminal and NO_COLOR is unset or empty.
+fn use_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let color = use_color();
+    let (addrs, node) = if cli.servers.is_empty() {
+        let config = NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 2, ..NodeConfig::default() };
+        let node =
+            Node::start(&config).map_err(|e| anyhow::anyhow!("cannot start the embedded node: {e}"))?;
+        (node.description().client_addrs(), Some(node))
+    } else {
+        (resolve(&cli.servers)?, None)
+    };
+    let router = RoundRobin::new(addrs.clone())?;
+    let client = Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(5))
+        .build(router);
+    if let Err(e) = client.ping() {
+        anyhow::bail!("cannot reach any server: {e}");
+    }
+
+    let out = Output { color, story: Duration::from_millis(cli.story_ms) };
+    out.print(&cmud::story::banner());
+    if node.is_some() {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let mut r = Reply::new();
+        r.add(
+            Tone::Dim,
+            format!("A private world runs inside this game on {} and ends when you quit.", list.join(", ")),
+        );
+        r.add(Tone::Dim, format!("Others on this machine can join it meanwhile: cmud --server {}", list[0]));
+        out.print(&r);
+    }
+
+    let session = SessionId(entropy());
+    let seed = cli.seed.unwrap_or_else(entropy);
+    let mut game = Game::new(client, session, seed);
+    let words = Arc::new(Mutex::new(game.phase().words()));
+    let mut editor: Editor<Completion, DefaultHistory> = Editor::new()?;
+    editor.set_helper(Some(Completion { words: words.clone() }));
+
+    let mut pending = cli.name.map(|n| n.to_string());
+    loop {
+        let line = match pending.take() {
+            Some(line) => line,
+            None => {
+                let prompt = game.phase().prompt();
+                match editor.readline(&prompt) {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        line
+                    }
+                    Err(ReadlineError::Interrupted) => {
+                        out.print(&Reply::say(Tone::Dim, "(Type `quit` to leave.)"));
+                        continue;
+                    }
+                    Err(ReadlineError::Eof) => {
+                        if game.phase().player().is_none() {
+                            break;
+                        }
+                        "quit".to_owned()
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("cannot read the terminal: {e}")),
+                }
+            }
+        };
+        let reply = game.input(&line, now_ms());
+        out.print(&reply);
+        *lock(&words) = game.phase().words();
+        if game.phase().is_over() {
+            break;
+        }
+        // The news since the last command: chat at this place, shouts, events. A failure here
+        // is not worth a message: the next command reports an unreachable server anyway.
+        if let Ok(feed) = game.poll_feed(now_ms()) {
+            out.print(&feed);
+        }
+    }
+    drop(node);
+    Ok(())
+}
+
+fn resolve(servers: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for s in servers {
+        let found: Vec<SocketAddr> = s
+            .to_socket_addrs()
+            .map_err(|e| {
+                anyhow::anyhow!("bad --server {s:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:6001)")
+            })?
+            .collect();
+        addrs.extend(found);
+    }
+    Ok(addrs)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Renders replies to stdout.
+struct Output {
+    color: bool,
+    story: Duration,
+}
+
+impl Output {
+    /// Prints a reply, pausing at the story's beats.
+    fn print(&self, reply: &Reply) {
+        let mut stdout = std::io::stdout().lock();
+        for item in &reply.items {
+            match item {
+                Item::Line(l) => {
+                    let _ = writeln!(stdout, "{}", l.render(self.color));
+                }
+                Item::Pause => {
+                    let _ = stdout.flush();
+                    if !self.story.is_zero() {
+                        thread::sleep(self.story);
+                    }
+                }
+            }
+        }
+        let _ = stdout.flush();
+    }
+}
+
+/// Tab completion: command words, then places after `move` and hardware after `buy`.
+struct Completion {
+    words: Arc<Mutex<&'static [&'static str]>>,
+}
+
+impl Completer for Completion {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let before = line.get(..pos).unwrap_or(line);
+        let start =
+            before.char_indices().rev().find(|(_, c)| c.is_whitespace()).map_or(0, |(i, c)| i + c.len_utf8());
+        let word = before[start..].to_ascii_lowercase();
+        let earlier: Vec<String> = before[..start].split_whitespace().map(str::to_ascii_lowercase).collect();
+        let options: Vec<String> = match earlier.as_slice() {
+            [] => lock(&self.words).iter().map(|w| (*w).to_owned()).collect(),
+            [verb] if matches!(verb.as_str(), "move" | "go" | "walk") => {
+                Place::all().map(Place::id).collect()
+            }
+            [verb] if verb == "buy" => Hardware::ALL.iter().map(|h| h.name().to_owned()).collect(),
+            [verb, _] if verb == "buy" => vec!["max".to_owned()],
+            _ => Vec::new(),
+        };
+        Ok((start, options.into_iter().filter(|o| o.starts_with(&word)).collect()))
+    }
+}
+
+impl Hinter for Completion {
+    type Hint = String;
+}
+
+impl Highlighter for Completion {}
+
+impl Validator for Completion {}
+
+impl rustyline::Helper for Completion {}
