@@ -249,6 +249,16 @@ impl<K: Ord, V: Ord> LwwMap<K, V> {
         K: Clone,
         V: Clone,
     {
+        if self.entries.is_empty() {
+            // Joining an empty map is the identity: copy the other map's tree wholesale,
+            // which is several times faster than inserting its entries one by one.
+            *self = other.clone();
+            return MergeStats {
+                changed: other.entries.len(),
+                redundant: 0,
+                newest: other.max_timestamp().unwrap_or(Timestamp::ZERO),
+            };
+        }
         self.merge_with(other, |_, _| {})
     }
 
