@@ -1,71 +1,18 @@
-//! The `kv` binary against a small in-process RESP server: output, exit status, failover and
-//! the prompt (fed from a pipe).
+//! The `kv` binary against a real node: output, exit status, failover and the prompt (fed
+//! from a pipe).
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 
-use bytes::{Bytes, BytesMut};
-use replica_node::resp::{self, Protocol, RequestParser};
+use replica_node::{Node, NodeConfig};
 
-type Store = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
-
-/// A store speaking the commands `kv` uses, on a free loopback port. Its threads end with the
-/// test process.
-fn server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let addr = listener.local_addr().expect("local address");
-    let store: Store = Arc::default();
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let store = store.clone();
-            thread::spawn(move || serve(stream, &store));
-        }
-    });
-    addr
-}
-
-fn serve(mut stream: TcpStream, store: &Store) {
-    let mut parser = RequestParser::new();
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(n @ 1..) = stream.read(&mut chunk) {
-        buf.extend_from_slice(&chunk[..n]);
-        let mut out = Vec::new();
-        while let Ok(Some(args)) = parser.parse(&mut buf) {
-            let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
-            let name = args[0].to_ascii_uppercase();
-            match (&name[..], &args[1..]) {
-                (b"GET", [k]) => match map.get(k) {
-                    Some(v) => resp::bulk(&mut out, v),
-                    None => resp::null(&mut out, Protocol::Resp2),
-                },
-                (b"SET", [k, v]) => {
-                    map.insert(k.clone(), v.clone());
-                    resp::simple(&mut out, "OK");
-                }
-                (b"DEL", keys) => {
-                    let n = keys.iter().filter(|k| map.remove(*k).is_some()).count();
-                    resp::integer(&mut out, n as i64);
-                }
-                (b"LIST", [prefix]) => {
-                    let pairs: Vec<_> = map.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
-                    resp::array_header(&mut out, pairs.len() * 2);
-                    for (k, v) in pairs {
-                        resp::bulk(&mut out, k);
-                        resp::bulk(&mut out, v);
-                    }
-                }
-                _ => resp::error(&mut out, "ERR unknown command"),
-            }
-        }
-        if stream.write_all(&out).is_err() {
-            return;
-        }
-    }
+/// A real one-actor node on a free loopback port, and its client address.
+fn server() -> (Node, SocketAddr) {
+    let config = NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 1, ..NodeConfig::default() };
+    let node = Node::start(&config).expect("node starts");
+    let addr = node.description().client_addrs()[0];
+    (node, addr)
 }
 
 /// An address nothing listens on.
@@ -92,7 +39,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn put_get_list_del_and_exit_codes() {
-    let s = [server()];
+    let (_node, addr) = server();
+    let s = [addr];
     let out = kv(&s, &["put", "player:ada", "42 coins"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
@@ -128,9 +76,10 @@ fn unreachable_server_and_bad_usage_exit_2() {
 
     let out = kv(&[], &["--server", "not an address", "get", "k"], None);
     assert_eq!(out.status.code(), Some(2));
-    let out = kv(&[server()], &["put", "only-a-key"], None);
+    let (_node, addr) = server();
+    let out = kv(&[addr], &["put", "only-a-key"], None);
     assert_eq!(out.status.code(), Some(2));
-    let out = kv(&[server()], &["frobnicate"], None);
+    let out = kv(&[addr], &["frobnicate"], None);
     assert_eq!(out.status.code(), Some(2));
 
     let out = kv(&[], &["--help"], None);
@@ -140,7 +89,8 @@ fn unreachable_server_and_bad_usage_exit_2() {
 
 #[test]
 fn fails_over_to_a_live_server() {
-    let s = [dead(), server()];
+    let (_node, addr) = server();
+    let s = [dead(), addr];
     let out = kv(&s, &["put", "k", "v"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = kv(&s, &["get", "k"], None);
@@ -149,7 +99,8 @@ fn fails_over_to_a_live_server() {
 
 #[test]
 fn prompt_reads_commands_and_survives_errors() {
-    let s = [server()];
+    let (_node, addr) = server();
+    let s = [addr];
     let script = "put a 1\nput \"b c\" 'two words'\nget a\nget missing\nbogus\nput x\nlist\n\
                   del a\nget a\nhelp\nquit\nget b\n";
     let out = kv(&s, &[], Some(script));
