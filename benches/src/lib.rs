@@ -2,5 +2,16 @@
 //!
 //! - [`data`]: deterministic keys, values and scenarios for the CRDT benchmarks
 //!   (`benches/crdt.rs`, criterion) and the `crdt_ratio` binary (direct timings, ratio table).
+//! - [`harness`]: in-process servers on loopback, joined directly or through link emulators,
+//!   polling, percentiles and table footers, for the binaries below.
+//! - [`visibility`]: the probe of `local_visibility` and `remote_visibility` (Put on one actor,
+//!   time until other actors return it).
+//! - [`bulk`]: the loopback QUIC bulk rate, the anchor of `join_speed`.
+//!
+//! Binaries (`src/bin/`): `crdt_ratio`, `local_visibility`, `remote_visibility`, `join_speed`,
+//! and `linkem`, a command-line link emulator to put between two `replica-node` processes.
 
+pub mod bulk;
 pub mod data;
+pub mod harness;
+pub mod visibility;

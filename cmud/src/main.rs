@@ -2,15 +2,18 @@
 //!
 //! The thin driver around the [`cmud`] library: it connects (or starts an embedded node), reads
 //! lines with rustyline, passes them and the time to a [`Game`], renders the replies with the
-//! story's pauses, and shows the message feed as it arrives.
+//! story's pauses, and shows the message feed: after each command, and in a terminal also live,
+//! from a thread that polls the store while the player sits at the prompt and prints the news
+//! above it through rustyline's external printer.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cmud::{Game, Hardware, Item, Name, Place, Reply, SessionId, Tone};
@@ -22,7 +25,7 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{Context, Editor};
+use rustyline::{Context, Editor, ExternalPrinter};
 
 const AFTER_HELP: &str = "\
 Without --server, cmud starts a private replica node inside the game process (two actors on
@@ -142,18 +145,120 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let session = SessionId(entropy());
     let seed = cli.seed.unwrap_or_else(entropy);
-    let mut game = Game::new(client, session, seed);
+    let game = Game::new(client, session, seed);
     let words = Arc::new(Mutex::new(game.phase().words()));
+    let shared = Arc::new(Mutex::new(Shared { game, prompt_since: None }));
     let mut editor: Editor<Completion, DefaultHistory> = Editor::new()?;
     editor.set_helper(Some(Completion { words: words.clone() }));
 
-    let mut pending = cli.name.map(|n| n.to_string());
+    // Live news needs a terminal to print above the prompt; piped input gets it after each
+    // command only.
+    let live = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        match editor.create_external_printer() {
+            Ok(printer) => Some(LiveFeed::start(shared.clone(), printer, out)?),
+            Err(e) => {
+                tracing::debug!("no live feed: cannot print above the prompt: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let result = play(&mut editor, &shared, &words, out, cli.name);
+    // The editor goes first: a printer waiting for the prompt to take a message then gives up.
+    drop(editor);
+    if let Some(live) = live {
+        live.stop();
+    }
+    drop(node);
+    result
+}
+
+/// What the main thread and the live feed share.
+struct Shared {
+    game: Game<Client>,
+    /// Since when the player has been at the prompt; `None` while a line is handled and its
+    /// reply printed, so the live feed never prints into the middle of a reply.
+    prompt_since: Option<Instant>,
+}
+
+/// How often the live feed polls the store.
+const FEED_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the prompt must have been up before the live feed prints: by then rustyline is
+/// reading in raw mode and redraws the prompt and the line being typed below the news.
+const PROMPT_SETTLE: Duration = Duration::from_millis(100);
+
+/// The live feed: a thread that polls the store for news while the player sits at the prompt
+/// and prints it through rustyline's external printer. It uses the session's one feed (under
+/// the lock the main thread takes for each line), so no message is shown twice.
+struct LiveFeed {
+    stop: mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl LiveFeed {
+    fn start<P>(shared: Arc<Mutex<Shared>>, mut printer: P, out: Output) -> std::io::Result<LiveFeed>
+    where
+        P: ExternalPrinter + Send + 'static,
+    {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new().name("cmud-feed".into()).spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(FEED_EVERY) {
+                let news = {
+                    let mut s = lock(&shared);
+                    if s.prompt_since.is_none_or(|t| t.elapsed() < PROMPT_SETTLE) {
+                        continue;
+                    }
+                    // A failure is not worth a message: the next command reports it anyway.
+                    match s.game.poll_feed(now_ms()) {
+                        Ok(news) => news,
+                        Err(_) => continue,
+                    }
+                };
+                // Printed outside the lock: the printer may wait until the prompt takes the
+                // message, and the main thread must not wait for that.
+                if !news.items.is_empty() && printer.print(out.render(&news)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(LiveFeed { stop, thread })
+    }
+
+    /// Stops the thread and waits for it.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// The game loop: reads lines until the player quits or input ends.
+fn play(
+    editor: &mut Editor<Completion, DefaultHistory>,
+    shared: &Mutex<Shared>,
+    words: &Mutex<&'static [&'static str]>,
+    out: Output,
+    name: Option<Name>,
+) -> anyhow::Result<()> {
+    let mut pending = name.map(|n| n.to_string());
     loop {
         let line = match pending.take() {
             Some(line) => line,
             None => {
-                let prompt = game.phase().prompt();
-                match editor.readline(&prompt) {
+                let prompt = {
+                    let mut s = lock(shared);
+                    s.prompt_since = Some(Instant::now());
+                    s.game.phase().prompt()
+                };
+                let read = editor.readline(&prompt);
+                let logged_in = {
+                    let mut s = lock(shared);
+                    s.prompt_since = None;
+                    s.game.phase().player().is_some()
+                };
+                match read {
                     Ok(line) => {
                         if !line.trim().is_empty() {
                             let _ = editor.add_history_entry(line.as_str());
@@ -165,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         continue;
                     }
                     Err(ReadlineError::Eof) => {
-                        if game.phase().player().is_none() {
+                        if !logged_in {
                             break;
                         }
                         "quit".to_owned()
@@ -174,19 +279,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         };
-        let reply = game.input(&line, now_ms());
+        let (reply, over) = {
+            let mut s = lock(shared);
+            let reply = s.game.input(&line, now_ms());
+            *lock(words) = s.game.phase().words();
+            (reply, s.game.phase().is_over())
+        };
         out.print(&reply);
-        *lock(&words) = game.phase().words();
-        if game.phase().is_over() {
+        if over {
             break;
         }
         // The news since the last command: chat at this place, shouts, events. A failure here
         // is not worth a message: the next command reports an unreachable server anyway.
-        if let Ok(feed) = game.poll_feed(now_ms()) {
-            out.print(&feed);
+        let news = lock(shared).game.poll_feed(now_ms());
+        if let Ok(news) = news {
+            out.print(&news);
         }
     }
-    drop(node);
     Ok(())
 }
 
@@ -210,6 +319,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Renders replies to stdout.
+#[derive(Clone, Copy)]
 struct Output {
     color: bool,
     story: Duration,
@@ -233,6 +343,18 @@ impl Output {
             }
         }
         let _ = stdout.flush();
+    }
+
+    /// A reply's lines as one text, without the pauses (for the external printer).
+    fn render(&self, reply: &Reply) -> String {
+        let mut text = String::new();
+        for item in &reply.items {
+            if let Item::Line(l) = item {
+                text.push_str(&l.render(self.color));
+                text.push('\n');
+            }
+        }
+        text
     }
 }
 
