@@ -1,104 +1,17 @@
 //! What the measurement binaries share: in-process servers on loopback (optionally joined
 //! through link emulators), polling, percentiles, and the facts every table footer records.
 //!
-//! The [`Cluster`] follows `replica-node/tests/common/mod.rs`: servers share a cluster CA in a
-//! temporary directory, each new server joins every server started before it, and with a link
+//! The [`Cluster`] is `replica_node::testkit`'s: servers share a cluster CA in a temporary
+//! directory, each new server joins every server started before it, and with a link
 //! configuration each joining pair talks through its own [`net_quic::LinkEmulator`].
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use replica_node::client::{Client, Fixed};
-use replica_node::stats::NodeStats;
-use replica_node::{Node, NodeConfig};
-
-/// A directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// A fresh, not yet existing path tagged with `tag`, the process id and a counter.
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "benches-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Servers of one cluster on loopback, optionally with a link emulator on every link.
-#[derive(Debug)]
-pub struct Cluster {
-    /// The servers, in start order. Dropped first, while their links still relay.
-    pub nodes: Vec<Node>,
-    /// The relays, one per joining pair, in join order.
-    pub relays: Vec<net_quic::LinkEmulator>,
-    link: Option<net_quic::LinkConfig>,
-    // Dropped last: the nodes read their certificates from it.
-    dir: TempDir,
-}
-
-impl Cluster {
-    /// An empty cluster; servers added later talk directly (no relay) unless `link` is given.
-    pub fn new(tag: &str, link: Option<net_quic::LinkConfig>) -> Cluster {
-        Cluster { nodes: Vec::new(), relays: Vec::new(), link, dir: TempDir::new(tag) }
-    }
-
-    /// Starts a server of `actors` actors that joins every server started before it (through
-    /// a new relay per pair when the cluster has a link configuration).
-    pub fn add(&mut self, actors: usize) -> &Node {
-        let mut join = Vec::new();
-        for n in &self.nodes {
-            let mut d = n.description().clone();
-            if let Some(link) = &self.link {
-                let target = d.peer_addr().expect("a node's own description resolves");
-                let relay = net_quic::LinkEmulator::start(loopback(), target, *link).expect("relay starts");
-                d.peer = relay.local_addr().to_string();
-                self.relays.push(relay);
-            }
-            join.push(d);
-        }
-        let config = NodeConfig {
-            host: "127.0.0.1".into(),
-            port: 0,
-            actors,
-            cluster_dir: Some(self.dir.0.clone()),
-            join,
-            progress: false,
-        };
-        self.nodes.push(Node::start(&config).expect("node starts"));
-        self.nodes.last().expect("just pushed")
-    }
-
-    /// Waits until every server reports a connection to every other; false on timeout.
-    pub fn wait_connected(&self, deadline: Duration) -> bool {
-        let want = self.nodes.len() as u64 - 1;
-        eventually(deadline, Duration::from_millis(5), || {
-            self.nodes.iter().all(|n| NodeStats::get(&n.stats().peers_connected) == want)
-        })
-        .is_some()
-    }
-}
+pub use replica_node::testkit::{Cluster, TempDir, clients};
 
 /// 127.0.0.1 with an OS-chosen port.
 pub fn loopback() -> std::net::SocketAddr {
     (std::net::Ipv4Addr::LOCALHOST, 0).into()
-}
-
-/// One client per actor of `node`, in actor order, each pinned to its actor's port.
-pub fn clients(node: &Node) -> Vec<Client> {
-    node.description().client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect()
 }
 
 /// Polls `check` every `every` until it returns true (the time it took) or `deadline` passes.

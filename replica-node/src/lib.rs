@@ -27,5 +27,7 @@ pub mod replica;
 pub mod resp;
 pub mod server;
 pub mod stats;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use node::{Description, Node, NodeConfig, StartError};

@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("join_speed: generating {} keys ...", args.keys);
     let pairs = data::pairs(args.keys, args.seed);
-    let mut cluster = Cluster::new("join", None);
+    let mut cluster = Cluster::new("join");
     let a = cluster.add(args.actors);
     eprintln!("join_speed: loading A ...");
     let load_time = load(&a.description().client_addrs(), &pairs)?;

@@ -58,10 +58,10 @@ fn main() -> anyhow::Result<()> {
     let mut notes = Vec::new();
     for &delay_ms in &args.delay_ms {
         let delay = Duration::from_millis(delay_ms);
-        let mut cluster = Cluster::new("remote-vis", Some(LinkConfig::with_delay(delay)));
+        let mut cluster = Cluster::with_link("remote-vis", Some(LinkConfig::with_delay(delay)));
         cluster.add(args.actors);
         cluster.add(args.actors);
-        anyhow::ensure!(cluster.wait_connected(Duration::from_secs(30)), "the servers did not connect");
+        anyhow::ensure!(cluster.try_wait_connected(Duration::from_secs(30)), "the servers did not connect");
         let all: Vec<_> = cluster.nodes.iter().flat_map(clients).collect();
         let n = args.actors;
         // Actors 0..n are server A's, n..2n server B's; a write on one server is watched on the other.
