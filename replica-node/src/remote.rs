@@ -26,6 +26,9 @@ use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg};
 use crate::server::{ActorMsg, Clock};
 use crate::stats::NodeStats;
 
+/// How long a stopping gateway waits for peers to acknowledge what it sent last.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Wakes the gateway task when an actor sends it mail.
 #[derive(Debug)]
 pub(crate) struct TokioWake(pub Arc<Notify>);
@@ -65,14 +68,29 @@ pub(crate) struct GatewayStart {
 
 /// What connection tasks tell the gateway task.
 enum Event {
-    Up { peer: String, conn: PeerConnection, out: mpsc::UnboundedSender<PeerMsg>, dialed: bool },
-    Msg { peer: String, conn: usize, msg: PeerMsg },
-    Down { peer: String, conn: usize },
+    Up {
+        peer: String,
+        conn: PeerConnection,
+        out: mpsc::UnboundedSender<PeerMsg>,
+        writer: tokio::task::JoinHandle<()>,
+        dialed: bool,
+    },
+    Msg {
+        peer: String,
+        conn: usize,
+        msg: PeerMsg,
+    },
+    Down {
+        peer: String,
+        conn: usize,
+    },
 }
 
 struct Live {
     conn: PeerConnection,
     out: mpsc::UnboundedSender<PeerMsg>,
+    /// Ends once everything sent to `out` is written and acknowledged (or the link failed).
+    writer: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the gateway until the node stops.
@@ -238,7 +256,7 @@ impl Core {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Up { peer, conn, out, dialed } => {
+            Event::Up { peer, conn, out, writer, dialed } => {
                 if let Some(old) = self.live.remove(&peer) {
                     tracing::info!(%peer, "a new connection replaces the old one");
                     old.conn.close(CloseReason::Replaced);
@@ -248,7 +266,7 @@ impl Core {
                     let _ = out.send(PeerMsg::SnapshotRequest);
                 }
                 self.gateway.connected(&peer);
-                self.live.insert(peer, Live { conn, out });
+                self.live.insert(peer, Live { conn, out, writer });
             }
             Event::Down { peer, conn } => {
                 if self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
@@ -311,15 +329,23 @@ impl Core {
     async fn finish(mut self, endpoint: &PeerEndpoint) {
         let now = u64::MAX / 2;
         self.flush(now);
-        // Drop our senders: writer tasks finish their streams once everything is written.
-        let live: Vec<Live> = self.live.drain().map(|(_, l)| l).collect();
-        let conns: Vec<PeerConnection> = live.iter().map(|l| l.conn.clone()).collect();
-        drop(live);
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            // Give writers a moment to hand their last frames to QUIC and the peer to ack.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        })
-        .await;
+        // Drop our senders: each writer then finishes its stream and waits until the peer has
+        // acknowledged everything (closing a connection earlier would discard the last writes).
+        let mut conns = Vec::new();
+        let mut writers = Vec::new();
+        for (_, Live { conn, out, writer }) in self.live.drain() {
+            drop(out);
+            conns.push(conn);
+            writers.push(writer);
+        }
+        let all_written = async {
+            for w in writers {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, all_written).await.is_err() {
+            tracing::warn!("some peers did not acknowledge the last writes before shutdown");
+        }
         for c in conns {
             c.close(CloseReason::Shutdown);
         }
@@ -347,7 +373,7 @@ fn spawn_connection(
     let id = conn.stable_id();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<PeerMsg>();
     // Writer.
-    {
+    let writer = {
         let conn = conn.clone();
         let stats = stats.clone();
         let peer = peer.clone();
@@ -374,8 +400,8 @@ fn spawn_connection(
                 }
             }
             let _ = sender.finish_and_wait().await;
-        });
-    }
+        })
+    };
     // Readers: one per incoming stream (control and bulk).
     {
         let conn = conn.clone();
@@ -423,7 +449,7 @@ fn spawn_connection(
             }
         });
     }
-    let _ = events.send(Event::Up { peer: peer.clone(), conn: conn.clone(), out: out_tx, dialed });
+    let _ = events.send(Event::Up { peer: peer.clone(), conn: conn.clone(), out: out_tx, writer, dialed });
     tokio::spawn(async move {
         conn.closed().await;
         let _ = events.send(Event::Down { peer, conn: id });

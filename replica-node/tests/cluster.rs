@@ -368,3 +368,23 @@ fn a_malformed_peer_frame_closes_only_that_connection() {
     cs[1][0].put("after2", "2").unwrap();
     converge(&cs, "after", 2, REMOTE_VISIBILITY);
 }
+
+#[test]
+fn writes_acknowledged_just_before_a_graceful_stop_still_reach_the_other_servers() {
+    // A lossy link: the last packets need retransmitting after the stop has begun.
+    let link = net_quic::LinkConfig { delay: Duration::from_millis(100), loss: 0.2, ..Default::default() };
+    let mut c = Cluster::with_link("stop", Some(link));
+    c.add(2);
+    c.add(2);
+    c.wait_connected(Duration::from_secs(10));
+    let cs = c.clients();
+    // A burst, so the last writes are still held by the pacers when the stop begins.
+    for i in 0..200 {
+        cs[0][i % 2].put(format!("last:{i:03}"), "x".repeat(1_000)).unwrap();
+    }
+    c.nodes.remove(0).shutdown();
+    for (a, cl) in cs[1].iter().enumerate() {
+        let ok = eventually(REMOTE_VISIBILITY, || cl.list("last:").unwrap().len() == 200);
+        assert!(ok.is_some(), "actor {a} of the surviving server lacks writes made before the stop");
+    }
+}
