@@ -25,9 +25,9 @@ pub fn apply(
         return Ok(Reply::say(
             Tone::Bad,
             format!(
-                "The shop won't sell {hw} to a {}: it unlocks at {}.",
-                h.rank().title(),
-                hw.unlocked_at().title()
+                "You can't buy {hw} yet: it unlocks at {} (you are {}).",
+                hw.unlocked_at().title(),
+                h.rank().title()
             ),
         ));
     }
