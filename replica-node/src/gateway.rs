@@ -7,11 +7,13 @@
 //!   recipient). The gateway merges them into its own full replica and queues the entries that
 //!   changed it for every known remote server, so each Put crosses to each remote server once,
 //!   however many actors either side has.
-//! - Each remote server gets at most one batch per [`SYNC_INTERVAL_MS`]: an isolated write goes
-//!   out at once, a burst is batched.
+//! - Each remote server has its own [`Pacer`]: at most 10 batches in any second, sent as soon
+//!   as that budget allows. An isolated write and the first few batches after a quiet spell go
+//!   out at once; under sustained load each batch carries what accumulated since the last, and
+//!   nothing waits longer than [`crate::pacer::MAX_WAIT_MS`].
 //! - Batches from remote servers are merged into the gateway's replica; the entries that
-//!   changed it are fanned out once to every local actor, again paced, so remote traffic never
-//!   breaks the per-pair budget however many servers send at once.
+//!   changed it are fanned out once to every local actor, paced by one more [`Pacer`], so
+//!   remote traffic never breaks the per-pair budget however many servers send at once.
 //! - A joining server gets a snapshot of the gateway's replica. Every entry the gateway had when
 //!   the joiner connected is in it; every entry after that goes out as a delta; so nothing
 //!   written during a join is lost.
@@ -25,20 +27,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
 
-use crate::replica::{RateWindow, SYNC_INTERVAL_MS, SyncBatch};
+use crate::pacer::Pacer;
+use crate::replica::SyncBatch;
 use crate::stats::NodeStats;
-
-/// Sends at most once per [`SYNC_INTERVAL_MS`], immediately when idle.
-#[derive(Debug, Default)]
-struct Pacer {
-    last: Option<u64>,
-}
-
-impl Pacer {
-    fn next_at(&self) -> u64 {
-        self.last.map_or(0, |t| t + SYNC_INTERVAL_MS)
-    }
-}
 
 /// What the gateway knows about one remote server.
 #[derive(Debug, Default)]
@@ -47,7 +38,6 @@ struct Link {
     /// Entries owed to this server (newest per key).
     pending: DeltaBuffer<Bytes, Bytes>,
     pacer: Pacer,
-    window: RateWindow,
 }
 
 /// The gateway of one node.
@@ -59,8 +49,9 @@ pub struct Gateway {
     links: BTreeMap<String, Link>,
     /// Entries from remote servers owed to the local actors.
     inbound: DeltaBuffer<Bytes, Bytes>,
+    /// Every local actor gets every fan-out batch at the same instant: one pacer for all.
     fanout: Pacer,
-    fanout_windows: Vec<RateWindow>,
+    actors: usize,
     stats: Arc<NodeStats>,
 }
 
@@ -73,7 +64,7 @@ impl Gateway {
             links: BTreeMap::new(),
             inbound: DeltaBuffer::new(),
             fanout: Pacer::default(),
-            fanout_windows: (0..actors).map(|_| RateWindow::default()).collect(),
+            actors,
             stats,
         }
     }
@@ -147,12 +138,11 @@ impl Gateway {
     /// The batch to send `peer` now, if it is connected, owed something, and pacing allows.
     pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Option<BytesMap> {
         let link = self.links.get_mut(peer)?;
-        if !link.connected || link.pending.is_empty() || mono_ms < link.pacer.next_at() {
+        if !link.connected || link.pending.is_empty() || !link.pacer.allows(mono_ms) {
             return None;
         }
-        link.pacer.last = Some(mono_ms);
         let delta = link.pending.flush();
-        let rate = link.window.record(mono_ms) as u64;
+        let rate = link.pacer.record(mono_ms) as u64;
         self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
         NodeStats::add(&self.stats.sync_messages_sent, 1);
         NodeStats::add(&self.stats.sync_entries_sent, delta.entry_count() as u64);
@@ -161,23 +151,22 @@ impl Gateway {
 
     /// The batch to fan out to every local actor now, if any and pacing allows.
     pub fn poll_fanout(&mut self, mono_ms: u64) -> Option<SyncBatch> {
-        if self.inbound.is_empty() || mono_ms < self.fanout.next_at() {
+        if self.inbound.is_empty() || !self.fanout.allows(mono_ms) {
             return None;
         }
-        self.fanout.last = Some(mono_ms);
         let delta = Arc::new(self.inbound.flush());
-        let mut peak = 0;
-        for w in &mut self.fanout_windows {
-            peak = peak.max(w.record(mono_ms));
+        let rate = self.fanout.record(mono_ms) as u64;
+        let n = self.actors as u64;
+        if n > 0 {
+            self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
         }
-        let n = self.fanout_windows.len() as u64;
-        self.stats.sync_max_pair_rate.fetch_max(peak as u64, Ordering::Relaxed);
         NodeStats::add(&self.stats.sync_messages_sent, n);
         NodeStats::add(&self.stats.sync_entries_sent, n * delta.entry_count() as u64);
         Some(SyncBatch { from: self.index, delta })
     }
 
-    /// When the gateway next has something due (monotonic ms), if ever.
+    /// When the gateway next has something due (monotonic ms), if ever: exactly the first
+    /// instant one of its pacers with something queued allows a send (possibly already past).
     pub fn next_due(&self) -> Option<u64> {
         let fanout = (!self.inbound.is_empty()).then(|| self.fanout.next_at());
         let links =
@@ -228,6 +217,7 @@ mod tests {
 
     #[test]
     fn local_writes_go_to_every_peer_once_and_are_paced() {
+        use crate::pacer::{BURST, BURST_SPAN_MS};
         let mut g = Gateway::new(2, Arc::default());
         g.connected("a");
         g.connected("b");
@@ -237,10 +227,45 @@ mod tests {
         g.on_local(&delta(&["y"], 11));
         g.on_local(&delta(&["z"], 12));
         g.on_local(&delta(&["y", "z"], 12)); // a duplicate changes nothing and is not re-sent
-        assert!(g.poll_peer("a", 50).is_none(), "paced");
-        assert_eq!(g.next_due(), Some(100));
-        assert_eq!(g.poll_peer("a", 100).unwrap().entry_count(), 2);
+        for peer in ["a", "b"] {
+            assert_eq!(g.poll_peer(peer, 10).unwrap().entry_count(), 2, "start of a burst: at once too");
+        }
+        for i in 2..BURST as u64 {
+            g.on_local(&delta(&[&format!("s{i}")], 20 + i));
+            for peer in ["a", "b"] {
+                assert_eq!(g.poll_peer(peer, 10 + i).unwrap().entry_count(), 1, "within the burst");
+            }
+        }
+        g.on_local(&delta(&["w1"], 30));
+        g.on_local(&delta(&["w2"], 31));
+        assert!(g.poll_peer("a", 50).is_none(), "burst spent: paced");
+        assert_eq!(g.next_due(), Some(BURST_SPAN_MS), "exactly when the burst's span has passed");
+        assert!(g.poll_peer("a", BURST_SPAN_MS - 1).is_none());
+        assert_eq!(g.poll_peer("a", BURST_SPAN_MS).unwrap().entry_count(), 2);
+        assert_eq!(g.next_due(), Some(BURST_SPAN_MS), "b still owes w1, w2");
+        assert_eq!(g.poll_peer("b", 500).unwrap().entry_count(), 2);
         assert!(g.poll_peer("a", 500).is_none());
+        assert_eq!(g.next_due(), None);
+    }
+
+    #[test]
+    fn the_fanout_spends_the_budget_and_keeps_it() {
+        use crate::pacer::{BURST, MAX_PER_WINDOW, MAX_WAIT_MS};
+        let stats = Arc::new(NodeStats::default());
+        let mut g = Gateway::new(2, stats.clone());
+        let mut sent = Vec::new();
+        // Remote entries every 5 ms for 3 s: a burst goes out at once, then the budget is spread.
+        for t in (0..3_000u64).step_by(5) {
+            g.on_remote(&delta(&[&format!("r{t}")], 10 + t));
+            if g.poll_fanout(t).is_some() {
+                sent.push(t);
+            }
+            assert!(g.next_due().is_none_or(|at| at <= sent.last().unwrap() + MAX_WAIT_MS));
+        }
+        assert_eq!(sent[..BURST], (0..BURST as u64).map(|i| 5 * i).collect::<Vec<_>>()[..]);
+        assert!(sent.windows(2).all(|w| w[1] - w[0] <= MAX_WAIT_MS));
+        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), MAX_PER_WINDOW as u64);
+        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 2 * sent.len() as u64);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!
 //! - [`actor`]: mailboxes that wake an event loop.
 //! - [`replica`]: the pure state machine of one actor (time in, messages out): writes,
-//!   merges, sync pacing and budgets.
+//!   merges, what to sync.
+//! - [`pacer`]: when a sync message may go out: it spends the budget of 10 messages per
+//!   second per recipient, sending at once when it can and never holding anything longer than
+//!   a fixed bound; shared by the actors and the gateway.
 //! - [`commands`]: the RESP command set, applied to a replica.
 //! - [`server`]: the thin per-core loop around them (sockets, mailbox, clock).
 //! - [`node`]: start and stop a whole node; its description line.
@@ -21,6 +24,7 @@ pub mod client;
 pub mod commands;
 pub mod gateway;
 pub mod node;
+pub mod pacer;
 pub mod peer;
 pub mod remote;
 pub mod replica;

@@ -3,7 +3,10 @@
 //! Pure in the sans-IO sense: it owns a full [`BytesMap`] replica and its clock, takes time as
 //! an argument ([`Now`]) and returns what to send; the per-core loop in [`crate::server`] does
 //! the sockets, the mailboxes and the clock reads. That keeps the sync rules (pacing, no
-//! re-forwarding, budgets) testable with virtual time.
+//! re-forwarding, budgets) testable with virtual time. When a delta may go out is the
+//! [`Pacer`]'s decision: it spends the budget of 10 messages per second per recipient, so an
+//! isolated write and the first writes of a burst go out at once, and nothing waits longer than
+//! [`crate::pacer::MAX_WAIT_MS`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,14 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, ReplicaId, Timestamp};
 
+use crate::pacer::Pacer;
 use crate::stats::NodeStats;
-
-/// The least time between two sync messages from one actor to one recipient. Ten messages per
-/// second per ordered pair is the budget of the design; an isolated write still goes out at once.
-pub const SYNC_INTERVAL_MS: u64 = 100;
-
-/// The window over which the per-pair message rate is measured.
-const RATE_WINDOW_MS: u64 = 1_000;
 
 /// How far ahead of our own wall clock a received timestamp may be before we stop letting it
 /// drag our clock along. A peer with a broken clock could otherwise push every later write of
@@ -44,23 +41,6 @@ pub struct SyncBatch {
     pub delta: Arc<BytesMap>,
 }
 
-/// Counts the messages sent to one recipient in the last second.
-#[derive(Debug, Default)]
-pub(crate) struct RateWindow {
-    sent_at: VecDeque<u64>,
-}
-
-impl RateWindow {
-    /// Records a send at `mono_ms`; returns how many sends fall in `(mono_ms - 1 s, mono_ms]`.
-    pub(crate) fn record(&mut self, mono_ms: u64) -> usize {
-        while self.sent_at.front().is_some_and(|&t| t + RATE_WINDOW_MS <= mono_ms) {
-            self.sent_at.pop_front();
-        }
-        self.sent_at.push_back(mono_ms);
-        self.sent_at.len()
-    }
-}
-
 /// The state of one query actor: a full replica, its clock and what it owes its peers.
 #[derive(Debug)]
 pub struct Replica {
@@ -69,8 +49,10 @@ pub struct Replica {
     clock: Hlc,
     /// Writes accepted from this actor's clients since the last flush.
     pending: DeltaBuffer<Bytes, Bytes>,
-    last_flush_ms: Option<u64>,
-    windows: Vec<RateWindow>,
+    /// Every recipient gets every delta at the same instant, so one pacer (and one rate
+    /// window) stands for each of them.
+    pacer: Pacer,
+    recipients: usize,
     stats: Arc<NodeStats>,
     /// Resume points of `SCAN` cursors handed out by this actor, oldest first.
     cursors: VecDeque<(u64, Bytes)>,
@@ -89,8 +71,8 @@ impl Replica {
             map: BytesMap::new(),
             clock: Hlc::new(replica),
             pending: DeltaBuffer::new(),
-            last_flush_ms: None,
-            windows: (0..recipients).map(|_| RateWindow::default()).collect(),
+            pacer: Pacer::default(),
+            recipients,
             stats,
             cursors: VecDeque::new(),
             next_cursor: 1,
@@ -151,28 +133,24 @@ impl Replica {
 
     /// The delta to send to every recipient now, if there is one and pacing allows it.
     pub fn poll_sync(&mut self, now: Now) -> Option<SyncBatch> {
-        if self.pending.is_empty() || self.next_sync_at().is_some_and(|at| now.mono_ms < at) {
+        if self.pending.is_empty() || !self.pacer.allows(now.mono_ms) {
             return None;
         }
-        self.last_flush_ms = Some(now.mono_ms);
         let delta = Arc::new(self.pending.flush());
-        let recipients = self.windows.len() as u64;
-        let mut peak = 0;
-        for w in &mut self.windows {
-            peak = peak.max(w.record(now.mono_ms));
+        let recipients = self.recipients as u64;
+        let rate = self.pacer.record(now.mono_ms) as u64;
+        if recipients > 0 {
+            self.stats.sync_max_pair_rate.fetch_max(rate, std::sync::atomic::Ordering::Relaxed);
         }
-        self.stats.sync_max_pair_rate.fetch_max(peak as u64, std::sync::atomic::Ordering::Relaxed);
         NodeStats::add(&self.stats.sync_messages_sent, recipients);
         NodeStats::add(&self.stats.sync_entries_sent, recipients * delta.entry_count() as u64);
         Some(SyncBatch { from: self.index, delta })
     }
 
-    /// When [`Replica::poll_sync`] will next have something to send (monotonic ms), if ever.
+    /// When [`Replica::poll_sync`] will next have something to send (monotonic ms), if ever:
+    /// exactly the first instant the pacer allows a send, which may already have passed.
     pub fn next_sync_at(&self) -> Option<u64> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(self.last_flush_ms.map_or(0, |t| t + SYNC_INTERVAL_MS))
+        (!self.pending.is_empty()).then(|| self.pacer.next_at())
     }
 
     /// Remembers where a `SCAN` stopped; returns the cursor to hand to the client.
@@ -206,19 +184,29 @@ mod tests {
     }
 
     #[test]
-    fn an_isolated_write_goes_out_at_once_and_a_burst_is_batched() {
+    fn an_isolated_write_and_the_start_of_a_burst_go_out_at_once_the_rest_is_batched() {
+        use crate::pacer::{BURST, BURST_SPAN_MS};
         let mut r = Replica::new(0, 1, 2, Arc::default());
         r.write(b("a"), Some(b("1")), now(1_000));
         let first = r.poll_sync(now(1_000)).expect("isolated write is sent immediately");
         assert_eq!(first.delta.entry_count(), 1);
-        for i in 0..50 {
-            r.write(b(&format!("k{i}")), Some(b("v")), now(1_000 + i));
-            assert!(r.poll_sync(now(1_000 + i)).is_none() || i == 0, "paced within 100 ms");
+        // The next writes of a burst go out one by one, each at once, until the burst is spent.
+        for i in 1..BURST as u64 {
+            r.write(b(&format!("b{i}")), Some(b("v")), now(1_000 + i));
+            assert!(r.next_sync_at().is_some_and(|at| at <= 1_000 + i), "the pacer still allows a send");
+            assert_eq!(r.poll_sync(now(1_000 + i)).expect("within the burst").delta.entry_count(), 1);
         }
-        assert_eq!(r.next_sync_at(), Some(1_100));
-        let batch = r.poll_sync(now(1_100)).expect("due after 100 ms");
+        for i in 0..50 {
+            let t = 1_000 + BURST as u64 + i;
+            r.write(b(&format!("k{i}")), Some(b("v")), now(t));
+            assert!(r.poll_sync(now(t)).is_none(), "burst spent: paced");
+        }
+        assert_eq!(r.next_sync_at(), Some(1_000 + BURST_SPAN_MS), "exactly when the burst's span has passed");
+        assert!(r.poll_sync(now(1_000 + BURST_SPAN_MS - 1)).is_none());
+        let batch = r.poll_sync(now(1_000 + BURST_SPAN_MS)).expect("due then");
         assert_eq!(batch.delta.entry_count(), 50);
         assert!(r.poll_sync(now(5_000)).is_none(), "nothing pending");
+        assert_eq!(r.next_sync_at(), None);
     }
 
     #[test]

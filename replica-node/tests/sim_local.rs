@@ -1,7 +1,8 @@
 //! Deterministic simulation of one node's actors with virtual time: random client writes,
 //! mailbox delivery with random delays, and the sync rules checked exactly — every write
-//! visible everywhere within the pacing interval plus delivery delay, at most ten messages per
-//! ordered pair in any one-second window, identical replicas at the end. Every seed reproduces.
+//! visible everywhere within the pacer's wait bound plus delivery delay, at most ten messages
+//! per ordered pair in any one-second window, identical replicas at the end. Every seed
+//! reproduces.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use bytes::Bytes;
 use lww_crdt::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replica_node::replica::{Now, Replica, SYNC_INTERVAL_MS, SyncBatch};
+use replica_node::pacer::MAX_WAIT_MS;
+use replica_node::replica::{Now, Replica, SyncBatch};
 use replica_node::stats::NodeStats;
 
 const ACTORS: usize = 4;
@@ -65,7 +67,7 @@ fn run(seed: u64) {
             }
         }
         // A write is visible everywhere once pacing and delivery allow, unless overwritten.
-        let deadline = SYNC_INTERVAL_MS + MAX_DELAY_MS + 1;
+        let deadline = MAX_WAIT_MS + MAX_DELAY_MS + 1;
         pending_checks.retain(|(written, key, ts)| {
             if t < written + deadline {
                 return true;
