@@ -39,6 +39,7 @@
 
 mod clock;
 mod delta;
+mod key;
 mod map;
 #[cfg(feature = "serde")]
 mod serde_impls;
@@ -48,6 +49,7 @@ pub mod harness;
 
 pub use clock::{Hlc, ReplicaId, Timestamp};
 pub use delta::{Delta, DeltaBuffer};
+pub use key::Key;
 pub use map::{Entry, LwwMap, MergeStats};
 
 /// The map the store replicates: binary keys and values in shared, cheaply cloned buffers.
