@@ -469,6 +469,39 @@ proptest! {
         prop_assert_eq!(expected.newest, d.max_timestamp().unwrap_or(Timestamp::ZERO));
     }
 
+    /// Lookups and ranges by a borrowed key (`&[u8]`) search the tree through the keys' heads;
+    /// they must find exactly what a scan of every entry finds, including for keys that share
+    /// a head (short keys, trailing zero bytes).
+    #[test]
+    fn get_and_range_by_borrowed_keys_agree_with_a_full_scan(
+        m in sized_map(30),
+        probes in vec(vec(prop_oneof![Just(0u8), Just(1), Just(b'a'), Just(0xff)], 0..4), 2),
+        kinds in (0..3u8, 0..3u8),
+    ) {
+        use std::ops::{Bound, RangeBounds};
+        for p in &probes {
+            let expected = m.entries().find(|(k, _)| k[..] == p[..]).map(|(_, e)| e);
+            prop_assert_eq!(m.get_entry(&p[..]), expected);
+            prop_assert_eq!(m.get(&p[..]), expected.and_then(|e| e.value.as_ref()));
+        }
+        let (lo, hi) = if probes[0] <= probes[1] { (&probes[0][..], &probes[1][..]) } else { (&probes[1][..], &probes[0][..]) };
+        let bound = |kind: u8, k| match kind {
+            0 => Bound::Included(k),
+            1 => Bound::Excluded(k),
+            _ => Bound::Unbounded,
+        };
+        let (start, end) = (bound(kinds.0, lo), bound(kinds.1, hi));
+        // BTreeMap::range panics on an empty range with both ends excluded at the same key.
+        prop_assume!(!(lo == hi && matches!((start, end), (Bound::Excluded(_), Bound::Excluded(_)))));
+        let got: Vec<_> = m.range::<[u8], _>((start, end)).map(|(k, _)| k.clone()).collect();
+        let expected: Vec<_> = m
+            .entries()
+            .filter(|(k, _)| RangeBounds::<[u8]>::contains(&(start, end), &k[..]))
+            .map(|(k, _)| k.clone())
+            .collect();
+        prop_assert_eq!(got, expected);
+    }
+
     /// `collect` builds sorted input in bulk and merges anything else entry by entry; either
     /// way the result is the last-writer-wins merge of the pairs.
     #[test]
