@@ -1,6 +1,6 @@
 //! Deltas and delta buffers.
 
-use crate::{Entry, LwwMap};
+use crate::{Entry, Key, LwwMap};
 
 /// A set of entries to send to other replicas. A delta is itself a (small) [`LwwMap`], so
 /// deltas merge into each other and into replicas with the same associative, commutative,
@@ -23,7 +23,7 @@ impl<K, V> Default for DeltaBuffer<K, V> {
     }
 }
 
-impl<K: Ord, V: Ord> DeltaBuffer<K, V> {
+impl<K: Key, V: Ord> DeltaBuffer<K, V> {
     /// An empty buffer.
     pub fn new() -> Self {
         Self::default()

@@ -11,6 +11,9 @@
 //! - [`LwwMap`]: `key -> (Option<value>, Timestamp)`; `None` is a tombstone. Merge is a join in
 //!   a semilattice: associative, commutative and idempotent, for *any* input, including two
 //!   different entries with the same timestamp (see [`Entry`] for the tie-break).
+//! - [`Key`]: what a map key provides besides `Ord`, a 64-bit head that agrees with the key
+//!   order (for byte strings, the first 8 bytes), so the tree compares most keys without
+//!   reading their buffers.
 //! - [`Delta`] and [`DeltaBuffer`]: a delta is itself a small map; a buffer collects what
 //!   changed since the last flush, newest entry per key.
 //!
@@ -39,6 +42,7 @@
 
 mod clock;
 mod delta;
+mod key;
 mod map;
 #[cfg(feature = "serde")]
 mod serde_impls;
@@ -48,6 +52,7 @@ pub mod harness;
 
 pub use clock::{Hlc, ReplicaId, Timestamp};
 pub use delta::{Delta, DeltaBuffer};
+pub use key::Key;
 pub use map::{Entry, LwwMap, MergeStats};
 
 /// The map the store replicates: binary keys and values in shared, cheaply cloned buffers.

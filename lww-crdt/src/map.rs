@@ -1,11 +1,13 @@
 //! The last-writer-wins map.
 
 use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::collections::btree_map;
 use std::ops::{AddAssign, Bound, RangeBounds};
 
 use crate::Timestamp;
+use crate::key::{Key, Probe, Query, Slot};
 
 /// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
 /// produced it.
@@ -75,11 +77,32 @@ impl AddAssign for MergeStats {
 /// duplication or regrouping of the same writes yields the same map.
 ///
 /// Keys are kept sorted, so [`LwwMap::scan_prefix`] costs `O(log n + result)` rather than a scan
-/// of the whole map.
+/// of the whole map. The tree orders keys by their [`Key::head`] first (for byte strings, the
+/// first 8 bytes, held inline in the tree's nodes), so most comparisons never touch a key's
+/// own buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LwwMap<K, V> {
-    entries: BTreeMap<K, Entry<V>>,
+    entries: BTreeMap<Slot<K>, Entry<V>>,
     tombstones: usize,
+}
+
+/// How an incoming entry compared with what the map held for its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The key was new.
+    Inserted,
+    /// The incoming entry was greater and replaced the held one.
+    Won,
+    /// The map held the same entry.
+    Tied,
+    /// The map held a greater entry.
+    Lost,
+}
+
+impl Outcome {
+    fn changed(self) -> bool {
+        matches!(self, Outcome::Inserted | Outcome::Won)
+    }
 }
 
 impl<K, V> Default for LwwMap<K, V> {
@@ -90,7 +113,7 @@ impl<K, V> Default for LwwMap<K, V> {
 
 impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for LwwMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.entries.iter()).finish()
+        f.debug_map().entries(self.entries()).finish()
     }
 }
 
@@ -122,17 +145,17 @@ impl<K, V> LwwMap<K, V> {
 
     /// Live `(key, value)` pairs in key order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {
-        self.entries.iter().filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+        self.entries.iter().filter_map(|(s, e)| e.value.as_ref().map(|v| (&s.key, v)))
     }
 
     /// Every entry, tombstones included, in key order.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + ExactSizeIterator + '_ {
-        self.entries.iter()
+        self.entries.iter().map(|(s, e)| (&s.key, e))
     }
 
     /// Consumes the map into its entries, tombstones included, in key order.
     pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)> {
-        self.entries.into_iter()
+        self.entries.into_iter().map(|(s, e)| (s.key, e))
     }
 
     /// The newest timestamp in the map, if any entry exists. `O(n)`.
@@ -141,43 +164,49 @@ impl<K, V> LwwMap<K, V> {
     }
 }
 
-impl<K: Ord, V> LwwMap<K, V> {
+impl<K: Key, V> LwwMap<K, V> {
     /// The live value of `key`, if any.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Key + ?Sized,
     {
-        self.entries.get(key).and_then(|e| e.value.as_ref())
+        self.get_entry(key).and_then(|e| e.value.as_ref())
     }
 
     /// The entry of `key` (a value or a tombstone), if the map knows the key at all.
     pub fn get_entry<Q>(&self, key: &Q) -> Option<&Entry<V>>
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Key + ?Sized,
     {
-        self.entries.get(key)
+        self.entries.get(&Query::new(key) as &dyn Probe<Q>)
     }
 
     /// Whether `key` has a live value.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Key + ?Sized,
     {
         self.get(key).is_some()
     }
 
     /// Entries (tombstones included) whose keys fall in `range`, in key order. Used to page
     /// through the map, e.g. for snapshots in bounded chunks.
+    ///
+    /// # Panics
+    ///
+    /// As [`BTreeMap::range`]: if the range starts after it ends, or starts and ends at the
+    /// same excluded key.
     pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Key + ?Sized,
         R: RangeBounds<Q>,
     {
-        self.entries.range(range)
+        let (start, end) = (range.start_bound().map(Query::new), range.end_bound().map(Query::new));
+        self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|(s, e)| (&s.key, e))
     }
 
     /// Removes tombstones older than `horizon` and returns how many were removed.
@@ -197,39 +226,26 @@ impl<K: Ord, V> LwwMap<K, V> {
     }
 }
 
-impl<K: Ord + Borrow<[u8]>, V> LwwMap<K, V> {
+/// A range bound in the form the tree is searched by.
+fn probe<'b, Q: ?Sized>(bound: &'b Bound<Query<'_, Q>>) -> Bound<&'b (dyn Probe<Q> + 'b)> {
+    bound.as_ref().map(|q| q as &dyn Probe<Q>)
+}
+
+impl<K: Key + Borrow<[u8]>, V> LwwMap<K, V> {
     /// Live pairs whose key starts with `prefix`, in key order. Costs `O(log n)` plus the
     /// entries (and tombstones) under the prefix, never a scan of the whole map.
     pub fn scan_prefix<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a K, &'a V)> + 'a {
-        self.entries
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        self.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(k, _)| (*k).borrow().starts_with(prefix))
             .filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
     }
 }
 
-impl<K: Ord, V: Ord> LwwMap<K, V> {
+impl<K: Key, V: Ord> LwwMap<K, V> {
     /// Merges one entry; returns whether it changed the map (it was newer than what the map
     /// held for `key`, or the key was new).
     pub fn apply(&mut self, key: K, entry: Entry<V>) -> bool {
-        match self.entries.entry(key) {
-            btree_map::Entry::Vacant(slot) => {
-                self.tombstones += usize::from(entry.is_tombstone());
-                slot.insert(entry);
-                true
-            }
-            btree_map::Entry::Occupied(mut slot) => {
-                let current = slot.get_mut();
-                if entry > *current {
-                    self.tombstones += usize::from(entry.is_tombstone());
-                    self.tombstones -= usize::from(current.is_tombstone());
-                    *current = entry;
-                    true
-                } else {
-                    false
-                }
-            }
-        }
+        self.apply_slot(Slot::new(key), entry).changed()
     }
 
     /// Writes `value` under `key` at `ts`; returns whether the write won (it loses only to a
@@ -249,15 +265,14 @@ impl<K: Ord, V: Ord> LwwMap<K, V> {
         K: Clone,
         V: Clone,
     {
-        if self.entries.is_empty() {
-            // Joining an empty map is the identity: copy the other map's tree wholesale,
-            // which is several times faster than inserting its entries one by one.
-            *self = other.clone();
-            return MergeStats {
-                changed: other.entries.len(),
-                redundant: 0,
-                newest: other.max_timestamp().unwrap_or(Timestamp::ZERO),
-            };
+        // Merge is commutative, so when `other` is much larger (a join, a resync into a young
+        // replica, `self` empty) it is cheaper to copy its tree wholesale and merge our few
+        // entries into the copy than to insert its many entries one by one. Copying costs
+        // about as much as inserting into a small map, hence the margin.
+        if other.entries.len() > self.entries.len().saturating_mul(2) {
+            let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
+            let mine = std::mem::replace(self, other.clone());
+            return self.merge_smaller(mine, newest);
         }
         self.merge_with(other, |_, _| {})
     }
@@ -270,11 +285,11 @@ impl<K: Ord, V: Ord> LwwMap<K, V> {
         V: Clone,
     {
         let mut stats = MergeStats::default();
-        for (k, e) in &other.entries {
+        for (slot, e) in &other.entries {
             stats.newest = stats.newest.max(e.ts);
-            if self.apply_ref(k, e) {
+            if self.apply_ref(slot, e) {
                 stats.changed += 1;
-                on_change(k, e);
+                on_change(&slot.key, e);
             } else {
                 stats.redundant += 1;
             }
@@ -283,21 +298,18 @@ impl<K: Ord, V: Ord> LwwMap<K, V> {
     }
 
     /// Merges `other`, consuming it (no clones of keys or values).
-    pub fn merge_owned(&mut self, other: LwwMap<K, V>) -> MergeStats {
-        if self.entries.is_empty() {
-            // Joining an empty map is the identity: adopt the other map wholesale.
-            let stats = MergeStats {
-                changed: other.entries.len(),
-                redundant: 0,
-                newest: other.max_timestamp().unwrap_or(Timestamp::ZERO),
-            };
-            *self = other;
-            return stats;
+    pub fn merge_owned(&mut self, mut other: LwwMap<K, V>) -> MergeStats {
+        // Merge is commutative: adopt the larger tree and merge the smaller into it, so the
+        // work is proportional to the smaller map (`self` empty: no work at all).
+        if other.entries.len() > self.entries.len() {
+            let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
+            std::mem::swap(self, &mut other);
+            return self.merge_smaller(other, newest);
         }
         let mut stats = MergeStats::default();
-        for (k, e) in other.entries {
+        for (slot, e) in other.entries {
             stats.newest = stats.newest.max(e.ts);
-            if self.apply(k, e) {
+            if self.apply_slot(slot, e).changed() {
                 stats.changed += 1;
             } else {
                 stats.redundant += 1;
@@ -306,39 +318,139 @@ impl<K: Ord, V: Ord> LwwMap<K, V> {
         stats
     }
 
+    /// The second half of a merge of `other` into `mine` done the other way round: `self`
+    /// already holds `other`'s entries (and `newest` is their greatest timestamp); merges
+    /// `mine` into it and reports the stats of merging `other` into `mine`.
+    ///
+    /// An entry of `other` left `mine` unchanged exactly when `mine` held the same or a greater
+    /// entry for its key, i.e. when `mine`'s entry wins or ties here; every other entry of
+    /// `other` (a key `mine` lacked, or a newer write) changed it.
+    fn merge_smaller(&mut self, mine: LwwMap<K, V>, newest: Timestamp) -> MergeStats {
+        let theirs = self.entries.len();
+        let mut redundant = 0;
+        for (slot, e) in mine.entries {
+            match self.apply_slot(slot, e) {
+                Outcome::Won | Outcome::Tied => redundant += 1,
+                Outcome::Inserted | Outcome::Lost => {}
+            }
+        }
+        MergeStats { changed: theirs - redundant, redundant, newest }
+    }
+
+    /// Merges one entry under an already built tree key.
+    fn apply_slot(&mut self, slot: Slot<K>, entry: Entry<V>) -> Outcome {
+        match self.entries.entry(slot) {
+            btree_map::Entry::Vacant(vacant) => {
+                self.tombstones += usize::from(entry.is_tombstone());
+                vacant.insert(entry);
+                Outcome::Inserted
+            }
+            btree_map::Entry::Occupied(mut occupied) => {
+                let current = occupied.get_mut();
+                match entry.cmp(current) {
+                    Ordering::Greater => {
+                        self.tombstones += usize::from(entry.is_tombstone());
+                        self.tombstones -= usize::from(current.is_tombstone());
+                        *current = entry;
+                        Outcome::Won
+                    }
+                    Ordering::Equal => Outcome::Tied,
+                    Ordering::Less => Outcome::Lost,
+                }
+            }
+        }
+    }
+
     /// [`LwwMap::apply`] from borrowed parts, cloning only what is stored.
-    fn apply_ref(&mut self, key: &K, entry: &Entry<V>) -> bool
+    fn apply_ref(&mut self, slot: &Slot<K>, entry: &Entry<V>) -> bool
     where
         K: Clone,
         V: Clone,
     {
-        if let Some(current) = self.entries.get_mut(key) {
-            if *entry > *current {
+        match self.entries.entry(slot.clone()) {
+            btree_map::Entry::Vacant(vacant) => {
                 self.tombstones += usize::from(entry.is_tombstone());
-                self.tombstones -= usize::from(current.is_tombstone());
-                current.clone_from(entry);
+                vacant.insert(entry.clone());
                 true
-            } else {
-                false
             }
-        } else {
-            self.tombstones += usize::from(entry.is_tombstone());
-            self.entries.insert(key.clone(), entry.clone());
-            true
+            btree_map::Entry::Occupied(mut occupied) => {
+                let current = occupied.get_mut();
+                if *entry > *current {
+                    self.tombstones += usize::from(entry.is_tombstone());
+                    self.tombstones -= usize::from(current.is_tombstone());
+                    current.clone_from(entry);
+                    true
+                } else {
+                    false
+                }
+            }
         }
     }
 }
 
-impl<K: Ord, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
-    /// Builds a map by merging the entries; duplicate keys resolve by last-writer-wins.
-    fn from_iter<I: IntoIterator<Item = (K, Entry<V>)>>(iter: I) -> Self {
-        let mut map = LwwMap::new();
-        map.extend(iter);
-        map
+/// Builds a map from `(key, entry)` pairs: in bulk while the keys come strictly increasing
+/// (what every map's own iteration, and so every honest encoder, produces), entry by entry
+/// by last-writer-wins from the first key that does not (a repeated or out-of-order key).
+///
+/// Building a `BTreeMap` from sorted input fills its nodes left to right in `O(n)`, several
+/// times faster than `n` inserts.
+#[derive(Debug)]
+pub(crate) struct Builder<K, V> {
+    /// The strictly increasing pairs so far; emptied when the builder falls back.
+    sorted: Vec<(Slot<K>, Entry<V>)>,
+    /// Tombstones in `sorted`.
+    tombstones: usize,
+    /// Set once a key broke the order: the map the rest is merged into.
+    merged: Option<LwwMap<K, V>>,
+}
+
+impl<K, V> Default for Builder<K, V> {
+    fn default() -> Self {
+        Builder { sorted: Vec::new(), tombstones: 0, merged: None }
     }
 }
 
-impl<K: Ord, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
+impl<K: Key, V: Ord> Builder<K, V> {
+    pub(crate) fn push(&mut self, key: K, entry: Entry<V>) {
+        let slot = Slot::new(key);
+        if let Some(map) = &mut self.merged {
+            map.apply_slot(slot, entry);
+        } else if self.sorted.last().is_none_or(|(last, _)| *last < slot) {
+            self.tombstones += usize::from(entry.is_tombstone());
+            self.sorted.push((slot, entry));
+        } else {
+            let mut map = self.bulk();
+            map.apply_slot(slot, entry);
+            self.merged = Some(map);
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> LwwMap<K, V> {
+        self.merged.take().unwrap_or_else(|| self.bulk())
+    }
+
+    /// The map of the sorted pairs so far.
+    fn bulk(&mut self) -> LwwMap<K, V> {
+        // `from_iter` sorts first; on sorted input that is one linear pass, and the keys are
+        // distinct, so nothing is deduplicated away.
+        let entries = BTreeMap::from_iter(std::mem::take(&mut self.sorted));
+        LwwMap { entries, tombstones: std::mem::take(&mut self.tombstones) }
+    }
+}
+
+impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
+    /// Builds a map by merging the entries; duplicate keys resolve by last-writer-wins. Input
+    /// in strictly increasing key order is built in bulk.
+    fn from_iter<I: IntoIterator<Item = (K, Entry<V>)>>(iter: I) -> Self {
+        let mut builder = Builder::default();
+        for (k, e) in iter {
+            builder.push(k, e);
+        }
+        builder.finish()
+    }
+}
+
+impl<K: Key, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
     /// Merges the entries one by one.
     fn extend<I: IntoIterator<Item = (K, Entry<V>)>>(&mut self, iter: I) {
         for (k, e) in iter {

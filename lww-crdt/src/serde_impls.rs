@@ -1,7 +1,9 @@
 //! serde support: a map serializes as a sequence of `(key, entry)` pairs in key order.
 //!
-//! Decoding merges the pairs one by one, so an input with a key twice (hand-made or hostile)
-//! still yields a valid map by last-writer-wins, never a corrupt one.
+//! Decoding builds the tree in bulk while the keys come strictly increasing, as an encoded map
+//! always lists them; from the first repeated or out-of-order key (hand-made or hostile input)
+//! it merges the pairs one by one, so such input still yields a valid map by last-writer-wins,
+//! never a corrupt one.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,7 +11,8 @@ use std::marker::PhantomData;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
-use crate::{Entry, LwwMap};
+use crate::map::Builder;
+use crate::{Entry, Key, LwwMap};
 
 impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -23,7 +26,7 @@ impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
 
 impl<'de, K, V> Deserialize<'de> for LwwMap<K, V>
 where
-    K: Deserialize<'de> + Ord,
+    K: Deserialize<'de> + Key,
     V: Deserialize<'de> + Ord,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -31,7 +34,7 @@ where
 
         impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
         where
-            K: Deserialize<'de> + Ord,
+            K: Deserialize<'de> + Key,
             V: Deserialize<'de> + Ord,
         {
             type Value = LwwMap<K, V>;
@@ -42,11 +45,11 @@ where
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 // The size hint comes from untrusted input: never preallocate from it.
-                let mut map = LwwMap::new();
+                let mut builder = Builder::default();
                 while let Some((k, e)) = seq.next_element::<(K, Entry<V>)>()? {
-                    map.apply(k, e);
+                    builder.push(k, e);
                 }
-                Ok(map)
+                Ok(builder.finish())
             }
         }
 

@@ -422,6 +422,107 @@ proptest! {
     }
 }
 
+/// A map of `0..max` writes over a wider key set than [`map`] (up to 3 bytes, so short keys,
+/// keys that are prefixes of each other and keys with trailing zero bytes all occur), with the
+/// same tie-heavy entries: sizes then differ enough between two maps to take the merge's
+/// "adopt the larger map" paths as well as the entry-by-entry ones.
+fn sized_map(max: usize) -> impl Strategy<Value = BytesMap> {
+    let key = vec(prop_oneof![Just(0u8), Just(1), Just(b'a'), Just(0xff)], 0..4).prop_map(Bytes::from);
+    vec((key, entry()), 0..max).prop_map(|writes| {
+        let mut m = LwwMap::new();
+        for (k, e) in writes {
+            m.apply(k, e);
+        }
+        m
+    })
+}
+
+proptest! {
+    #![proptest_config(config!("properties"))]
+
+    /// `merge` and `merge_owned` take shortcuts when `other` is larger (they adopt it and merge
+    /// `self` into it); `merge_with` never does. All three must agree on the map and the stats.
+    #[test]
+    fn merge_shortcuts_equal_the_entry_by_entry_merge(
+        (a, d) in prop_oneof![
+            (sized_map(4), sized_map(40)),
+            (sized_map(40), sized_map(4)),
+            (sized_map(20), sized_map(20)),
+        ]
+    ) {
+        let mut plain = a.clone();
+        let mut reported = 0;
+        let expected = plain.merge_with(&d, |_, _| reported += 1);
+        prop_assert_eq!(reported, expected.changed);
+
+        let mut by_ref = a.clone();
+        prop_assert_eq!(by_ref.merge(&d), expected);
+        prop_assert_eq!(&by_ref, &plain);
+        consistent(&by_ref)?;
+
+        let mut owned = a.clone();
+        prop_assert_eq!(owned.merge_owned(d.clone()), expected);
+        prop_assert_eq!(&owned, &plain);
+        consistent(&owned)?;
+
+        prop_assert_eq!(expected.total(), d.entry_count());
+        prop_assert_eq!(expected.newest, d.max_timestamp().unwrap_or(Timestamp::ZERO));
+    }
+
+    /// Lookups and ranges by a borrowed key (`&[u8]`) search the tree through the keys' heads;
+    /// they must find exactly what a scan of every entry finds, including for keys that share
+    /// a head (short keys, trailing zero bytes).
+    #[test]
+    fn get_and_range_by_borrowed_keys_agree_with_a_full_scan(
+        m in sized_map(30),
+        probes in vec(vec(prop_oneof![Just(0u8), Just(1), Just(b'a'), Just(0xff)], 0..4), 2),
+        kinds in (0..3u8, 0..3u8),
+    ) {
+        use std::ops::{Bound, RangeBounds};
+        for p in &probes {
+            let expected = m.entries().find(|(k, _)| k[..] == p[..]).map(|(_, e)| e);
+            prop_assert_eq!(m.get_entry(&p[..]), expected);
+            prop_assert_eq!(m.get(&p[..]), expected.and_then(|e| e.value.as_ref()));
+        }
+        let (lo, hi) = if probes[0] <= probes[1] { (&probes[0][..], &probes[1][..]) } else { (&probes[1][..], &probes[0][..]) };
+        let bound = |kind: u8, k| match kind {
+            0 => Bound::Included(k),
+            1 => Bound::Excluded(k),
+            _ => Bound::Unbounded,
+        };
+        let (start, end) = (bound(kinds.0, lo), bound(kinds.1, hi));
+        // BTreeMap::range panics on an empty range with both ends excluded at the same key.
+        prop_assume!(!(lo == hi && matches!((start, end), (Bound::Excluded(_), Bound::Excluded(_)))));
+        let got: Vec<_> = m.range::<[u8], _>((start, end)).map(|(k, _)| k.clone()).collect();
+        let expected: Vec<_> = m
+            .entries()
+            .filter(|(k, _)| RangeBounds::<[u8]>::contains(&(start, end), &k[..]))
+            .map(|(k, _)| k.clone())
+            .collect();
+        prop_assert_eq!(got, expected);
+    }
+
+    /// `collect` builds sorted input in bulk and merges anything else entry by entry; either
+    /// way the result is the last-writer-wins merge of the pairs.
+    #[test]
+    fn collect_equals_applying_every_pair(m in sized_map(30), extra in vec(write(), 0..8), sorted in any::<bool>()) {
+        let mut pairs: Vec<(Bytes, Entry<Bytes>)> = m.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
+        if !sorted {
+            pairs.extend(extra);
+        }
+        let mut expected = LwwMap::new();
+        for (k, e) in pairs.iter().cloned() {
+            expected.apply(k, e);
+        }
+        let collected: BytesMap = pairs.into_iter().collect();
+        prop_assert_eq!(&collected, &expected);
+        consistent(&collected)?;
+        if sorted {
+            prop_assert_eq!(&collected, &m);
+        }
+    }
+}
+
 /// A guard on the generators: the properties above are only worth something if conflicting
 /// entries (same key, same timestamp, different value or a tombstone) are common in their
 /// inputs. Draws 256 pairs of maps and requires such a conflict in at least a tenth of them.

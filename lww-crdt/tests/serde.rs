@@ -28,6 +28,15 @@ fn any_map() -> impl Strategy<Value = BytesMap> {
     (map(), wide).prop_map(|(a, b)| merged_owned(a, b))
 }
 
+/// The map the pairs make when merged one by one (the reference for decoding).
+fn applied(pairs: &[(Bytes, Entry<Bytes>)]) -> BytesMap {
+    let mut m = BytesMap::new();
+    for (k, e) in pairs.iter().cloned() {
+        m.apply(k, e);
+    }
+    m
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("encoding into a Vec cannot fail")
 }
@@ -70,9 +79,29 @@ proptest! {
     #[test]
     fn decoding_pairs_in_any_order_merges_them(pairs in vec((common::key(), entry()), 0..12)) {
         // A hand-made (or hostile) encoding may repeat keys in any order: decoding is a merge.
-        let expected: BytesMap = pairs.iter().cloned().collect();
+        let expected = applied(&pairs);
         let decoded: BytesMap = rmp_serde::from_slice(&encode_pairs(&pairs)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&decoded, &expected);
+        common::consistent(&decoded)?;
+    }
+
+    #[test]
+    fn sorted_encodings_decode_in_bulk_and_disorder_falls_back_to_merging(
+        m in any_map(),
+        tail in vec((common::key(), entry()), 0..6),
+    ) {
+        // An encoded map lists its keys strictly increasing: the bulk path.
+        let sorted: Vec<(Bytes, Entry<Bytes>)> = m.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let decoded: BytesMap = rmp_serde::from_slice(&encode_pairs(&sorted)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&decoded, &m);
+        prop_assert_eq!(&decoded, &applied(&sorted));
+        common::consistent(&decoded)?;
+        // The same pairs followed by more (repeated or smaller keys, usually): from the first
+        // pair out of order on, decoding merges; the result is still the merge of all pairs.
+        let mut mixed = sorted;
+        mixed.extend(tail);
+        let decoded: BytesMap = rmp_serde::from_slice(&encode_pairs(&mixed)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&decoded, &applied(&mixed));
         common::consistent(&decoded)?;
     }
 
@@ -124,6 +153,31 @@ fn same_key_twice_decodes_to_the_last_writer_not_the_last_listed() {
         let m: BytesMap = rmp_serde::from_slice(&encode_pairs(&pairs)).expect("valid encoding");
         assert_eq!(m.get(&b"k"[..]), Some(&b("y")));
     }
+}
+
+#[test]
+fn a_key_out_of_order_after_a_sorted_run_is_merged_not_appended() {
+    let pairs = [
+        (b("a"), Entry::live(b("1"), ts(10, 0, 1))),
+        (b("b"), Entry::tombstone(ts(10, 0, 1))),
+        (b("c"), Entry::live(b("1"), ts(10, 0, 1))),
+        // Out of order: an older write to "b" loses, a newer one to "a" wins.
+        (b("b"), Entry::live(b("old"), ts(5, 0, 2))),
+        (b("a"), Entry::live(b("2"), ts(20, 0, 2))),
+        (b("d"), Entry::live(b("1"), ts(10, 0, 1))),
+    ];
+    let m: BytesMap = rmp_serde::from_slice(&encode_pairs(&pairs)).expect("valid encoding");
+    let got: Vec<_> = m.entries().map(|(k, e)| (k.clone(), e.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (b("a"), Entry::live(b("2"), ts(20, 0, 2))),
+            (b("b"), Entry::tombstone(ts(10, 0, 1))),
+            (b("c"), Entry::live(b("1"), ts(10, 0, 1))),
+            (b("d"), Entry::live(b("1"), ts(10, 0, 1))),
+        ]
+    );
+    assert_eq!((m.len(), m.tombstones()), (3, 1));
 }
 
 #[test]

@@ -1,0 +1,365 @@
+//! Keys with an inline, order-consistent head, so the map's tree can order most keys without
+//! leaving its own nodes.
+//!
+//! The map stores keys in a `BTreeMap`. With `Bytes` keys every comparison would otherwise
+//! dereference a pointer to a separately allocated buffer, and in a map larger than the caches
+//! nearly every one of the comparisons on the way down the tree is a cache miss. The tree key
+//! is therefore a [`Slot`]: the key plus its [`Key::head`], a `u64` summary that orders keys
+//! the same way the keys themselves do wherever the heads differ. Only keys with equal heads
+//! (for byte strings: the same first 8 bytes) are compared in full.
+
+use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A key of an [`crate::LwwMap`]: an [`Ord`] type with a 64-bit *head* that never contradicts
+/// the order of the keys.
+///
+/// Contract, for all keys `a` and `b`:
+/// - `a < b` implies `a.head() <= b.head()` (equivalently, `a.head() < b.head()` implies
+///   `a < b`), so ordering by head first and by the key second is the key order;
+/// - a key and what it borrows as (`Bytes` as `[u8]`, `String` as `str`, `&T` as `T`) have the
+///   same head, so a lookup by a borrowed form finds the stored key.
+///
+/// A constant head satisfies the contract but buys nothing. Byte strings use their first 8
+/// bytes; integers use their value.
+pub trait Key: Ord {
+    /// The key's head (see the trait's contract).
+    fn head(&self) -> u64;
+}
+
+/// The first 8 bytes of `bytes` as a big-endian `u64`, zero padded when shorter.
+///
+/// Why this is order-consistent (`a < b` in lexicographic byte order implies
+/// `head(a) <= head(b)`): write `p(x)` for the 8-byte array of `x`'s first 8 bytes padded with
+/// zeros; comparing the big-endian integers of two such arrays compares the arrays
+/// lexicographically. Let `a < b`.
+/// - If `a` is a proper prefix of `b`, `p(a)` and `p(b)` agree on the first
+///   `min(a.len(), 8)` bytes, and after that `p(a)` holds zeros, which no byte is below, so
+///   `p(a) <= p(b)`.
+/// - Otherwise `a` and `b` first differ at some index `i`, with `a[i] < b[i]`. If `i < 8`, the
+///   arrays agree before `i` and `p(a)[i] < p(b)[i]`, so `p(a) < p(b)`. If `i >= 8`, both arrays
+///   are the same 8 bytes and the heads are equal.
+///
+/// Hence different heads order two keys exactly as their bytes do, and equal heads (a shared
+/// first 8 bytes, or a key and the same key with trailing zero bytes) fall back to comparing
+/// the bytes in full.
+fn bytes_head(bytes: &[u8]) -> u64 {
+    match bytes.first_chunk::<8>() {
+        Some(first) => u64::from_be_bytes(*first),
+        None => {
+            let mut padded = [0u8; 8];
+            padded[..bytes.len()].copy_from_slice(bytes);
+            u64::from_be_bytes(padded)
+        }
+    }
+}
+
+impl Key for [u8] {
+    fn head(&self) -> u64 {
+        bytes_head(self)
+    }
+}
+
+impl<const N: usize> Key for [u8; N] {
+    fn head(&self) -> u64 {
+        bytes_head(self)
+    }
+}
+
+impl Key for Vec<u8> {
+    fn head(&self) -> u64 {
+        bytes_head(self)
+    }
+}
+
+impl Key for Bytes {
+    fn head(&self) -> u64 {
+        bytes_head(self)
+    }
+}
+
+/// `str` orders by its UTF-8 bytes.
+impl Key for str {
+    fn head(&self) -> u64 {
+        bytes_head(self.as_bytes())
+    }
+}
+
+impl Key for String {
+    fn head(&self) -> u64 {
+        bytes_head(self.as_bytes())
+    }
+}
+
+impl<T: Key + ?Sized> Key for &T {
+    fn head(&self) -> u64 {
+        (**self).head()
+    }
+}
+
+impl<T: Key + ?Sized> Key for Box<T> {
+    fn head(&self) -> u64 {
+        (**self).head()
+    }
+}
+
+impl<T: Key + ?Sized> Key for Rc<T> {
+    fn head(&self) -> u64 {
+        (**self).head()
+    }
+}
+
+impl<T: Key + ?Sized> Key for Arc<T> {
+    fn head(&self) -> u64 {
+        (**self).head()
+    }
+}
+
+impl<T: Key + ToOwned + ?Sized> Key for Cow<'_, T> {
+    fn head(&self) -> u64 {
+        (**self).head()
+    }
+}
+
+/// Unsigned integers: the value itself, which orders exactly as the integer.
+macro_rules! unsigned_key {
+    ($($t:ty),*) => {$(
+        impl Key for $t {
+            fn head(&self) -> u64 {
+                u64::from(*self)
+            }
+        }
+    )*};
+}
+unsigned_key!(u8, u16, u32, u64, bool, char);
+
+impl Key for usize {
+    fn head(&self) -> u64 {
+        // usize is at most 64 bits on every supported target.
+        *self as u64
+    }
+}
+
+impl Key for u128 {
+    fn head(&self) -> u64 {
+        // The high half: a truncation of an order-preserving map is still monotone.
+        (*self >> 64) as u64
+    }
+}
+
+/// Signed integers: sign-extended to `i64`, then the sign bit flipped, which maps
+/// `i64::MIN..=i64::MAX` onto `0..=u64::MAX` in order.
+macro_rules! signed_key {
+    ($($t:ty),*) => {$(
+        impl Key for $t {
+            fn head(&self) -> u64 {
+                (i64::from(*self) as u64) ^ (1 << 63)
+            }
+        }
+    )*};
+}
+signed_key!(i8, i16, i32, i64);
+
+impl Key for isize {
+    fn head(&self) -> u64 {
+        // isize is at most 64 bits on every supported target.
+        (*self as i64 as u64) ^ (1 << 63)
+    }
+}
+
+impl Key for i128 {
+    fn head(&self) -> u64 {
+        // The high half, sign bit flipped: monotone, like the signed mapping above.
+        ((*self >> 64) as u64) ^ (1 << 63)
+    }
+}
+
+impl Key for () {
+    fn head(&self) -> u64 {
+        0
+    }
+}
+
+/// The key of the map's tree: a key and its head, ordered by head first and key second, which
+/// is the key order (see [`Key`]).
+///
+/// Equality compares the head too, which is equal whenever the keys are, so it agrees with
+/// `Ord` and is cheaper when the keys differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Slot<K> {
+    head: u64,
+    pub(crate) key: K,
+}
+
+impl<K: Key> Slot<K> {
+    pub(crate) fn new(key: K) -> Self {
+        Slot { head: key.head(), key }
+    }
+}
+
+impl<K: Key> PartialOrd for Slot<K> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K: Key> Ord for Slot<K> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.head.cmp(&other.head).then_with(|| self.key.cmp(&other.key))
+    }
+}
+
+/// A head and a key in a borrowed form `Q`: what the tree is searched by when the caller holds
+/// a `&Q` (say a `&[u8]`) rather than a stored key type.
+///
+/// `BTreeMap` searches through `Borrow`, which must hand out a reference, and no `&Slot<Q>`
+/// can be made from a `&Q` without copying the key into a new allocation. Both the tree key
+/// and the query therefore borrow as this trait object; a lookup costs two predictable
+/// indirect calls per comparison instead of a pointer chase into the key's buffer.
+pub(crate) trait Probe<Q: ?Sized> {
+    fn parts(&self) -> (u64, &Q);
+}
+
+impl<K: Borrow<Q>, Q: ?Sized> Probe<Q> for Slot<K> {
+    fn parts(&self) -> (u64, &Q) {
+        (self.head, self.key.borrow())
+    }
+}
+
+/// A search key made from a borrowed key.
+pub(crate) struct Query<'q, Q: ?Sized> {
+    head: u64,
+    key: &'q Q,
+}
+
+impl<'q, Q: Key + ?Sized> Query<'q, Q> {
+    pub(crate) fn new(key: &'q Q) -> Self {
+        Query { head: key.head(), key }
+    }
+}
+
+impl<Q: ?Sized> Probe<Q> for Query<'_, Q> {
+    fn parts(&self) -> (u64, &Q) {
+        (self.head, self.key)
+    }
+}
+
+impl<'a, K: Borrow<Q> + 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot<K> {
+    fn borrow(&self) -> &(dyn Probe<Q> + 'a) {
+        self
+    }
+}
+
+impl<Q: Ord + ?Sized> PartialEq for dyn Probe<Q> + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<Q: Ord + ?Sized> Eq for dyn Probe<Q> + '_ {}
+
+impl<Q: Ord + ?Sized> PartialOrd for dyn Probe<Q> + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<Q: Ord + ?Sized> Ord for dyn Probe<Q> + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let ((a_head, a), (b_head, b)) = (self.parts(), other.parts());
+        a_head.cmp(&b_head).then_with(|| a.cmp(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Short keys, keys sharing their first 8 bytes and keys with trailing zero bytes are the
+    /// cases where the head alone cannot decide.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..12),
+            prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff)], 0..12),
+            (prop::collection::vec(any::<u8>(), 0..4), 0..4usize).prop_map(|(mut k, zeros)| {
+                k.extend(std::iter::repeat_n(0, zeros));
+                k
+            }),
+            prop::collection::vec(any::<u8>(), 0..6).prop_map(|tail| {
+                let mut k = b"prefix:_".to_vec();
+                k.extend(tail);
+                k
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn slot_order_is_the_byte_order(a in key(), b in key()) {
+            let (sa, sb) = (Slot::new(a.clone()), Slot::new(b.clone()));
+            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+            prop_assert_eq!(sa == sb, a == b);
+            if a < b {
+                prop_assert!(a.head() <= b.head());
+            }
+            // A lookup by the borrowed form compares the same way.
+            let (qa, qb) = (Query::new(&a[..]), Query::new(&b[..]));
+            let (pa, pb): (&dyn Probe<[u8]>, &dyn Probe<[u8]>) = (&qa, &sb);
+            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
+            let pb: &dyn Probe<[u8]> = &qb;
+            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
+        }
+
+        #[test]
+        fn heads_agree_across_borrowed_forms(k in key()) {
+            let h = k.head();
+            prop_assert_eq!(Bytes::from(k.clone()).head(), h);
+            prop_assert_eq!(k[..].head(), h);
+            prop_assert_eq!(Key::head(&&k[..]), h);
+            prop_assert_eq!(Box::<[u8]>::from(&k[..]).head(), h);
+            let s = String::from_utf8_lossy(&k).into_owned();
+            prop_assert_eq!(s.head(), s.as_str().head());
+        }
+
+        #[test]
+        fn string_slots_order_as_strings(a in ".{0,10}", b in ".{0,10}") {
+            prop_assert_eq!(Slot::new(a.clone()).cmp(&Slot::new(b.clone())), a.cmp(&b));
+        }
+
+        #[test]
+        fn integer_heads_are_monotone(a: i64, b: i64, c: u128, d: u128, e: i128, f: i128) {
+            prop_assert_eq!(Slot::new(a).cmp(&Slot::new(b)), a.cmp(&b));
+            prop_assert_eq!(Slot::new(a as i8).cmp(&Slot::new(b as i8)), (a as i8).cmp(&(b as i8)));
+            prop_assert_eq!(Slot::new(a as u64).cmp(&Slot::new(b as u64)), (a as u64).cmp(&(b as u64)));
+            prop_assert_eq!(Slot::new(c).cmp(&Slot::new(d)), c.cmp(&d));
+            prop_assert_eq!(Slot::new(e).cmp(&Slot::new(f)), e.cmp(&f));
+        }
+    }
+
+    #[test]
+    fn trailing_zeros_and_short_keys_keep_byte_order() {
+        let keys: [&[u8]; 9] = [
+            b"",
+            b"\0",
+            b"\0\0",
+            b"a",
+            b"a\0",
+            b"a\0\0\0\0\0\0\0",
+            b"a\0\0\0\0\0\0\0\0",
+            b"a\0\0\0\0\0\0\0\x01",
+            b"b",
+        ];
+        for w in keys.windows(2) {
+            assert!(w[0] < w[1]);
+            assert_eq!(Slot::new(w[0]).cmp(&Slot::new(w[1])), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
+        }
+        assert_eq!(b"a".head(), b"a\0".head(), "trailing zeros share a head; the bytes decide");
+        assert_eq!(i64::MIN.head(), 0);
+        assert_eq!(i64::MAX.head(), u64::MAX);
+    }
+}
