@@ -201,6 +201,12 @@ impl EncodedFrames {
         Self::default()
     }
 
+    /// No frames yet, with room for `bytes` of them: a large frame then never moves while it
+    /// is being encoded.
+    pub fn with_capacity(bytes: usize) -> Self {
+        EncodedFrames { buf: Vec::with_capacity(bytes), payload: 0, frames: 0 }
+    }
+
     /// Appends one frame holding `value`; returns its payload length. On error nothing is
     /// appended.
     pub fn push<U: Serialize + ?Sized>(&mut self, value: &U, max_frame: usize) -> Result<usize, FrameError> {
@@ -403,6 +409,16 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
     /// raced in `select!`. After [`FrameError::TooLarge`] the stream cannot be resynchronised;
     /// after a decode error the next frame is still readable.
     pub async fn recv(&mut self) -> Result<Option<T>, FrameError> {
+        match self.recv_payload().await? {
+            Some(payload) => decode_frame(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame's payload, undecoded (for [`decode_frame`] elsewhere, e.g. on another
+    /// thread, so decoding large frames overlaps with using the previous ones); `Ok(None)` as
+    /// for [`FrameReceiver::recv`], and cancel-safe like it.
+    pub async fn recv_payload(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
             if let Some(len) = frame_len(&self.buf, self.max_frame)? {
                 let total = FRAME_HEADER_LEN + len;
@@ -411,7 +427,7 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
                     frame.advance(FRAME_HEADER_LEN);
                     self.bytes_received += len as u64;
                     self.frames_received += 1;
-                    return decode_frame(&frame).map(Some);
+                    return Ok(Some(frame.freeze()));
                 }
                 // Room for the whole frame at once, instead of growing chunk by chunk.
                 self.buf.reserve(total - self.buf.len());

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actor::{Address, Empty, Mailbox, Wake};
 use crate::gateway::{Gateway, split};
-use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg};
+use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
 use crate::server::{ActorMsg, Clock};
 use crate::snapshot::SnapshotWalk;
 use crate::stats::NodeStats;
@@ -271,7 +271,8 @@ impl Core {
                 // The writer stopped: the stream failed (it logged why).
                 Err(mpsc::error::TrySendError::Closed(())) => return false,
             };
-            let mut frames = EncodedFrames::new();
+            // A chunk is at most CHUNK_BYTES of entries (or one larger entry) plus framing.
+            let mut frames = EncodedFrames::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
             if let Err(e) = o.walk.next_chunk(replica, CHUNK_BYTES, &mut frames) {
                 tracing::warn!(peer = %o.peer, "cannot encode a snapshot chunk, transfer abandoned: {e}");
                 return false;
@@ -501,19 +502,38 @@ fn spawn_connection(
                 let stats = stats.clone();
                 let conn = conn.clone();
                 let peer = peer.clone();
+                // Snapshot chunks (~1 MiB each) are decoded on a blocking-pool thread, so the
+                // next chunk decodes while the gateway task merges this one: on a joining
+                // server the gateway thread is the bottleneck. Control frames are small and
+                // latency-sensitive: decoded here.
+                let bulk = receiver.class() == StreamClass::Bulk;
                 tokio::spawn(async move {
                     let mut seen = 0;
                     loop {
-                        match receiver.recv().await {
-                            Ok(Some(msg)) => {
+                        let decoded = match receiver.recv_payload().await {
+                            Ok(Some(payload)) => {
                                 let total = receiver.bytes_received();
                                 NodeStats::add(&stats.remote_bytes_received, total - seen);
                                 seen = total;
+                                if bulk {
+                                    match tokio::task::spawn_blocking(move || decode(&payload)).await {
+                                        Ok(decoded) => decoded,
+                                        // Only when the runtime shuts down (decoding never panics).
+                                        Err(_) => return,
+                                    }
+                                } else {
+                                    decode(&payload)
+                                }
+                            }
+                            Ok(None) => return,
+                            Err(e) => Err(e),
+                        };
+                        match decoded {
+                            Ok(msg) => {
                                 if events.send(Event::Msg { peer: peer.clone(), conn: id, msg }).is_err() {
                                     return;
                                 }
                             }
-                            Ok(None) => return,
                             Err(e) => {
                                 if e.is_protocol_violation() {
                                     tracing::warn!(%peer, "malformed frame from peer, disconnecting: {e}");
