@@ -62,14 +62,16 @@ gateways = sorted(tids.get('gateway', ()))
 if len(gateways) >= 2: roles[str(gateways[0])], roles[str(gateways[1])] = 'sender', 'receiver'
 for comm, ts in tids.items():
     if comm.startswith('actor-') and len(ts) >= 2: roles[str(max(ts))] = 'actor'
-    if comm.startswith('tokio-runtime'):
+    if comm.startswith(('tokio-runtime', 'tokio-rt')):
         for t in ts: roles[str(t)] = 'decoder'
 
 SHUTDOWN = 'after the join: node shutdown (replicas dropped)'
 def has(fr, *pats): return any(p in f for f in fr for p in pats)
 def classify(role, fr):
-    # perf runs until join_speed exits, which stops both nodes: not part of the join.
+    # perf runs until join_speed exits, which stops both nodes (replicas dropped, threads'
+    # allocator arenas released): not part of the join.
     if has(fr, 'drop_in_place<replica_node::remote::Core>', 'drop_in_place<replica_node::server::Actor>',
+           '__malloc_arena_thread_freeres',
            'drop_in_place<replica_node::node::Node>'):
         return SHUTDOWN
     if role == 'sender':

@@ -20,7 +20,7 @@ use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actor::{Address, Empty, Mailbox, Wake};
-use crate::gateway::{Gateway, split};
+use crate::gateway::{Gateway, SnapshotPiece, split};
 use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
 use crate::server::{ActorMsg, Clock};
 use crate::snapshot::SnapshotWalk;
@@ -84,6 +84,14 @@ enum Event {
         peer: String,
         conn: usize,
         msg: PeerMsg,
+    },
+    /// A snapshot chunk, prepared for the gateway where it was decoded.
+    Chunk {
+        peer: String,
+        conn: usize,
+        piece: SnapshotPiece,
+        total: u64,
+        last: bool,
     },
     Down {
         peer: String,
@@ -346,6 +354,12 @@ impl Core {
                 }
                 self.on_message(&peer, msg);
             }
+            Event::Chunk { peer, conn, piece, total, last } => {
+                if self.live.get(&peer).is_none_or(|l| l.conn.stable_id() != conn) {
+                    return;
+                }
+                self.on_chunk(&peer, piece, total, last);
+            }
         }
     }
 
@@ -384,23 +398,28 @@ impl Core {
                     });
                 }
             }
+            // Chunks come on the bulk stream as `Event::Chunk`; a peer may still send one here.
             PeerMsg::SnapshotChunk { entries, total, last } => {
-                let n = entries.entry_count() as u64;
-                self.gateway.on_snapshot_chunk(entries, last, self.clock.now().mono_ms);
-                if let Some(bar) = &self.progress {
-                    if bar.is_hidden() && std::io::stderr().is_terminal() {
-                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                    }
-                    bar.set_length(total);
-                    bar.inc(n);
-                    if last {
-                        bar.finish_and_clear();
-                    }
-                }
-                if last {
-                    tracing::info!(%peer, keys = total, "snapshot received");
-                }
+                self.on_chunk(peer, SnapshotPiece::new(entries), total, last);
             }
+        }
+    }
+
+    fn on_chunk(&mut self, peer: &str, piece: SnapshotPiece, total: u64, last: bool) {
+        let n = piece.entry_count() as u64;
+        self.gateway.on_snapshot_chunk(piece, last, self.clock.now().mono_ms);
+        if let Some(bar) = &self.progress {
+            if bar.is_hidden() && std::io::stderr().is_terminal() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_length(total);
+            bar.inc(n);
+            if last {
+                bar.finish_and_clear();
+            }
+        }
+        if last {
+            tracing::info!(%peer, keys = total, "snapshot received");
         }
     }
 
@@ -515,22 +534,24 @@ fn spawn_connection(
                                 let total = receiver.bytes_received();
                                 NodeStats::add(&stats.remote_bytes_received, total - seen);
                                 seen = total;
+                                let peer = peer.clone();
                                 if bulk {
-                                    match tokio::task::spawn_blocking(move || decode(&payload)).await {
+                                    let prepare = move || decode(&payload).map(|msg| inbound(peer, id, msg));
+                                    match tokio::task::spawn_blocking(prepare).await {
                                         Ok(decoded) => decoded,
                                         // Only when the runtime shuts down (decoding never panics).
                                         Err(_) => return,
                                     }
                                 } else {
-                                    decode(&payload)
+                                    decode(&payload).map(|msg| Event::Msg { peer, conn: id, msg })
                                 }
                             }
                             Ok(None) => return,
                             Err(e) => Err(e),
                         };
                         match decoded {
-                            Ok(msg) => {
-                                if events.send(Event::Msg { peer: peer.clone(), conn: id, msg }).is_err() {
+                            Ok(event) => {
+                                if events.send(event).is_err() {
                                     return;
                                 }
                             }
@@ -552,6 +573,17 @@ fn spawn_connection(
         conn.closed().await;
         let _ = events.send(Event::Down { peer, conn: id });
     });
+}
+
+/// The event for a message from the bulk stream. A snapshot chunk also gets its second copy
+/// here (see [`SnapshotPiece`]), on the decoding thread rather than the gateway's.
+fn inbound(peer: String, conn: usize, msg: PeerMsg) -> Event {
+    match msg {
+        PeerMsg::SnapshotChunk { entries, total, last } => {
+            Event::Chunk { peer, conn, piece: SnapshotPiece::new(entries), total, last }
+        }
+        msg => Event::Msg { peer, conn, msg },
+    }
 }
 
 /// Writes the chunks of one snapshot, as the gateway task encodes them, on a new
