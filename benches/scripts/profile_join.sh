@@ -83,11 +83,13 @@ def classify(role, fr):
     if role == 'decoder':
         if has(fr, 'deserialize', 'decode_frame', 'visit_seq', 'rmp_serde::decode'):
             return 'frame decode (rmp-serde, chunk map built by LwwMap::apply)'
+        if has(fr, 'SnapshotPiece::new', 'as core::clone::Clone>::clone'):
+            return 'second copy of the chunk (SnapshotPiece::new, tree clone)'
         return 'other (blocking-pool handoff, allocator, kernel)'
     if role == 'receiver':
         if has(fr, 'deserialize', 'decode_frame', 'visit_seq', 'rmp_serde::decode'):
             return 'frame decode (rmp-serde, chunk map built by LwwMap::apply)'
-        if has(fr, 'merge_owned'): return 'gateway: chunk kept for the fan-out (merge_owned into the held map)'
+        if has(fr, 'merge_owned'): return 'gateway: chunk moved into its replica, its copy into the held map (merge_owned)'
         if has(fr, 'merge_with', 'apply_ref', 'on_remote', 'on_snapshot_chunk'):
             if any(f.endswith('LwwMap<K,V>::apply') for f in fr):
                 return 'gateway merge: record in the inbound fan-out buffer'
