@@ -2,7 +2,10 @@
 //! that feeds the [`Gateway`] state machine and sends what it asks for.
 //!
 //! Runs on its own thread with a `current_thread` tokio runtime. One task owns the gateway
-//! state; connection tasks only move frames between the network and that task.
+//! state; connection tasks only move frames between the network and that task. Snapshots are
+//! encoded by the gateway task from its replica, a chunk per loop round, and written by a task
+//! per transfer; received snapshot chunks are decoded on the runtime's blocking pool, so a
+//! joining server's decoding overlaps with its gateway's merging.
 //!
 //! Who dials: a server started with `--join` descriptions dials each of them (the newer server
 //! dials the older, so each pair has one connection) and redials with backoff when a
