@@ -182,6 +182,61 @@ fn clamp_max(max_frame: usize) -> usize {
     max_frame.min(u32::MAX as usize)
 }
 
+/// Frames encoded ahead of sending, for a sender that lives in another task than the data
+/// (the data's owner encodes from borrowed state, then hands the bytes over; no copy of the
+/// data itself crosses tasks).
+///
+/// [`EncodedFrames::push`] accepts any serializable value: the caller vouches that it encodes
+/// exactly as a message of the stream's type would (a borrowed view of an owned message).
+#[derive(Debug, Default)]
+pub struct EncodedFrames {
+    buf: Vec<u8>,
+    payload: usize,
+    frames: u64,
+}
+
+impl EncodedFrames {
+    /// No frames yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// No frames yet, with room for `bytes` of them: a large frame then never moves while it
+    /// is being encoded.
+    pub fn with_capacity(bytes: usize) -> Self {
+        EncodedFrames { buf: Vec::with_capacity(bytes), payload: 0, frames: 0 }
+    }
+
+    /// Appends one frame holding `value`; returns its payload length. On error nothing is
+    /// appended.
+    pub fn push<U: Serialize + ?Sized>(&mut self, value: &U, max_frame: usize) -> Result<usize, FrameError> {
+        let len = encode_frame(value, max_frame, &mut self.buf)?;
+        self.payload += len;
+        self.frames += 1;
+        Ok(len)
+    }
+
+    /// Payload bytes of the frames (without length prefixes), as the sender counts them.
+    pub fn payload_len(&self) -> usize {
+        self.payload
+    }
+
+    /// Frames held.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Whether no frame was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The frames as they go on the stream (length prefixes and payloads).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
 /// The sending half of a framed stream, typed by the message it carries.
 ///
 /// `send` and `send_batch` are not cancel-safe: dropping one mid-way may leave half a frame on
@@ -240,6 +295,17 @@ impl<T: Serialize + ?Sized> FrameSender<T> {
         self.bytes_sent += total as u64;
         self.frames_sent += frames;
         Ok(total)
+    }
+
+    /// Sends frames encoded elsewhere with one write; returns their payload length.
+    pub async fn send_encoded(&mut self, frames: EncodedFrames) -> Result<usize, FrameError> {
+        let EncodedFrames { buf, payload, frames } = frames;
+        if frames > 0 {
+            self.stream.write_chunk(Bytes::from(buf)).await?;
+        }
+        self.bytes_sent += payload as u64;
+        self.frames_sent += frames;
+        Ok(payload)
     }
 
     /// Payload bytes sent so far (excluding tag and length prefixes).
@@ -343,6 +409,16 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
     /// raced in `select!`. After [`FrameError::TooLarge`] the stream cannot be resynchronised;
     /// after a decode error the next frame is still readable.
     pub async fn recv(&mut self) -> Result<Option<T>, FrameError> {
+        match self.recv_payload().await? {
+            Some(payload) => decode_frame(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame's payload, undecoded (for [`decode_frame`] elsewhere, e.g. on another
+    /// thread, so decoding large frames overlaps with using the previous ones); `Ok(None)` as
+    /// for [`FrameReceiver::recv`], and cancel-safe like it.
+    pub async fn recv_payload(&mut self) -> Result<Option<Bytes>, FrameError> {
         loop {
             if let Some(len) = frame_len(&self.buf, self.max_frame)? {
                 let total = FRAME_HEADER_LEN + len;
@@ -351,7 +427,7 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
                     frame.advance(FRAME_HEADER_LEN);
                     self.bytes_received += len as u64;
                     self.frames_received += 1;
-                    return decode_frame(&frame).map(Some);
+                    return Ok(Some(frame.freeze()));
                 }
                 // Room for the whole frame at once, instead of growing chunk by chunk.
                 self.buf.reserve(total - self.buf.len());
@@ -431,6 +507,23 @@ mod tests {
         let err = encode_frame(&Msg::Digest(vec![0; 100]), 10, &mut buf).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { max: 10, .. }), "{err}");
         assert_eq!(buf, before, "a failed encode leaves the buffer untouched");
+    }
+
+    #[test]
+    fn encoded_frames_are_the_frames_of_encode_frame() {
+        let msgs = [Msg::Digest(vec![1, 2]), Msg::Delta { seq: 3, entries: vec![("k".into(), None)] }];
+        let mut expected = Vec::new();
+        let mut frames = EncodedFrames::new();
+        assert!(frames.is_empty());
+        let mut payload = 0;
+        for m in &msgs {
+            payload += encode_frame(m, 1024, &mut expected).unwrap();
+            frames.push(m, 1024).unwrap();
+        }
+        assert_eq!(frames.as_bytes(), &expected[..]);
+        assert_eq!((frames.payload_len(), frames.frames()), (payload, 2));
+        assert!(frames.push(&Msg::Digest(vec![0; 100]), 10).is_err());
+        assert_eq!(frames.as_bytes(), &expected[..], "a failed push appends nothing");
     }
 
     #[test]

@@ -54,8 +54,8 @@ mod secret;
 pub use backoff::Backoff;
 pub use endpoint::{CloseReason, ConnectError, EndpointError, EndpointOptions, PeerConnection, PeerEndpoint};
 pub use frame::{
-    DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, FrameError, FrameReceiver, FrameSender, StreamClass, decode_frame,
-    encode_frame, frame_len,
+    DEFAULT_MAX_FRAME, EncodedFrames, FRAME_HEADER_LEN, FrameError, FrameReceiver, FrameSender, StreamClass,
+    decode_frame, encode_frame, frame_len,
 };
 pub use identity::{
     ALPN, CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, MAX_NODE_ID_LEN, NodeIdentity,

@@ -14,13 +14,18 @@
 //! - Batches from remote servers are merged into the gateway's replica; the entries that
 //!   changed it are fanned out once to every local actor, paced by one more [`Pacer`], so
 //!   remote traffic never breaks the per-pair budget however many servers send at once.
-//! - A joining server gets a snapshot of the gateway's replica. Every entry the gateway had when
-//!   the joiner connected is in it; every entry after that goes out as a delta; so nothing
-//!   written during a join is lost.
+//! - A joining server gets a snapshot of the gateway's replica, streamed from the replica itself
+//!   ([`crate::snapshot`]). Every entry the gateway had when the joiner asked is in it (in that
+//!   version or a newer one); every entry after that goes out as a delta; so nothing written
+//!   during a join is lost.
+//! - On the joining side, snapshot chunks that bring keys new to the gateway are held back from
+//!   the fan-out until the snapshot ends, then go to the actors as one batch: a large batch
+//!   into a small replica is cheap to merge, many small ones into a large replica are not.
 //! - A remote server that is disconnected keeps its queue: it gets what it missed (newest entry
 //!   per key) when it reconnects.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -30,6 +35,33 @@ use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
 use crate::pacer::Pacer;
 use crate::replica::SyncBatch;
 use crate::stats::NodeStats;
+
+/// How long held snapshot entries wait for the next chunk before they go to the actors anyway.
+pub const SNAPSHOT_STALL_MS: u64 = 1_000;
+
+/// A received snapshot chunk and a second copy of its tree (keys and values shared, not
+/// copied), made where the chunk was decoded: the gateway moves one copy into its replica and
+/// keeps the other for the actors, so its own thread clones no entry. Moving entries into a
+/// map is about half the cost of merging them by reference, which looks each key up twice
+/// and makes each freshly decoded buffer shareable on its first clone.
+#[derive(Debug, Clone)]
+pub struct SnapshotPiece {
+    entries: BytesMap,
+    copy: BytesMap,
+}
+
+impl SnapshotPiece {
+    /// Prepares `entries` (this is where the copy is made).
+    pub fn new(entries: BytesMap) -> Self {
+        let copy = entries.clone();
+        SnapshotPiece { entries, copy }
+    }
+
+    /// Entries in the chunk.
+    pub fn entry_count(&self) -> usize {
+        self.entries.entry_count()
+    }
+}
 
 /// What the gateway knows about one remote server.
 #[derive(Debug, Default)]
@@ -49,6 +81,10 @@ pub struct Gateway {
     links: BTreeMap<String, Link>,
     /// Entries from remote servers owed to the local actors.
     inbound: DeltaBuffer<Bytes, Bytes>,
+    /// Snapshot entries owed to the local actors, held back until the snapshot ends.
+    held: BytesMap,
+    /// When the last chunk went into `held` (monotonic ms).
+    held_at: Option<u64>,
     /// Every local actor gets every fan-out batch at the same instant: one pacer for all.
     fanout: Pacer,
     actors: usize,
@@ -63,6 +99,8 @@ impl Gateway {
             replica: BytesMap::new(),
             links: BTreeMap::new(),
             inbound: DeltaBuffer::new(),
+            held: BytesMap::new(),
+            held_at: None,
             fanout: Pacer::default(),
             actors,
             stats,
@@ -135,6 +173,73 @@ impl Gateway {
         stats
     }
 
+    /// Merges a chunk of a snapshot from a remote server, received at `mono_ms`; `last` says
+    /// whether the snapshot ends with it.
+    ///
+    /// The same outcome as [`Gateway::on_remote`], cheaper for the chunks of a join: when the
+    /// gateway holds no key in the chunk's key range, every entry is new, so the chunk is
+    /// moved into the replica without recording entries one by one, and its copy is kept for
+    /// the actors. Kept chunks join the fan-out when a snapshot ends (or stalls, see
+    /// [`Gateway::held_due`]), as one large batch.
+    pub fn on_snapshot_chunk(&mut self, piece: SnapshotPiece, last: bool, mono_ms: u64) -> MergeStats {
+        let SnapshotPiece { entries: chunk, copy } = piece;
+        let fresh = match (chunk.entries().next(), chunk.entries().next_back()) {
+            (Some((first, _)), Some((end, _))) => self
+                .replica
+                .range::<Bytes, _>((Bound::Included(first), Bound::Included(end)))
+                .next()
+                .is_none(),
+            _ => false,
+        };
+        let stats = if fresh {
+            let stats = self.replica.merge_owned(copy);
+            NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
+            // Merging into the empty map adopts the chunk whole; afterwards the chunks arrive
+            // in key order, so each entry is appended.
+            self.held.merge_owned(chunk);
+            self.held_at = Some(mono_ms);
+            stats
+        } else {
+            self.on_remote(&chunk)
+        };
+        if last {
+            self.release_held();
+        }
+        stats
+    }
+
+    /// When held snapshot entries are due for the fan-out although their snapshot has not
+    /// ended (monotonic ms): [`SNAPSHOT_STALL_MS`] after the last chunk, so a transfer that
+    /// stops without a last chunk or a disconnect cannot keep them from the actors.
+    pub fn held_due(&self) -> Option<u64> {
+        self.held_at.map(|t| t + SNAPSHOT_STALL_MS)
+    }
+
+    /// Hands held snapshot entries to the fan-out if they are due at `mono_ms`.
+    pub fn poll_held(&mut self, mono_ms: u64) {
+        if self.held_due().is_some_and(|due| mono_ms >= due) {
+            self.release_held();
+        }
+    }
+
+    /// Hands held snapshot entries to the fan-out now (a snapshot ended, or its sender went
+    /// away).
+    pub fn release_held(&mut self) {
+        self.held_at = None;
+        let mut held = std::mem::take(&mut self.held);
+        if held.entry_count() == 0 {
+            return;
+        }
+        // Merge the smaller into the larger, and hand the larger over whole: absorbing into an
+        // empty buffer adopts the map without touching its entries.
+        if held.entry_count() >= self.inbound.len() {
+            held.merge_owned(self.inbound.flush());
+            self.inbound.absorb(held);
+        } else {
+            self.inbound.absorb(held);
+        }
+    }
+
     /// The batch to send `peer` now, if it is connected, owed something, and pacing allows.
     pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Option<BytesMap> {
         let link = self.links.get_mut(peer)?;
@@ -173,12 +278,6 @@ impl Gateway {
             self.links.values().filter(|l| l.connected && !l.pending.is_empty()).map(|l| l.pacer.next_at());
         fanout.into_iter().chain(links).min()
     }
-
-    /// A point-in-time copy of the gateway's replica, for a joining server. Cheap per entry:
-    /// keys and values are shared buffers.
-    pub fn snapshot(&self) -> BytesMap {
-        self.replica.clone()
-    }
 }
 
 /// Splits `delta` into pieces of about `max_bytes` of keys and values each (an entry larger than
@@ -188,7 +287,7 @@ pub fn split(delta: BytesMap, max_bytes: usize) -> Vec<BytesMap> {
     let mut current = BytesMap::new();
     let mut size = 0;
     for (k, e) in delta.into_entries() {
-        let entry_size = k.len() + e.value.as_ref().map_or(0, Bytes::len) + 32;
+        let entry_size = crate::snapshot::entry_size(&k, &e);
         if size + entry_size > max_bytes && current.entry_count() > 0 {
             pieces.push(std::mem::take(&mut current));
             size = 0;
@@ -299,6 +398,68 @@ mod tests {
         g.on_local(&delta(&["c"], 11));
         g.connected("late");
         assert_eq!(g.poll_peer("late", 1_000).unwrap().entry_count(), 1);
+    }
+
+    fn chunk(range: std::ops::Range<u32>, wall: u64) -> BytesMap {
+        let mut d = BytesMap::new();
+        for i in range {
+            d.put(Bytes::from(format!("k{i:04}")), Bytes::from_static(b"v"), Timestamp::new(wall, 0, 1));
+        }
+        d
+    }
+
+    #[test]
+    fn fresh_snapshot_chunks_reach_the_actors_as_one_paced_batch_when_the_snapshot_ends() {
+        let stats = Arc::new(NodeStats::default());
+        let mut g = Gateway::new(2, stats.clone());
+        g.connected("a");
+        // A delta that arrived before the snapshot, and one during it, inside a later chunk's
+        // range: that chunk is merged entry by entry, the others are held whole.
+        g.on_remote(&delta(&["k0150"], 50));
+        assert_eq!(g.poll_fanout(0).unwrap().delta.entry_count(), 1);
+        assert_eq!(g.on_snapshot_chunk(SnapshotPiece::new(chunk(0..100, 10)), false, 10).changed, 100);
+        assert!(g.poll_fanout(1_000).is_none(), "held back");
+        assert_eq!(
+            g.on_snapshot_chunk(SnapshotPiece::new(chunk(100..200, 10)), false, 20).changed,
+            99,
+            "k0150 is newer"
+        );
+        g.on_remote(&delta(&["new"], 60));
+        assert_eq!(g.on_snapshot_chunk(SnapshotPiece::new(chunk(200..300, 10)), true, 30).changed, 100);
+        let batch = g.poll_fanout(1_000).unwrap();
+        // Everything that changed the gateway, once: the held chunks and the recorded entries.
+        assert_eq!(batch.delta.entry_count(), 300);
+        assert!(batch.delta.get(&b"new"[..]).is_some());
+        assert!(
+            batch.delta.get_entry(&b"k0150"[..]).is_none(),
+            "already fanned out; the chunk's older one lost"
+        );
+        assert_eq!(g.replica().get_entry(&b"k0150"[..]).map(|e| e.ts.wall_ms), Some(50));
+        assert!(g.poll_fanout(2_000).is_none());
+        assert_eq!(g.replica().entry_count(), 301);
+        assert_eq!(NodeStats::get(&stats.sync_entries_received), 1 + 300 + 1);
+        assert_eq!(NodeStats::get(&stats.sync_entries_redundant), 1);
+        assert_eq!(NodeStats::get(&stats.sync_entries_sent), 2 * (1 + 300));
+        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), 1, "one batch per second per actor");
+    }
+
+    #[test]
+    fn held_snapshot_entries_are_not_kept_from_the_actors_by_a_stalled_transfer() {
+        let mut g = Gateway::new(1, Arc::default());
+        g.on_snapshot_chunk(SnapshotPiece::new(chunk(0..10, 10)), false, 100);
+        assert_eq!(g.held_due(), Some(100 + SNAPSHOT_STALL_MS));
+        g.poll_held(100 + SNAPSHOT_STALL_MS - 1);
+        assert!(g.poll_fanout(0).is_none());
+        g.poll_held(100 + SNAPSHOT_STALL_MS);
+        assert_eq!(g.held_due(), None);
+        assert_eq!(g.poll_fanout(0).unwrap().delta.entry_count(), 10);
+        // A sender that goes away: the caller releases what arrived.
+        g.on_snapshot_chunk(SnapshotPiece::new(chunk(10..20, 10)), false, 2_000);
+        g.release_held();
+        assert_eq!(g.poll_fanout(2_000).unwrap().delta.entry_count(), 10);
+        // A second snapshot of the same state changes nothing and sends nothing.
+        assert_eq!(g.on_snapshot_chunk(SnapshotPiece::new(chunk(0..20, 10)), true, 3_000).redundant, 20);
+        assert!(g.poll_fanout(4_000).is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod remote;
 pub mod replica;
 pub mod resp;
 pub mod server;
+pub mod snapshot;
 pub mod stats;
 #[cfg(feature = "testkit")]
 pub mod testkit;

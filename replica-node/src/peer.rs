@@ -5,7 +5,9 @@
 //! chunks on the low-priority one. Entries are merged by last-writer-wins, so a frame that is
 //! duplicated, or a chunk that overlaps a delta, does no harm.
 
-use lww_crdt::BytesMap;
+use bytes::Bytes;
+use lww_crdt::{BytesMap, Entry};
+use serde::ser::{SerializeSeq, SerializeStructVariant, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a peer speaking another is disconnected.
@@ -36,11 +38,51 @@ pub enum PeerMsg {
     SnapshotChunk {
         /// The entries of this chunk.
         entries: BytesMap,
-        /// Entries in the whole snapshot (for progress).
+        /// Entries the sender held when the snapshot started (for progress; entries written
+        /// during the transfer may make the snapshot slightly larger).
         total: u64,
         /// Whether this is the last chunk.
         last: bool,
     },
+}
+
+/// A [`PeerMsg::SnapshotChunk`] whose entries are borrowed from the sender's replica.
+///
+/// It encodes byte for byte as the owned message with the same entries (the receiver, and the
+/// `peer_frame` fuzz target, see only `PeerMsg`), so a snapshot streams without copying the
+/// replica into a map per chunk first.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotChunkRef<'a> {
+    /// The entries, in strictly increasing key order (as a map would hold them).
+    pub entries: &'a [(&'a Bytes, &'a Entry<Bytes>)],
+    /// As [`PeerMsg::SnapshotChunk`]'s `total`.
+    pub total: u64,
+    /// As [`PeerMsg::SnapshotChunk`]'s `last`.
+    pub last: bool,
+}
+
+impl Serialize for SnapshotChunkRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The entries as an `LwwMap` serializes them: a sequence of `(key, entry)` pairs.
+        struct Pairs<'a>(&'a [(&'a Bytes, &'a Entry<Bytes>)]);
+
+        impl Serialize for Pairs<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for pair in self.0 {
+                    seq.serialize_element(pair)?;
+                }
+                seq.end()
+            }
+        }
+
+        // What `#[derive(Serialize)]` emits for the fourth variant of `PeerMsg`.
+        let mut v = serializer.serialize_struct_variant("PeerMsg", 3, "SnapshotChunk", 3)?;
+        v.serialize_field("entries", &Pairs(self.entries))?;
+        v.serialize_field("total", &self.total)?;
+        v.serialize_field("last", &self.last)?;
+        v.end()
+    }
 }
 
 /// Decodes one peer frame's payload, as the gateway does with every frame it receives.
@@ -51,7 +93,6 @@ pub fn decode(payload: &[u8]) -> Result<PeerMsg, net_quic::FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use lww_crdt::Timestamp;
 
     fn roundtrip(msg: &PeerMsg) -> PeerMsg {
@@ -72,6 +113,36 @@ mod tests {
             PeerMsg::SnapshotChunk { entries: m, total: 2, last: true },
         ] {
             assert_eq!(roundtrip(&msg), msg);
+        }
+    }
+
+    #[test]
+    fn a_borrowed_chunk_encodes_exactly_as_the_owned_one() {
+        let mut m = BytesMap::new();
+        for i in 0..50u32 {
+            let ts = Timestamp::new(u64::from(i) * 1_000_003, i, u64::from(i % 3));
+            if i % 7 == 0 {
+                m.delete(Bytes::from(format!("key{i}")), ts);
+            } else {
+                m.put(Bytes::from(format!("key{i}")), Bytes::from(vec![i as u8; i as usize * 11]), ts);
+            }
+        }
+        for map in [BytesMap::new(), m] {
+            let pairs: Vec<_> = map.entries().collect();
+            for (total, last) in [(0, false), (u64::MAX, true), (300, false)] {
+                let mut owned = Vec::new();
+                let msg = PeerMsg::SnapshotChunk { entries: map.clone(), total, last };
+                net_quic::encode_frame(&msg, MAX_FRAME, &mut owned).unwrap();
+                let mut borrowed = Vec::new();
+                net_quic::encode_frame(
+                    &SnapshotChunkRef { entries: &pairs, total, last },
+                    MAX_FRAME,
+                    &mut borrowed,
+                )
+                .unwrap();
+                assert_eq!(borrowed, owned);
+                assert_eq!(decode(&borrowed[net_quic::FRAME_HEADER_LEN..]).unwrap(), msg);
+            }
         }
     }
 

@@ -2,7 +2,10 @@
 //! that feeds the [`Gateway`] state machine and sends what it asks for.
 //!
 //! Runs on its own thread with a `current_thread` tokio runtime. One task owns the gateway
-//! state; connection tasks only move frames between the network and that task.
+//! state; connection tasks only move frames between the network and that task. Snapshots are
+//! encoded by the gateway task from its replica, a chunk per loop round, and written by a task
+//! per transfer; received snapshot chunks are decoded on the runtime's blocking pool, so a
+//! joining server's decoding overlaps with its gateway's merging.
 //!
 //! Who dials: a server started with `--join` descriptions dials each of them (the newer server
 //! dials the older, so each pair has one connection) and redials with backoff when a
@@ -16,18 +19,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lww_crdt::BytesMap;
-use net_quic::{Backoff, CloseReason, PeerConnection, PeerEndpoint, StreamClass};
+use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint, StreamClass};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actor::{Address, Empty, Mailbox, Wake};
-use crate::gateway::{Gateway, split};
-use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg};
+use crate::gateway::{Gateway, SnapshotPiece, split};
+use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
 use crate::server::{ActorMsg, Clock};
+use crate::snapshot::SnapshotWalk;
 use crate::stats::NodeStats;
 
 /// How long a stopping gateway waits for peers to acknowledge what it sent last.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Encoded snapshot chunks queued ahead of a snapshot stream's writer: enough to keep the
+/// stream busy while the gateway encodes the next one, few enough that a snapshot never sits
+/// in memory as a second copy of the replica.
+const SNAPSHOT_AHEAD: usize = 2;
 
 /// Wakes the gateway task when an actor sends it mail.
 #[derive(Debug)]
@@ -80,6 +88,14 @@ enum Event {
         conn: usize,
         msg: PeerMsg,
     },
+    /// A snapshot chunk, prepared for the gateway where it was decoded.
+    Chunk {
+        peer: String,
+        conn: usize,
+        piece: SnapshotPiece,
+        total: u64,
+        last: bool,
+    },
     Down {
         peer: String,
         conn: usize,
@@ -91,6 +107,17 @@ struct Live {
     out: mpsc::UnboundedSender<PeerMsg>,
     /// Ends once everything sent to `out` is written and acknowledged (or the link failed).
     writer: tokio::task::JoinHandle<()>,
+}
+
+/// A snapshot being streamed to a peer: the gateway task encodes it chunk by chunk from its
+/// replica; a writer task owns the low-priority stream.
+struct Outgoing {
+    peer: String,
+    conn: usize,
+    walk: SnapshotWalk,
+    /// To the writer; bounded, so encoding runs at most [`SNAPSHOT_AHEAD`] chunks ahead of
+    /// the network.
+    chunks: mpsc::Sender<EncodedFrames>,
 }
 
 /// Runs the gateway until the node stops.
@@ -159,6 +186,8 @@ pub(crate) fn run(start: GatewayStart) {
             actors,
             live: HashMap::new(),
             snapshot_asked: HashSet::new(),
+            outgoing: Vec::new(),
+            room: Arc::new(Notify::new()),
             clock,
             stats,
             advertised,
@@ -189,6 +218,9 @@ struct Core {
     actors: Vec<Address<ActorMsg>>,
     live: HashMap<String, Live>,
     snapshot_asked: HashSet<String>,
+    outgoing: Vec<Outgoing>,
+    /// Signalled by snapshot writers when they take a chunk (room for the next one).
+    room: Arc<Notify>,
     clock: Clock,
     stats: Arc<NodeStats>,
     advertised: String,
@@ -205,12 +237,21 @@ impl Core {
     ) {
         loop {
             let now = self.clock.now().mono_ms;
-            let wait = self.gateway.next_due().map(|at| Duration::from_millis(at.saturating_sub(now)));
-            tokio::select! {
-                () = mail.notified() => {}
-                Some(event) = events.recv() => self.handle(event),
-                () = sleep_opt(wait) => {}
-                _ = stop.wait_for(|s| *s) => {}
+            let due = self.gateway.next_due().into_iter().chain(self.gateway.held_due()).min();
+            let wait = due.map(|at| Duration::from_millis(at.saturating_sub(now)));
+            if self.snapshot_has_room() {
+                // Another chunk is wanted: only let the connection tasks run, then take
+                // whatever arrived meanwhile before encoding it.
+                tokio::task::yield_now().await;
+            } else {
+                let room = self.room.clone();
+                tokio::select! {
+                    () = mail.notified() => {}
+                    Some(event) = events.recv() => self.handle(event),
+                    () = sleep_opt(wait) => {}
+                    () = room.notified() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
             }
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
@@ -219,8 +260,38 @@ impl Core {
             if *stop.borrow() {
                 return;
             }
-            self.flush(self.clock.now().mono_ms);
+            let now = self.clock.now().mono_ms;
+            self.gateway.poll_held(now);
+            self.flush(now);
+            self.stream_snapshots();
         }
+    }
+
+    fn snapshot_has_room(&self) -> bool {
+        self.outgoing.iter().any(|o| o.chunks.capacity() > 0)
+    }
+
+    /// Encodes one chunk for every snapshot whose writer has room for it. One chunk per
+    /// round keeps the rest of the loop (deltas, fan-out) within a chunk's encoding time.
+    fn stream_snapshots(&mut self) {
+        let replica = self.gateway.replica();
+        self.outgoing.retain_mut(|o| {
+            let permit = match o.chunks.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(())) => return true,
+                // The writer stopped: the stream failed (it logged why).
+                Err(mpsc::error::TrySendError::Closed(())) => return false,
+            };
+            // A chunk is at most CHUNK_BYTES of entries (or one larger entry) plus framing.
+            let mut frames = EncodedFrames::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+            if let Err(e) = o.walk.next_chunk(replica, CHUNK_BYTES, &mut frames) {
+                tracing::warn!(peer = %o.peer, "cannot encode a snapshot chunk, transfer abandoned: {e}");
+                return false;
+            }
+            permit.send(frames);
+            // Done: dropping the sender lets the writer finish the stream.
+            !o.walk.is_done()
+        });
     }
 
     fn drain_mail(&mut self, mailbox: &Mailbox<ActorMsg>) {
@@ -260,6 +331,9 @@ impl Core {
                 if let Some(old) = self.live.remove(&peer) {
                     tracing::info!(%peer, "a new connection replaces the old one");
                     old.conn.close(CloseReason::Replaced);
+                    let old_id = old.conn.stable_id();
+                    self.outgoing.retain(|o| o.conn != old_id);
+                    self.gateway.release_held();
                 }
                 let _ = out.send(PeerMsg::Hello { version: PROTOCOL_VERSION, peer: self.advertised.clone() });
                 if dialed && self.snapshot_asked.insert(peer.clone()) {
@@ -269,9 +343,12 @@ impl Core {
                 self.live.insert(peer, Live { conn, out, writer });
             }
             Event::Down { peer, conn } => {
+                self.outgoing.retain(|o| o.conn != conn);
                 if self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
                     self.live.remove(&peer);
                     self.gateway.disconnected(&peer);
+                    // A snapshot it was sending us ends here: what arrived goes to the actors.
+                    self.gateway.release_held();
                 }
             }
             Event::Msg { peer, conn, msg } => {
@@ -279,6 +356,12 @@ impl Core {
                     return; // from a replaced connection
                 }
                 self.on_message(&peer, msg);
+            }
+            Event::Chunk { peer, conn, piece, total, last } => {
+                if self.live.get(&peer).is_none_or(|l| l.conn.stable_id() != conn) {
+                    return;
+                }
+                self.on_chunk(&peer, piece, total, last);
             }
         }
     }
@@ -300,28 +383,46 @@ impl Core {
             }
             PeerMsg::SnapshotRequest => {
                 if let Some(l) = self.live.get(peer) {
-                    let snapshot = self.gateway.snapshot();
-                    tracing::info!(%peer, keys = snapshot.entry_count(), "sending a snapshot");
-                    tokio::spawn(send_snapshot(l.conn.clone(), snapshot, self.stats.clone()));
+                    let walk = SnapshotWalk::new(self.gateway.replica());
+                    tracing::info!(%peer, keys = walk.total(), "sending a snapshot");
+                    let (chunks, rx) = mpsc::channel(SNAPSHOT_AHEAD);
+                    tokio::spawn(write_snapshot(
+                        l.conn.clone(),
+                        rx,
+                        walk.total(),
+                        self.room.clone(),
+                        self.stats.clone(),
+                    ));
+                    self.outgoing.push(Outgoing {
+                        peer: peer.to_owned(),
+                        conn: l.conn.stable_id(),
+                        walk,
+                        chunks,
+                    });
                 }
             }
+            // Chunks come on the bulk stream as `Event::Chunk`; a peer may still send one here.
             PeerMsg::SnapshotChunk { entries, total, last } => {
-                let n = entries.entry_count() as u64;
-                self.gateway.on_remote(&entries);
-                if let Some(bar) = &self.progress {
-                    if bar.is_hidden() && std::io::stderr().is_terminal() {
-                        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                    }
-                    bar.set_length(total);
-                    bar.inc(n);
-                    if last {
-                        bar.finish_and_clear();
-                    }
-                }
-                if last {
-                    tracing::info!(%peer, keys = total, "snapshot received");
-                }
+                self.on_chunk(peer, SnapshotPiece::new(entries), total, last);
             }
+        }
+    }
+
+    fn on_chunk(&mut self, peer: &str, piece: SnapshotPiece, total: u64, last: bool) {
+        let n = piece.entry_count() as u64;
+        self.gateway.on_snapshot_chunk(piece, last, self.clock.now().mono_ms);
+        if let Some(bar) = &self.progress {
+            if bar.is_hidden() && std::io::stderr().is_terminal() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_length(total);
+            bar.inc(n);
+            if last {
+                bar.finish_and_clear();
+            }
+        }
+        if last {
+            tracing::info!(%peer, keys = total, "snapshot received");
         }
     }
 
@@ -423,19 +524,40 @@ fn spawn_connection(
                 let stats = stats.clone();
                 let conn = conn.clone();
                 let peer = peer.clone();
+                // Snapshot chunks (~1 MiB each) are decoded on a blocking-pool thread, so the
+                // next chunk decodes while the gateway task merges this one: on a joining
+                // server the gateway thread is the bottleneck. Control frames are small and
+                // latency-sensitive: decoded here.
+                let bulk = receiver.class() == StreamClass::Bulk;
                 tokio::spawn(async move {
                     let mut seen = 0;
                     loop {
-                        match receiver.recv().await {
-                            Ok(Some(msg)) => {
+                        let decoded = match receiver.recv_payload().await {
+                            Ok(Some(payload)) => {
                                 let total = receiver.bytes_received();
                                 NodeStats::add(&stats.remote_bytes_received, total - seen);
                                 seen = total;
-                                if events.send(Event::Msg { peer: peer.clone(), conn: id, msg }).is_err() {
-                                    return;
+                                let peer = peer.clone();
+                                if bulk {
+                                    let prepare = move || decode(&payload).map(|msg| inbound(peer, id, msg));
+                                    match tokio::task::spawn_blocking(prepare).await {
+                                        Ok(decoded) => decoded,
+                                        // Only when the runtime shuts down (decoding never panics).
+                                        Err(_) => return,
+                                    }
+                                } else {
+                                    decode(&payload).map(|msg| Event::Msg { peer, conn: id, msg })
                                 }
                             }
                             Ok(None) => return,
+                            Err(e) => Err(e),
+                        };
+                        match decoded {
+                            Ok(event) => {
+                                if events.send(event).is_err() {
+                                    return;
+                                }
+                            }
                             Err(e) => {
                                 if e.is_protocol_violation() {
                                     tracing::warn!(%peer, "malformed frame from peer, disconnecting: {e}");
@@ -456,9 +578,26 @@ fn spawn_connection(
     });
 }
 
-/// Streams a snapshot on the low-priority stream in chunks of about [`CHUNK_BYTES`], yielding
-/// between chunks so deltas keep flowing.
-async fn send_snapshot(conn: PeerConnection, snapshot: BytesMap, stats: Arc<NodeStats>) {
+/// The event for a message from the bulk stream. A snapshot chunk also gets its second copy
+/// here (see [`SnapshotPiece`]), on the decoding thread rather than the gateway's.
+fn inbound(peer: String, conn: usize, msg: PeerMsg) -> Event {
+    match msg {
+        PeerMsg::SnapshotChunk { entries, total, last } => {
+            Event::Chunk { peer, conn, piece: SnapshotPiece::new(entries), total, last }
+        }
+        msg => Event::Msg { peer, conn, msg },
+    }
+}
+
+/// Writes the chunks of one snapshot, as the gateway task encodes them, on a new
+/// low-priority stream; finishes the stream when the gateway drops its sender after the last.
+async fn write_snapshot(
+    conn: PeerConnection,
+    mut chunks: mpsc::Receiver<EncodedFrames>,
+    total: u64,
+    room: Arc<Notify>,
+    stats: Arc<NodeStats>,
+) {
     let peer = conn.peer_node_id().to_owned();
     let mut sender = match conn.open_stream::<PeerMsg>(StreamClass::Bulk).await {
         Ok(s) => s,
@@ -467,30 +606,19 @@ async fn send_snapshot(conn: PeerConnection, snapshot: BytesMap, stats: Arc<Node
             return;
         }
     };
-    let total = snapshot.entry_count() as u64;
-    let mut entries = snapshot.into_entries().peekable();
-    loop {
-        let mut chunk = BytesMap::new();
-        let mut size = 0;
-        while let Some((k, e)) = entries.next_if(|_| size < CHUNK_BYTES) {
-            size += k.len() + e.value.as_ref().map_or(0, |v| v.len()) + 32;
-            chunk.apply(k, e);
-        }
-        let last = entries.peek().is_none();
-        match sender.send(&PeerMsg::SnapshotChunk { entries: chunk, total, last }).await {
+    while let Some(frames) = chunks.recv().await {
+        room.notify_one();
+        match sender.send_encoded(frames).await {
             Ok(n) => NodeStats::add(&stats.remote_bytes_sent, n as u64),
             Err(e) => {
                 tracing::warn!(%peer, "snapshot transfer interrupted: {e}");
                 return;
             }
         }
-        if last {
-            break;
-        }
-        tokio::task::yield_now().await;
     }
-    if let Err(e) = sender.finish_and_wait().await {
-        tracing::debug!(%peer, "snapshot stream finish: {e}");
+    // Also reached when the gateway abandons the transfer (the connection went down).
+    match sender.finish_and_wait().await {
+        Ok(()) => tracing::info!(%peer, keys = total, "snapshot stream finished"),
+        Err(e) => tracing::debug!(%peer, "snapshot stream finish: {e}"),
     }
-    tracing::info!(%peer, keys = total, "snapshot sent");
 }
