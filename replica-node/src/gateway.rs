@@ -33,6 +33,8 @@
 //!   again, harmlessly (it counts as redundant). `Hello` carries a random incarnation per
 //!   process: a peer that restarted is sent everything unacknowledged again, its sequence
 //!   numbers are read afresh, and acks meant for an earlier run of this process are ignored.
+//!   (Today a node picks a new node id at every start, so a restarted server is also a new
+//!   peer; the incarnation keeps the numbers sound should the same id ever come back.)
 //!   Unacknowledged deltas are bounded by [`MAX_UNACKED`].
 //! - This repairs what a dropped connection loses, not everything: state lost with a
 //!   restarted process, or diverged in any other way, is not compared and exchanged (no
