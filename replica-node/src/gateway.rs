@@ -786,6 +786,90 @@ mod tests {
         assert_eq!(g.pending_for("p"), 1 + MAX_UNACKED - 1, "hot once, and the keys not acknowledged");
     }
 
+    /// Two gateways with a simulated connection between them (one-way delay, in order) that
+    /// dies at random with whatever is in flight, and comes back a while later: after the
+    /// last heal both hold every write, and nothing is left unacknowledged.
+    #[test]
+    fn two_gateways_over_a_connection_that_keeps_dying_end_identical() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const DELAY_MS: u64 = 30;
+        for seed in 0..8 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stats = Arc::new(NodeStats::default());
+            let mut gws = [Gateway::new(1, 11, stats.clone()), Gateway::new(1, 22, stats.clone())];
+            let names = ["a", "b"];
+            // In flight from gateway i to the other: (arrival, message), in order.
+            let mut wire: [VecDeque<(u64, PeerMsg)>; 2] = [VecDeque::new(), VecDeque::new()];
+            let mut truth = BytesMap::new();
+            let mut up = false;
+            let mut down_until = 0;
+            let end_writes = 20_000;
+            for t in 0..end_writes + 5_000 {
+                if !up && t >= down_until {
+                    // A new connection: each side's Hello is the first frame on it.
+                    up = true;
+                    for i in 0..2 {
+                        gws[i].connected(names[1 - i]);
+                        let hello = PeerMsg::Hello {
+                            version: crate::peer::PROTOCOL_VERSION,
+                            peer: String::new(),
+                            incarnation: gws[i].incarnation(),
+                        };
+                        wire[i].push_back((t + DELAY_MS, hello));
+                    }
+                } else if up && t < end_writes && rng.random_bool(0.001) {
+                    // It dies: what is in flight is lost.
+                    up = false;
+                    down_until = t + rng.random_range(0..2_000);
+                    for i in 0..2 {
+                        wire[i].clear();
+                        gws[i].disconnected(names[1 - i]);
+                    }
+                }
+                if t < end_writes && rng.random_bool(0.05) {
+                    let i = rng.random_range(0..2);
+                    let mut d = BytesMap::new();
+                    let key = Bytes::from(format!("k{}", rng.random_range(0..300)));
+                    d.put(key, Bytes::from(format!("{t}")), Timestamp::new(t, 0, i as u64 + 1));
+                    truth.merge(&d);
+                    gws[i].on_local(&d);
+                }
+                for i in 0..2 {
+                    let from = names[i];
+                    while wire[i].front().is_some_and(|(at, _)| *at <= t) {
+                        let (_, msg) = wire[i].pop_front().expect("checked");
+                        let g = &mut gws[1 - i];
+                        match msg {
+                            PeerMsg::Hello { incarnation, .. } => g.on_hello(from, incarnation),
+                            PeerMsg::Delta { seq, ack, entries } => {
+                                g.on_peer_delta(from, seq, ack, &entries, t);
+                            }
+                            PeerMsg::Ack(ack) => g.on_ack(from, ack),
+                            other => panic!("not sent here: {other:?}"),
+                        }
+                    }
+                    if up {
+                        for msg in gws[i].poll_peer(names[1 - i], t) {
+                            wire[i].push_back((t + DELAY_MS, msg));
+                        }
+                    }
+                    let _ = gws[i].poll_fanout(t);
+                }
+            }
+            assert!(up, "seed {seed}: the last connection stays up");
+            for (i, g) in gws.iter().enumerate() {
+                let wrong = truth.entries().filter(|(k, e)| g.replica().get_entry(*k) != Some(*e)).count();
+                assert!(
+                    g.replica() == &truth,
+                    "seed {seed}: gateway {i} misses {wrong} of the newest writes"
+                );
+                assert_eq!(g.unacked_for(names[1 - i]), 0, "seed {seed}: gateway {i}");
+            }
+            assert!(NodeStats::get(&stats.sync_max_pair_rate) <= crate::pacer::MAX_PER_WINDOW as u64);
+        }
+    }
+
     fn chunk(range: std::ops::Range<u32>, wall: u64) -> BytesMap {
         let mut d = BytesMap::new();
         for i in range {
