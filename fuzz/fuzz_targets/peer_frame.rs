@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match &msg {
-        PeerMsg::Delta(m) | PeerMsg::SnapshotChunk { entries: m, .. } => {
+        PeerMsg::Delta { entries: m, .. } | PeerMsg::SnapshotChunk { entries: m, .. } => {
             lww_crdt::harness::check_invariants(m).unwrap();
         }
-        PeerMsg::Hello { .. } | PeerMsg::SnapshotRequest => {}
+        PeerMsg::Hello { .. } | PeerMsg::SnapshotRequest | PeerMsg::Ack(_) => {}
     }
     let mut buf = Vec::new();
     net_quic::encode_frame(&msg, usize::MAX, &mut buf).unwrap();

@@ -23,8 +23,24 @@
 //!   into a small replica is cheap to merge, many small ones into a large replica are not.
 //! - A remote server that is disconnected keeps its queue: it gets what it missed (newest entry
 //!   per key) when it reconnects.
+//! - Deltas are acknowledged, so a connection that dies does not lose them. Each delta to a
+//!   remote server is numbered (per link, across reconnects) and kept until that server
+//!   acknowledges it; the acknowledgement is cumulative and rides on the next delta back, or,
+//!   when there is none within [`ACK_DELAY_MS`], goes alone through the same link pacer, so
+//!   acks never break the budget of 10 messages per second per pair. When a connection goes
+//!   down or is replaced, every unacknowledged delta goes back into the link's queue (newest
+//!   entry per key) and is sent on the next connection; what had in fact arrived arrives
+//!   again, harmlessly (it counts as redundant). `Hello` carries a random incarnation per
+//!   process: a peer that restarted is sent everything unacknowledged again, its sequence
+//!   numbers are read afresh, and acks meant for an earlier run of this process are ignored.
+//!   (Today a node picks a new node id at every start, so a restarted server is also a new
+//!   peer; the incarnation keeps the numbers sound should the same id ever come back.)
+//!   Unacknowledged deltas are bounded by [`MAX_UNACKED`].
+//! - This repairs what a dropped connection loses, not everything: state lost with a
+//!   restarted process, or diverged in any other way, is not compared and exchanged (no
+//!   digest-based anti-entropy yet).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,6 +49,7 @@ use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
 
 use crate::pacer::Pacer;
+use crate::peer::{Ack, CHUNK_BYTES, PeerMsg};
 use crate::replica::SyncBatch;
 use crate::stats::NodeStats;
 
@@ -63,6 +80,23 @@ impl SnapshotPiece {
     }
 }
 
+/// How long an acknowledgement may wait for a delta to ride on before it goes out alone. Acks
+/// share their link's pacer (and so its 10-per-second budget) with deltas; waiting this long
+/// lets one standalone ack cover every delta of a burst and keeps a one-way stream of deltas
+/// to at most 4 acks per second back, while a sender holds at most this much (plus a round
+/// trip) of acknowledged-later deltas.
+pub const ACK_DELAY_MS: u64 = 250;
+
+/// The most unacknowledged deltas kept per remote server before the oldest two are merged.
+///
+/// The bound on memory when a peer stays connected but never acknowledges: at most this many
+/// maps, the oldest of which absorbs everything beyond the bound newest-per-key, so it holds
+/// at most one entry per key ever sent (no more than the replica) and the others one batch
+/// each. Keys and values are shared `Bytes` with the replica: what is held is tree nodes and
+/// reference counts, not copies of the data. Merging loses nothing a re-send needs: an older
+/// entry for a key is superseded by the newer one anyway.
+pub const MAX_UNACKED: usize = 64;
+
 /// What the gateway knows about one remote server.
 #[derive(Debug, Default)]
 struct Link {
@@ -70,6 +104,56 @@ struct Link {
     /// Entries owed to this server (newest per key).
     pending: DeltaBuffer<Bytes, Bytes>,
     pacer: Pacer,
+    /// The sequence number of the last delta sent to this server. It only grows, across
+    /// reconnects and the peer's restarts: the peer tells runs of this process apart by the
+    /// incarnation in our `Hello`, not by the numbers.
+    sent_seq: u64,
+    /// Deltas sent and not yet acknowledged, oldest first, by sequence number; folded back
+    /// into `pending` when a connection goes down or is replaced. At most [`MAX_UNACKED`].
+    unacked: VecDeque<(u64, BytesMap)>,
+    /// The peer's incarnation, from its latest `Hello`.
+    peer_incarnation: Option<u64>,
+    /// The highest sequence number merged from that incarnation of the peer.
+    received: u64,
+    /// Since when (monotonic ms) an ack has been owed, if one is.
+    ack_owed_since: Option<u64>,
+}
+
+impl Link {
+    /// Queues every unacknowledged delta for sending again. The peer may have merged some of
+    /// them; a duplicate changes nothing there.
+    fn requeue_unacked(&mut self) {
+        for (_, batch) in self.unacked.drain(..) {
+            self.pending.absorb(batch);
+        }
+    }
+
+    /// Keeps `batch`, sent as `seq`, until it is acknowledged (see [`MAX_UNACKED`]).
+    fn keep_unacked(&mut self, seq: u64, batch: BytesMap) {
+        self.unacked.push_back((seq, batch));
+        if self.unacked.len() > MAX_UNACKED {
+            // Checked above: there are at least two.
+            let (_, older) = self.unacked.pop_front().expect("more than MAX_UNACKED");
+            let (seq, newer) = self.unacked.pop_front().expect("more than MAX_UNACKED");
+            // Merge the smaller into the larger (merge is commutative); the result is
+            // acknowledged with the newer one.
+            let merged = if older.entry_count() >= newer.entry_count() {
+                let mut m = older;
+                m.merge_owned(newer);
+                m
+            } else {
+                let mut m = newer;
+                m.merge_owned(older);
+                m
+            };
+            self.unacked.push_front((seq, merged));
+        }
+    }
+
+    /// When an owed ack may go out alone (monotonic ms), if one is owed.
+    fn ack_due(&self) -> Option<u64> {
+        self.ack_owed_since.map(|t| t.saturating_add(ACK_DELAY_MS))
+    }
 }
 
 /// The gateway of one node.
@@ -77,6 +161,8 @@ struct Link {
 pub struct Gateway {
     /// The gateway's index among the node's sync participants (after the query actors).
     index: usize,
+    /// This run of the process, announced in `Hello` (see [`crate::peer::Ack`]).
+    incarnation: u64,
     replica: BytesMap,
     links: BTreeMap<String, Link>,
     /// Entries from remote servers owed to the local actors.
@@ -92,10 +178,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway for a node of `actors` query actors.
-    pub fn new(actors: usize, stats: Arc<NodeStats>) -> Self {
+    /// A gateway for a node of `actors` query actors; `incarnation` is random per process.
+    pub fn new(actors: usize, incarnation: u64, stats: Arc<NodeStats>) -> Self {
         Gateway {
             index: actors,
+            incarnation,
             replica: BytesMap::new(),
             links: BTreeMap::new(),
             inbound: DeltaBuffer::new(),
@@ -105,6 +192,11 @@ impl Gateway {
             actors,
             stats,
         }
+    }
+
+    /// This run's incarnation id, for `Hello`.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The gateway's replica: everything the node has sent to or received from other servers.
@@ -122,13 +214,68 @@ impl Gateway {
         self.links.get(peer).map_or(0, |l| l.pending.len())
     }
 
+    /// Deltas sent to `peer` and not acknowledged yet.
+    pub fn unacked_for(&self, peer: &str) -> usize {
+        self.links.get(peer).map_or(0, |l| l.unacked.len())
+    }
+
     /// A remote server connected (or reconnected). A server seen for the first time owes
-    /// nothing from before: it pulls a snapshot for that.
+    /// nothing from before: it pulls a snapshot for that. A new connection that replaces a
+    /// live one gets what was unacknowledged on the old, as after [`Gateway::disconnected`].
     pub fn connected(&mut self, peer: &str) {
         let link = self.links.entry(peer.to_owned()).or_default();
-        if !link.connected {
+        if link.connected {
+            link.requeue_unacked();
+        } else {
             link.connected = true;
             self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `peer` announced its incarnation (its `Hello`). A new one after another is a restarted
+    /// process: it has merged nothing we sent its predecessor (so what is unacknowledged is
+    /// sent again) and numbers its deltas afresh (so what we received from it starts at 0).
+    pub fn on_hello(&mut self, peer: &str, incarnation: u64) {
+        let link = self.links.entry(peer.to_owned()).or_default();
+        if link.peer_incarnation.is_some_and(|known| known != incarnation) {
+            link.requeue_unacked();
+            link.received = 0;
+            link.ack_owed_since = None;
+        }
+        link.peer_incarnation = Some(incarnation);
+    }
+
+    /// A delta from `peer`, received at `mono_ms`: merges its entries (see
+    /// [`Gateway::on_remote`]), takes its piggybacked ack, and owes the peer an ack for it.
+    pub fn on_peer_delta(
+        &mut self,
+        peer: &str,
+        seq: u64,
+        ack: Ack,
+        entries: &BytesMap,
+        mono_ms: u64,
+    ) -> MergeStats {
+        self.on_ack(peer, ack);
+        let stats = self.on_remote(entries);
+        if let Some(link) = self.links.get_mut(peer)
+            && seq > link.received
+        {
+            link.received = seq;
+            link.ack_owed_since.get_or_insert(mono_ms);
+        }
+        stats
+    }
+
+    /// An ack from `peer`: the deltas it covers are dropped. An ack for another incarnation of
+    /// this process (sent before the peer saw our `Hello`) says nothing about ours.
+    pub fn on_ack(&mut self, peer: &str, ack: Ack) {
+        if ack.incarnation != self.incarnation {
+            return;
+        }
+        if let Some(link) = self.links.get_mut(peer) {
+            while link.unacked.front().is_some_and(|(seq, _)| *seq <= ack.seq) {
+                link.unacked.pop_front();
+            }
         }
     }
 
@@ -138,12 +285,14 @@ impl Gateway {
         self.links.entry(peer.to_owned()).or_default();
     }
 
-    /// The connection to `peer` is gone; entries queue until it comes back.
+    /// The connection to `peer` is gone; entries queue until it comes back, and so does
+    /// every delta it did not acknowledge: it may have died in the connection.
     pub fn disconnected(&mut self, peer: &str) {
         if let Some(link) = self.links.get_mut(peer)
             && link.connected
         {
             link.connected = false;
+            link.requeue_unacked();
             self.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -240,18 +389,38 @@ impl Gateway {
         }
     }
 
-    /// The batch to send `peer` now, if it is connected, owed something, and pacing allows.
-    pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Option<BytesMap> {
-        let link = self.links.get_mut(peer)?;
-        if !link.connected || link.pending.is_empty() || !link.pacer.allows(mono_ms) {
-            return None;
+    /// The messages to send `peer` now, if it is connected, owed something, and pacing allows:
+    /// the entries owed as deltas (several if they exceed [`CHUNK_BYTES`], each numbered and
+    /// kept until acknowledged), each carrying the ack owed; or, with no entries owed, the ack
+    /// alone once [`ACK_DELAY_MS`] has passed. One pacer send either way.
+    pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Vec<PeerMsg> {
+        let Some(link) = self.links.get_mut(peer) else {
+            return Vec::new();
+        };
+        let ack_due = link.ack_due().is_some_and(|at| mono_ms >= at);
+        if !link.connected || (link.pending.is_empty() && !ack_due) || !link.pacer.allows(mono_ms) {
+            return Vec::new();
         }
-        let delta = link.pending.flush();
+        let ack = Ack { incarnation: link.peer_incarnation.unwrap_or(0), seq: link.received };
+        link.ack_owed_since = None;
+        let mut msgs = Vec::new();
+        let mut entries = 0;
+        if link.pending.is_empty() {
+            msgs.push(PeerMsg::Ack(ack));
+        } else {
+            // One sequence number per frame: an ack then covers only frames that arrived.
+            for piece in split(link.pending.flush(), CHUNK_BYTES) {
+                link.sent_seq += 1;
+                entries += piece.entry_count();
+                msgs.push(PeerMsg::Delta { seq: link.sent_seq, ack, entries: piece.clone() });
+                link.keep_unacked(link.sent_seq, piece);
+            }
+        }
         let rate = link.pacer.record(mono_ms) as u64;
         self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
-        NodeStats::add(&self.stats.sync_messages_sent, 1);
-        NodeStats::add(&self.stats.sync_entries_sent, delta.entry_count() as u64);
-        Some(delta)
+        NodeStats::add(&self.stats.sync_messages_sent, msgs.len() as u64);
+        NodeStats::add(&self.stats.sync_entries_sent, entries as u64);
+        msgs
     }
 
     /// The batch to fan out to every local actor now, if any and pacing allows.
@@ -274,8 +443,10 @@ impl Gateway {
     /// instant one of its pacers with something queued allows a send (possibly already past).
     pub fn next_due(&self) -> Option<u64> {
         let fanout = (!self.inbound.is_empty()).then(|| self.fanout.next_at());
-        let links =
-            self.links.values().filter(|l| l.connected && !l.pending.is_empty()).map(|l| l.pacer.next_at());
+        let links = self.links.values().filter(|l| l.connected).filter_map(|l| {
+            let owed = if l.pending.is_empty() { l.ack_due()? } else { 0 };
+            Some(l.pacer.next_at().max(owed))
+        });
         fanout.into_iter().chain(links).min()
     }
 }
@@ -306,6 +477,21 @@ mod tests {
     use super::*;
     use lww_crdt::Timestamp;
 
+    /// This gateway's incarnation in the tests.
+    const ME: u64 = 1;
+
+    /// Entries in the deltas of `msgs`, `None` if there are none.
+    fn entries(msgs: &[PeerMsg]) -> Option<usize> {
+        let deltas: Vec<usize> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                PeerMsg::Delta { entries, .. } => Some(entries.entry_count()),
+                _ => None,
+            })
+            .collect();
+        (!deltas.is_empty()).then(|| deltas.iter().sum())
+    }
+
     fn delta(keys: &[&str], wall: u64) -> BytesMap {
         let mut d = BytesMap::new();
         for k in keys {
@@ -317,33 +503,33 @@ mod tests {
     #[test]
     fn local_writes_go_to_every_peer_once_and_are_paced() {
         use crate::pacer::{BURST, BURST_SPAN_MS};
-        let mut g = Gateway::new(2, Arc::default());
+        let mut g = Gateway::new(2, ME, Arc::default());
         g.connected("a");
         g.connected("b");
         g.on_local(&delta(&["x"], 10));
-        assert_eq!(g.poll_peer("a", 0).unwrap().entry_count(), 1, "isolated: at once");
-        assert_eq!(g.poll_peer("b", 0).unwrap().entry_count(), 1);
+        assert_eq!(entries(&g.poll_peer("a", 0)).unwrap(), 1, "isolated: at once");
+        assert_eq!(entries(&g.poll_peer("b", 0)).unwrap(), 1);
         g.on_local(&delta(&["y"], 11));
         g.on_local(&delta(&["z"], 12));
         g.on_local(&delta(&["y", "z"], 12)); // a duplicate changes nothing and is not re-sent
         for peer in ["a", "b"] {
-            assert_eq!(g.poll_peer(peer, 10).unwrap().entry_count(), 2, "start of a burst: at once too");
+            assert_eq!(entries(&g.poll_peer(peer, 10)).unwrap(), 2, "start of a burst: at once too");
         }
         for i in 2..BURST as u64 {
             g.on_local(&delta(&[&format!("s{i}")], 20 + i));
             for peer in ["a", "b"] {
-                assert_eq!(g.poll_peer(peer, 10 + i).unwrap().entry_count(), 1, "within the burst");
+                assert_eq!(entries(&g.poll_peer(peer, 10 + i)).unwrap(), 1, "within the burst");
             }
         }
         g.on_local(&delta(&["w1"], 30));
         g.on_local(&delta(&["w2"], 31));
-        assert!(g.poll_peer("a", 50).is_none(), "burst spent: paced");
+        assert!(g.poll_peer("a", 50).is_empty(), "burst spent: paced");
         assert_eq!(g.next_due(), Some(BURST_SPAN_MS), "exactly when the burst's span has passed");
-        assert!(g.poll_peer("a", BURST_SPAN_MS - 1).is_none());
-        assert_eq!(g.poll_peer("a", BURST_SPAN_MS).unwrap().entry_count(), 2);
+        assert!(g.poll_peer("a", BURST_SPAN_MS - 1).is_empty());
+        assert_eq!(entries(&g.poll_peer("a", BURST_SPAN_MS)).unwrap(), 2);
         assert_eq!(g.next_due(), Some(BURST_SPAN_MS), "b still owes w1, w2");
-        assert_eq!(g.poll_peer("b", 500).unwrap().entry_count(), 2);
-        assert!(g.poll_peer("a", 500).is_none());
+        assert_eq!(entries(&g.poll_peer("b", 500)).unwrap(), 2);
+        assert!(g.poll_peer("a", 500).is_empty());
         assert_eq!(g.next_due(), None);
     }
 
@@ -351,7 +537,7 @@ mod tests {
     fn the_fanout_spends_the_budget_and_keeps_it() {
         use crate::pacer::{BURST, MAX_PER_WINDOW, MAX_WAIT_MS};
         let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(2, stats.clone());
+        let mut g = Gateway::new(2, ME, stats.clone());
         let mut sent = Vec::new();
         // Remote entries every 5 ms for 3 s: a burst goes out at once, then the budget is spread.
         for t in (0..3_000u64).step_by(5) {
@@ -369,12 +555,12 @@ mod tests {
 
     #[test]
     fn remote_entries_fan_out_to_actors_and_are_not_forwarded_to_other_peers() {
-        let mut g = Gateway::new(3, Arc::default());
+        let mut g = Gateway::new(3, ME, Arc::default());
         g.connected("a");
         g.connected("b");
         let stats = g.on_remote(&delta(&["r1", "r2"], 10));
         assert_eq!(stats.changed, 2);
-        assert!(g.poll_peer("b", 0).is_none(), "remote entries are not re-forwarded");
+        assert!(g.poll_peer("b", 0).is_empty(), "remote entries are not re-forwarded");
         let batch = g.poll_fanout(0).unwrap();
         assert_eq!((batch.from, batch.delta.entry_count()), (3, 2));
         // Already known: nothing to fan out.
@@ -385,19 +571,303 @@ mod tests {
     #[test]
     fn a_disconnected_peer_keeps_its_queue() {
         let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(1, stats.clone());
+        let mut g = Gateway::new(1, ME, stats.clone());
         g.expect("late");
         g.on_local(&delta(&["a", "b"], 10));
-        assert!(g.poll_peer("late", 0).is_none(), "not connected yet");
+        assert!(g.poll_peer("late", 0).is_empty(), "not connected yet");
         g.connected("late");
         assert_eq!(NodeStats::get(&stats.peers_connected), 1);
-        assert_eq!(g.poll_peer("late", 0).unwrap().entry_count(), 2);
+        assert_eq!(entries(&g.poll_peer("late", 0)).unwrap(), 2);
         g.disconnected("late");
         g.disconnected("late");
         assert_eq!(NodeStats::get(&stats.peers_connected), 0);
         g.on_local(&delta(&["c"], 11));
         g.connected("late");
-        assert_eq!(g.poll_peer("late", 1_000).unwrap().entry_count(), 1);
+        assert_eq!(entries(&g.poll_peer("late", 1_000)).unwrap(), 3, "c, and a and b: never acknowledged");
+    }
+
+    /// The one field of a message that says what it acknowledges.
+    fn ack_of(msg: &PeerMsg) -> Option<Ack> {
+        match msg {
+            PeerMsg::Delta { ack, .. } | PeerMsg::Ack(ack) => Some(*ack),
+            _ => None,
+        }
+    }
+
+    /// A gateway connected to peer "p", incarnation `P`, which said hello.
+    const P: u64 = 7;
+
+    fn with_peer(stats: Arc<NodeStats>) -> Gateway {
+        let mut g = Gateway::new(1, ME, stats);
+        g.connected("p");
+        g.on_hello("p", P);
+        g
+    }
+
+    #[test]
+    fn a_batch_sent_and_not_acked_is_sent_again_after_a_reconnect() {
+        let mut g = with_peer(Arc::default());
+        g.on_local(&delta(&["x", "y"], 10));
+        let first = g.poll_peer("p", 0);
+        assert!(matches!(first[..], [PeerMsg::Delta { seq: 1, .. }]), "{first:?}");
+        assert_eq!(g.unacked_for("p"), 1);
+        // The connection dies with the delta in it; nothing is owed while it is down.
+        g.disconnected("p");
+        assert_eq!(g.pending_for("p"), 2);
+        g.on_local(&delta(&["x"], 11)); // a newer x: only the newest is re-sent
+        g.connected("p");
+        let again = g.poll_peer("p", 1_000);
+        let [PeerMsg::Delta { seq: 2, entries: e, .. }] = &again[..] else { panic!("{again:?}") };
+        assert_eq!(e.entry_count(), 2);
+        assert_eq!(e.get_entry(&b"x"[..]).map(|e| e.ts.wall_ms), Some(11));
+        // A new connection that replaces a live one: the same.
+        g.connected("p");
+        assert_eq!(entries(&g.poll_peer("p", 2_000)), Some(2));
+        assert_eq!(g.unacked_for("p"), 1, "the re-sent batch is the one unacknowledged");
+    }
+
+    #[test]
+    fn an_acked_batch_is_not_sent_again() {
+        let stats = Arc::new(NodeStats::default());
+        let mut g = with_peer(stats.clone());
+        g.on_local(&delta(&["a"], 10));
+        assert_eq!(entries(&g.poll_peer("p", 0)), Some(1)); // seq 1
+        g.on_local(&delta(&["b"], 11));
+        assert_eq!(entries(&g.poll_peer("p", 1)), Some(1)); // seq 2
+        g.on_local(&delta(&["c"], 12));
+        assert_eq!(entries(&g.poll_peer("p", 2)), Some(1)); // seq 3
+        // Standalone, then piggybacked on the peer's delta; cumulative.
+        g.on_ack("p", Ack { incarnation: ME, seq: 1 });
+        assert_eq!(g.unacked_for("p"), 2);
+        g.on_peer_delta("p", 1, Ack { incarnation: ME, seq: 2 }, &delta(&["r"], 5), 3);
+        assert_eq!(g.unacked_for("p"), 1);
+        // An ack meant for another run of this process acknowledges nothing of ours.
+        g.on_ack("p", Ack { incarnation: ME + 1, seq: 3 });
+        assert_eq!(g.unacked_for("p"), 1);
+        g.disconnected("p");
+        g.connected("p");
+        assert_eq!(g.pending_for("p"), 1, "only c, never acknowledged");
+        g.on_ack("p", Ack { incarnation: ME, seq: 3 }); // late: c is already queued again
+        let msgs = g.poll_peer("p", 1_000);
+        let [PeerMsg::Delta { seq: 4, ack, entries: e }] = &msgs[..] else { panic!("{msgs:?}") };
+        assert_eq!(e.entries().map(|(k, _)| &k[..]).collect::<Vec<_>>(), [&b"c"[..]]);
+        assert_eq!(*ack, Ack { incarnation: P, seq: 1 }, "the peer's delta, acknowledged on ours");
+        g.on_ack("p", Ack { incarnation: ME, seq: 4 });
+        g.disconnected("p");
+        g.connected("p");
+        assert_eq!(g.pending_for("p"), 0);
+        assert!(g.poll_peer("p", 2_000).is_empty(), "everything acknowledged both ways");
+        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 4);
+    }
+
+    #[test]
+    fn acks_ride_on_deltas() {
+        let stats = Arc::new(NodeStats::default());
+        let mut g = with_peer(stats.clone());
+        g.on_peer_delta("p", 1, Ack::default(), &delta(&["r1"], 5), 0);
+        g.on_peer_delta("p", 2, Ack::default(), &delta(&["r2"], 6), 10);
+        assert!(g.poll_peer("p", 20).is_empty(), "an ack alone waits for a delta to ride on");
+        assert!(g.poll_fanout(20).is_some());
+        assert_eq!(g.next_due(), Some(ACK_DELAY_MS), "…for ACK_DELAY_MS from the first owed");
+        g.on_local(&delta(&["w"], 20));
+        let msgs = g.poll_peer("p", 30);
+        assert_eq!(msgs.len(), 1, "one message: the delta, carrying the ack");
+        assert_eq!(ack_of(&msgs[0]), Some(Ack { incarnation: P, seq: 2 }));
+        assert!(matches!(msgs[0], PeerMsg::Delta { seq: 1, .. }));
+        assert_eq!(g.next_due(), None, "nothing owed: no standalone ack follows");
+        assert!(g.poll_peer("p", 10_000).is_empty());
+        assert_eq!(
+            NodeStats::get(&stats.sync_messages_sent),
+            1 + 1,
+            "the delta, and the fan-out to the actor"
+        );
+    }
+
+    #[test]
+    fn a_standalone_ack_goes_through_the_pacer() {
+        use crate::pacer::{MAX_PER_WINDOW, RATE_WINDOW_MS};
+        let stats = Arc::new(NodeStats::default());
+        let mut g = with_peer(stats.clone());
+        // Nothing else to send: the ack goes alone, ACK_DELAY_MS after it became owed.
+        g.on_peer_delta("p", 1, Ack::default(), &delta(&["r0"], 5), 0);
+        assert!(g.poll_peer("p", ACK_DELAY_MS - 1).is_empty());
+        assert_eq!(g.poll_peer("p", ACK_DELAY_MS), [PeerMsg::Ack(Ack { incarnation: P, seq: 1 })]);
+        // The pacer is spent by deltas: an owed ack waits for it too, and then rides along.
+        let mut t = 10_000;
+        let mut sends = Vec::new();
+        while sends.len() < MAX_PER_WINDOW {
+            g.on_local(&delta(&[&format!("w{t}")], t));
+            if !g.poll_peer("p", t).is_empty() {
+                sends.push(t);
+            }
+            t += 1;
+        }
+        g.on_local(&delta(&["late"], t));
+        g.on_peer_delta("p", 2, Ack::default(), &delta(&["r1"], 6), t);
+        assert!(g.poll_fanout(t).is_some());
+        let due = g.next_due().unwrap();
+        assert!(due >= sends[0] + RATE_WINDOW_MS, "a full window: nothing before the first send leaves it");
+        assert!(g.poll_peer("p", due - 1).is_empty());
+        assert_eq!(ack_of(&g.poll_peer("p", due)[0]), Some(Ack { incarnation: P, seq: 2 }));
+        // Deltas from the peer every 10 ms for 3 s, nothing to send back: only paced,
+        // delayed standalone acks, which never break the budget, and the last one covers all.
+        let start = due + RATE_WINDOW_MS;
+        let mut acks = 0;
+        let mut last = None;
+        for (i, t) in (start..start + 3_000).enumerate() {
+            if i % 10 == 0 {
+                g.on_peer_delta("p", 3 + i as u64 / 10, Ack::default(), &delta(&[&format!("r{t}")], t), t);
+            }
+            for m in g.poll_peer("p", t) {
+                acks += 1;
+                last = ack_of(&m);
+            }
+        }
+        let t = start + 3_000 + ACK_DELAY_MS;
+        for m in g.poll_peer("p", t) {
+            acks += 1;
+            last = ack_of(&m);
+        }
+        assert_eq!(last, Some(Ack { incarnation: P, seq: 3 + 299 }));
+        assert!((3 * 1_000 / ACK_DELAY_MS as usize..=4 * 4).contains(&acks), "{acks} acks in 3 s");
+        assert!(NodeStats::get(&stats.sync_max_pair_rate) <= MAX_PER_WINDOW as u64);
+    }
+
+    #[test]
+    fn a_new_incarnation_resets_the_sequence_state() {
+        let mut g = with_peer(Arc::default());
+        g.on_peer_delta("p", 41, Ack::default(), &delta(&["r"], 5), 0);
+        g.on_local(&delta(&["x"], 10));
+        assert_eq!(ack_of(&g.poll_peer("p", 0)[0]), Some(Ack { incarnation: P, seq: 41 }));
+        // A reconnect of the same process changes nothing.
+        g.disconnected("p");
+        g.connected("p");
+        g.on_hello("p", P);
+        g.on_peer_delta("p", 42, Ack::default(), &delta(&["r"], 6), 1_000);
+        g.on_local(&delta(&["y"], 11));
+        let msgs = g.poll_peer("p", 1_000);
+        assert_eq!(ack_of(&msgs[0]), Some(Ack { incarnation: P, seq: 42 }));
+        assert_eq!(entries(&msgs), Some(2), "x again (never acknowledged), y");
+        // The peer restarted: it knows nothing we sent, and numbers from 1 again. Its first
+        // delta may carry an ack for our seqs as its predecessor knew them, for us under
+        // another incarnation: ignored.
+        g.connected("p");
+        g.on_hello("p", P + 1);
+        assert_eq!(g.pending_for("p"), 2, "x and y queued again for the new process");
+        g.on_peer_delta("p", 1, Ack { incarnation: ME + 5, seq: 99 }, &delta(&["s"], 7), 2_000);
+        assert_eq!(g.pending_for("p"), 2);
+        let msgs = g.poll_peer("p", 2_000);
+        assert_eq!(
+            ack_of(&msgs[0]),
+            Some(Ack { incarnation: P + 1, seq: 1 }),
+            "seq 1 of the new process is news, not old"
+        );
+        assert!(matches!(msgs[0], PeerMsg::Delta { seq: 3, .. }), "our numbers go on: {msgs:?}");
+        g.on_ack("p", Ack { incarnation: ME, seq: 3 });
+        assert_eq!(g.unacked_for("p"), 0);
+    }
+
+    #[test]
+    fn unacked_batches_are_bounded_by_merging_the_oldest() {
+        let mut g = with_peer(Arc::default());
+        for i in 0..(3 * MAX_UNACKED as u64) {
+            // Every batch rewrites "hot" and adds one key of its own.
+            g.on_local(&delta(&["hot", &format!("k{i:03}")], 10 + i));
+            assert_eq!(entries(&g.poll_peer("p", 1_000 * i)), Some(2));
+            assert!(g.unacked_for("p") <= MAX_UNACKED);
+        }
+        assert_eq!(g.unacked_for("p"), MAX_UNACKED);
+        // The oldest holds seqs 1 to 2 * MAX_UNACKED + 1 and is acknowledged with the last.
+        g.on_ack("p", Ack { incarnation: ME, seq: 2 * MAX_UNACKED as u64 });
+        assert_eq!(g.unacked_for("p"), MAX_UNACKED);
+        g.on_ack("p", Ack { incarnation: ME, seq: 2 * MAX_UNACKED as u64 + 1 });
+        assert_eq!(g.unacked_for("p"), MAX_UNACKED - 1);
+        g.disconnected("p");
+        assert_eq!(g.pending_for("p"), 1 + MAX_UNACKED - 1, "hot once, and the keys not acknowledged");
+    }
+
+    /// Two gateways with a simulated connection between them (one-way delay, in order) that
+    /// dies at random with whatever is in flight, and comes back a while later: after the
+    /// last heal both hold every write, and nothing is left unacknowledged.
+    #[test]
+    fn two_gateways_over_a_connection_that_keeps_dying_end_identical() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const DELAY_MS: u64 = 30;
+        for seed in 0..8 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let stats = Arc::new(NodeStats::default());
+            let mut gws = [Gateway::new(1, 11, stats.clone()), Gateway::new(1, 22, stats.clone())];
+            let names = ["a", "b"];
+            // In flight from gateway i to the other: (arrival, message), in order.
+            let mut wire: [VecDeque<(u64, PeerMsg)>; 2] = [VecDeque::new(), VecDeque::new()];
+            let mut truth = BytesMap::new();
+            let mut up = false;
+            let mut down_until = 0;
+            let end_writes = 20_000;
+            for t in 0..end_writes + 5_000 {
+                if !up && t >= down_until {
+                    // A new connection: each side's Hello is the first frame on it.
+                    up = true;
+                    for i in 0..2 {
+                        gws[i].connected(names[1 - i]);
+                        let hello = PeerMsg::Hello {
+                            version: crate::peer::PROTOCOL_VERSION,
+                            peer: String::new(),
+                            incarnation: gws[i].incarnation(),
+                        };
+                        wire[i].push_back((t + DELAY_MS, hello));
+                    }
+                } else if up && t < end_writes && rng.random_bool(0.001) {
+                    // It dies: what is in flight is lost.
+                    up = false;
+                    down_until = t + rng.random_range(0..2_000);
+                    for i in 0..2 {
+                        wire[i].clear();
+                        gws[i].disconnected(names[1 - i]);
+                    }
+                }
+                if t < end_writes && rng.random_bool(0.05) {
+                    let i = rng.random_range(0..2);
+                    let mut d = BytesMap::new();
+                    let key = Bytes::from(format!("k{}", rng.random_range(0..300)));
+                    d.put(key, Bytes::from(format!("{t}")), Timestamp::new(t, 0, i as u64 + 1));
+                    truth.merge(&d);
+                    gws[i].on_local(&d);
+                }
+                for i in 0..2 {
+                    let from = names[i];
+                    while wire[i].front().is_some_and(|(at, _)| *at <= t) {
+                        let (_, msg) = wire[i].pop_front().expect("checked");
+                        let g = &mut gws[1 - i];
+                        match msg {
+                            PeerMsg::Hello { incarnation, .. } => g.on_hello(from, incarnation),
+                            PeerMsg::Delta { seq, ack, entries } => {
+                                g.on_peer_delta(from, seq, ack, &entries, t);
+                            }
+                            PeerMsg::Ack(ack) => g.on_ack(from, ack),
+                            other => panic!("not sent here: {other:?}"),
+                        }
+                    }
+                    if up {
+                        for msg in gws[i].poll_peer(names[1 - i], t) {
+                            wire[i].push_back((t + DELAY_MS, msg));
+                        }
+                    }
+                    let _ = gws[i].poll_fanout(t);
+                }
+            }
+            assert!(up, "seed {seed}: the last connection stays up");
+            for (i, g) in gws.iter().enumerate() {
+                let wrong = truth.entries().filter(|(k, e)| g.replica().get_entry(*k) != Some(*e)).count();
+                assert!(
+                    g.replica() == &truth,
+                    "seed {seed}: gateway {i} misses {wrong} of the newest writes"
+                );
+                assert_eq!(g.unacked_for(names[1 - i]), 0, "seed {seed}: gateway {i}");
+            }
+            assert!(NodeStats::get(&stats.sync_max_pair_rate) <= crate::pacer::MAX_PER_WINDOW as u64);
+        }
     }
 
     fn chunk(range: std::ops::Range<u32>, wall: u64) -> BytesMap {
@@ -411,7 +881,7 @@ mod tests {
     #[test]
     fn fresh_snapshot_chunks_reach_the_actors_as_one_paced_batch_when_the_snapshot_ends() {
         let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(2, stats.clone());
+        let mut g = Gateway::new(2, ME, stats.clone());
         g.connected("a");
         // A delta that arrived before the snapshot, and one during it, inside a later chunk's
         // range: that chunk is merged entry by entry, the others are held whole.
@@ -445,7 +915,7 @@ mod tests {
 
     #[test]
     fn held_snapshot_entries_are_not_kept_from_the_actors_by_a_stalled_transfer() {
-        let mut g = Gateway::new(1, Arc::default());
+        let mut g = Gateway::new(1, ME, Arc::default());
         g.on_snapshot_chunk(SnapshotPiece::new(chunk(0..10, 10)), false, 100);
         assert_eq!(g.held_due(), Some(100 + SNAPSHOT_STALL_MS));
         g.poll_held(100 + SNAPSHOT_STALL_MS - 1);

@@ -17,13 +17,15 @@
 //! - [`client`]: the client library (routers, failover).
 //! - [`resp`]: the RESP2/RESP3 codec.
 //! - [`gateway`]: the pure state machine of the node's link to other servers: one batch per
-//!   remote server per pacing step, fan-out of remote batches to the local actors, joins.
+//!   remote server per pacing step, acknowledged and re-sent after a connection drops,
+//!   fan-out of remote batches to the local actors, joins.
 //! - [`remote`]: the QUIC driver around the gateway (connections from `net-quic`, dialing,
 //!   snapshots on the low-priority stream); [`peer`]: the peer messages; [`snapshot`]: the
 //!   chunked walk that streams a snapshot straight from the gateway's replica.
 //! - [`stats`]: the node-wide counters behind `INFO`.
 //!
-//! Not here yet: anti-entropy repair between gateways and persistence (`--data-dir`).
+//! Not here yet: digest-based anti-entropy between gateways (only deltas lost with a
+//! connection are repaired) and persistence (`--data-dir`).
 
 pub mod actor;
 pub mod client;

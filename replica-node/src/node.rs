@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
@@ -38,6 +39,9 @@ pub struct NodeConfig {
     pub join: Vec<Description>,
     /// Show a progress bar on stderr while receiving a snapshot (if stderr is a terminal).
     pub progress: bool,
+    /// A peer connection with no packet from the other side for this long is dead (keep-alive
+    /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
+    pub peer_idle_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +53,7 @@ impl Default for NodeConfig {
             cluster_dir: None,
             join: Vec::new(),
             progress: false,
+            peer_idle_timeout: EndpointOptions::default().idle_timeout,
         }
     }
 }
@@ -215,6 +220,8 @@ impl Node {
             // With a fixed address, the same reset keys after a restart let peers notice the
             // restart at once instead of at the idle timeout.
             secret: (config.port != 0).then(|| cluster.endpoint_secret(&peer_addr.to_string())),
+            idle_timeout: config.peer_idle_timeout,
+            keep_alive: config.peer_idle_timeout / 3,
             ..EndpointOptions::default()
         };
         let endpoint = {
@@ -297,7 +304,8 @@ impl Node {
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
-            gateway: Gateway::new(config.actors, stats.clone()),
+            // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
+            gateway: Gateway::new(config.actors, random_u64().max(1), stats.clone()),
             mailbox: gateway_mailbox,
             mail: gateway_mail,
             actors: addresses.clone(),

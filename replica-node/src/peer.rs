@@ -4,6 +4,13 @@
 //! long-lived streams per connection: deltas and control on the high-priority stream, snapshot
 //! chunks on the low-priority one. Entries are merged by last-writer-wins, so a frame that is
 //! duplicated, or a chunk that overlaps a delta, does no harm.
+//!
+//! Deltas are acknowledged (see [`crate::gateway`]): each carries a sequence number, counted
+//! per link by its sender, and a cumulative [`Ack`] of what the sender has merged from the
+//! receiver. A sender keeps every delta until it is acknowledged and re-sends what was not
+//! when a connection is replaced, so a batch written to a connection that then died is not
+//! lost. Sequence numbers only mean something within one incarnation (one run of a process):
+//! [`PeerMsg::Hello`] announces the sender's, and an ack names the incarnation it is for.
 
 use bytes::Bytes;
 use lww_crdt::{BytesMap, Entry};
@@ -11,7 +18,7 @@ use serde::ser::{SerializeSeq, SerializeStructVariant, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol; a peer speaking another is disconnected.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest payload of a delta or snapshot frame the sender builds (entries larger than that
 /// travel alone); below the frame limit so one maximal entry always fits.
@@ -19,6 +26,20 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Frame limit for peer connections: a maximal value and key plus framing overhead.
 pub const MAX_FRAME: usize = crate::resp::MAX_VALUE + crate::resp::MAX_KEY + 64 * 1024;
+
+/// "I have merged every delta up to `seq` that incarnation `incarnation` of you sent me."
+///
+/// Cumulative: a delta is only ever numbered after every unacknowledged one before it has been
+/// folded into it or sent ahead of it on the same (ordered) stream, so having merged `seq`
+/// means having merged the content of everything before it. `seq` 0 acknowledges nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The incarnation of the acknowledged sender, as its [`PeerMsg::Hello`] announced it; an
+    /// ack for another incarnation (a restarted process) is ignored.
+    pub incarnation: u64,
+    /// The highest sequence number merged.
+    pub seq: u64,
+}
 
 /// One message between two gateways.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,9 +50,20 @@ pub enum PeerMsg {
         version: u32,
         /// The sender's peer address as it advertises it (for logs).
         peer: String,
+        /// Random per process: a change tells the receiver that the sender restarted and its
+        /// sequence numbers start afresh.
+        incarnation: u64,
     },
-    /// Writes made on the sender's node since its last delta to this peer.
-    Delta(BytesMap),
+    /// Writes made on the sender's node since its last delta to this peer (and writes it sent
+    /// before that were not acknowledged when a connection went down).
+    Delta {
+        /// The sender's sequence number for this delta on this link, from 1, increasing.
+        seq: u64,
+        /// What the sender has merged from the receiver.
+        ack: Ack,
+        /// The entries.
+        entries: BytesMap,
+    },
     /// The sender is joining: please send a snapshot of your state.
     SnapshotRequest,
     /// Part of a snapshot, in key order.
@@ -44,6 +76,9 @@ pub enum PeerMsg {
         /// Whether this is the last chunk.
         last: bool,
     },
+    /// An acknowledgement with no delta to carry it (after the variants above, so their
+    /// encodings keep their variant indices).
+    Ack(Ack),
 }
 
 /// A [`PeerMsg::SnapshotChunk`] whose entries are borrowed from the sender's replica.
@@ -107,10 +142,16 @@ mod tests {
         m.put(Bytes::from_static(b"k"), Bytes::from_static(b"v"), Timestamp::new(5, 1, 9));
         m.delete(Bytes::from_static(b"gone"), Timestamp::new(6, 0, 9));
         for msg in [
-            PeerMsg::Hello { version: PROTOCOL_VERSION, peer: "127.0.0.1:6000".into() },
-            PeerMsg::Delta(m.clone()),
+            PeerMsg::Hello {
+                version: PROTOCOL_VERSION,
+                peer: "127.0.0.1:6000".into(),
+                incarnation: u64::MAX,
+            },
+            PeerMsg::Delta { seq: 7, ack: Ack { incarnation: 3, seq: 5 }, entries: m.clone() },
+            PeerMsg::Delta { seq: 1, ack: Ack::default(), entries: BytesMap::new() },
             PeerMsg::SnapshotRequest,
             PeerMsg::SnapshotChunk { entries: m, total: 2, last: true },
+            PeerMsg::Ack(Ack { incarnation: 1 << 63, seq: u64::MAX }),
         ] {
             assert_eq!(roundtrip(&msg), msg);
         }
@@ -159,6 +200,8 @@ mod tests {
         let key = Bytes::from(vec![b'k'; crate::resp::MAX_KEY]);
         m.put(key, Bytes::from(vec![0xab; crate::resp::MAX_VALUE]), Timestamp::new(1, 0, 1));
         let mut buf = Vec::new();
-        assert!(net_quic::encode_frame(&PeerMsg::Delta(m), MAX_FRAME, &mut buf).is_ok());
+        let msg =
+            PeerMsg::Delta { seq: u64::MAX, ack: Ack { incarnation: u64::MAX, seq: u64::MAX }, entries: m };
+        assert!(net_quic::encode_frame(&msg, MAX_FRAME, &mut buf).is_ok());
     }
 }

@@ -11,6 +11,12 @@
 //! dials the older, so each pair has one connection) and redials with backoff when a
 //! connection drops; the older server only accepts. Peers are identified by their
 //! certificate's node id; a second connection from the same peer replaces the first.
+//!
+//! What a connection loses when it dies (frames written to it that never arrived) is not this
+//! driver's concern: it tells the gateway when a connection goes down or is replaced, and the
+//! gateway queues every delta the peer did not acknowledge for the next connection. `Hello`,
+//! the first frame on every control stream, carries this process's incarnation so the peer
+//! reads the sequence numbers and acks that follow against the right run of it.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -23,7 +29,7 @@ use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actor::{Address, Empty, Mailbox, Wake};
-use crate::gateway::{Gateway, SnapshotPiece, split};
+use crate::gateway::{Gateway, SnapshotPiece};
 use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
 use crate::server::{ActorMsg, Clock};
 use crate::snapshot::SnapshotWalk;
@@ -309,13 +315,11 @@ impl Core {
     fn flush(&mut self, now: u64) {
         let peers: Vec<String> = self.live.keys().cloned().collect();
         for peer in peers {
-            if let Some(delta) = self.gateway.poll_peer(&peer, now) {
-                let out = &self.live[&peer].out;
-                for piece in split(delta, CHUNK_BYTES) {
-                    // A closed writer means the connection is going down; its Down event
-                    // follows, and the entries stay in the gateway's replica for a snapshot.
-                    let _ = out.send(PeerMsg::Delta(piece));
-                }
+            let out = &self.live[&peer].out;
+            for msg in self.gateway.poll_peer(&peer, now) {
+                // A closed writer means the connection is going down; its Down event follows,
+                // and the gateway sends the unacknowledged deltas again on the next connection.
+                let _ = out.send(msg);
             }
         }
         if let Some(batch) = self.gateway.poll_fanout(now) {
@@ -335,7 +339,12 @@ impl Core {
                     self.outgoing.retain(|o| o.conn != old_id);
                     self.gateway.release_held();
                 }
-                let _ = out.send(PeerMsg::Hello { version: PROTOCOL_VERSION, peer: self.advertised.clone() });
+                // First on the stream, so the peer knows our incarnation before any delta.
+                let _ = out.send(PeerMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    peer: self.advertised.clone(),
+                    incarnation: self.gateway.incarnation(),
+                });
                 if dialed && self.snapshot_asked.insert(peer.clone()) {
                     let _ = out.send(PeerMsg::SnapshotRequest);
                 }
@@ -368,19 +377,21 @@ impl Core {
 
     fn on_message(&mut self, peer: &str, msg: PeerMsg) {
         match msg {
-            PeerMsg::Hello { version, peer: addr } => {
+            PeerMsg::Hello { version, peer: addr, incarnation } => {
                 if version != PROTOCOL_VERSION {
                     tracing::warn!(%peer, version, "peer speaks another protocol version; disconnecting");
                     if let Some(l) = self.live.get(peer) {
                         l.conn.close(CloseReason::Protocol);
                     }
                 } else {
-                    tracing::debug!(%peer, %addr, "peer hello");
+                    tracing::debug!(%peer, %addr, incarnation, "peer hello");
+                    self.gateway.on_hello(peer, incarnation);
                 }
             }
-            PeerMsg::Delta(delta) => {
-                self.gateway.on_remote(&delta);
+            PeerMsg::Delta { seq, ack, entries } => {
+                self.gateway.on_peer_delta(peer, seq, ack, &entries, self.clock.now().mono_ms);
             }
+            PeerMsg::Ack(ack) => self.gateway.on_ack(peer, ack),
             PeerMsg::SnapshotRequest => {
                 if let Some(l) = self.live.get(peer) {
                     let walk = SnapshotWalk::new(self.gateway.replica());

@@ -54,6 +54,9 @@ pub struct Cluster {
     pub link: Option<LinkConfig>,
     /// The cluster CA's directory.
     pub dir: TempDir,
+    /// The peer idle timeout of every server started from now on (see
+    /// [`NodeConfig::peer_idle_timeout`]).
+    pub peer_idle_timeout: Duration,
 }
 
 impl Cluster {
@@ -69,7 +72,13 @@ impl Cluster {
 
     /// An empty cluster whose links (if any) behave as `link` says.
     pub fn with_link(tag: &str, link: Option<LinkConfig>) -> Cluster {
-        Cluster { nodes: Vec::new(), relays: Vec::new(), link, dir: TempDir::new(tag) }
+        Cluster {
+            nodes: Vec::new(),
+            relays: Vec::new(),
+            link,
+            dir: TempDir::new(tag),
+            peer_idle_timeout: NodeConfig::default().peer_idle_timeout,
+        }
     }
 
     /// Starts a server of `actors` actors that joins every server started before it.
@@ -93,6 +102,7 @@ impl Cluster {
             cluster_dir: Some(self.dir.0.clone()),
             join,
             progress: false,
+            peer_idle_timeout: self.peer_idle_timeout,
         };
         self.nodes.push(Node::start(&config).expect("node starts"));
         self.nodes.last().expect("just pushed")

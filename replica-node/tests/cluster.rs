@@ -1,6 +1,6 @@
 //! Several servers on loopback, joined in start order, most of them behind a link emulator
 //! that delays every packet: remote visibility, no broadcast, budgets, last-writer-wins,
-//! joins, security.
+//! joins, security, connections that die under load.
 
 mod common;
 
@@ -329,6 +329,7 @@ fn a_server_of_another_cluster_cannot_connect_or_exchange_anything() {
         cluster_dir: Some(theirs.dir.0.clone()),
         join: vec![ours.nodes[0].description().clone()],
         progress: false,
+        ..replica_node::NodeConfig::default()
     };
     let intruder = replica_node::Node::start(&config).unwrap();
     let (a, b) = (clients(&ours.nodes[0]), clients(&intruder));
@@ -386,5 +387,64 @@ fn writes_acknowledged_just_before_a_graceful_stop_still_reach_the_other_servers
     for (a, cl) in cs[1].iter().enumerate() {
         let ok = eventually(REMOTE_VISIBILITY, || cl.list("last:").unwrap().len() == 200);
         assert!(ok.is_some(), "actor {a} of the surviving server lacks writes made before the stop");
+    }
+}
+
+#[test]
+fn writes_sent_into_a_connection_that_dies_are_sent_again_after_it_is_replaced() {
+    // A short idle timeout, so a cut kills the connection within the test; until it is
+    // declared dead both gateways go on writing deltas into it, and those never arrive.
+    let mut c = Cluster::with_delay("cut", Duration::from_millis(20));
+    c.peer_idle_timeout = Duration::from_millis(1_500);
+    c.add(2);
+    c.add(2);
+    c.wait_connected(Duration::from_secs(10));
+    let cs = c.clients();
+    let connected = |i: usize| stat(&c.nodes[i], |s| &s.peers_connected);
+    let stop = AtomicBool::new(false);
+    let written: Vec<BTreeSet<String>> = thread::scope(|s| {
+        let mut writers = Vec::new();
+        for (server, actors) in cs.iter().enumerate() {
+            for (actor, client) in actors.iter().enumerate() {
+                let stop = &stop;
+                writers.push(s.spawn(move || {
+                    let mut keys = BTreeSet::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("cut:{server}:{actor}:{n:05}");
+                        client.put(&key, format!("{n}")).unwrap();
+                        keys.insert(key);
+                        n += 1;
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    keys
+                }));
+            }
+        }
+        thread::sleep(Duration::from_millis(300));
+        c.relays[0].cut();
+        let died = eventually(Duration::from_secs(5), || connected(0) == 0 && connected(1) == 0);
+        assert!(died.is_some(), "the cut did not end the connection");
+        eprintln!("the connection died {died:?} into the cut");
+        // Writes queue for the disconnected peer meanwhile.
+        thread::sleep(Duration::from_millis(300));
+        c.relays[0].heal();
+        let back = eventually(Duration::from_secs(10), || connected(0) == 1 && connected(1) == 1);
+        assert!(back.is_some(), "the servers did not reconnect after the heal");
+        eprintln!("reconnected {back:?} after the heal");
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let all: BTreeSet<String> = written.into_iter().flatten().collect();
+    converge(&cs, "cut:", all.len(), Duration::from_secs(5));
+    for (i, cl) in all_clients(&cs).enumerate() {
+        let listed: BTreeSet<String> =
+            cl.list("cut:").unwrap().keys().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect();
+        assert_eq!(listed, all, "actor {i}: exactly the keys written");
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        let rate = stat(n, |s| &s.sync_max_pair_rate);
+        assert!(rate <= 10, "server {i}: {rate} messages to one recipient within one second");
     }
 }

@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             cluster_dir: None,
             join: Vec::new(),
             progress: false,
+            ..NodeConfig::default()
         })?;
         let clients = clients(&node);
         let routes: Vec<Route> = (0..actors)

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         cluster_dir: Some(args.cluster_dir),
         join: args.join,
         progress: std::io::stderr().is_terminal(),
+        ..NodeConfig::default()
     };
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
     if let Err(e) = ctrlc::set_handler(move || {
