@@ -232,6 +232,21 @@ fn a_joining_server_gets_existing_data_and_its_own_writes_reach_the_others() {
     }
 }
 
+/// Puts `PREFIX:00000`, `PREFIX:00001`, … through `client` every 5 ms until `stop`; returns the
+/// keys written.
+fn write_until(client: &Client, prefix: &str, stop: &AtomicBool) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("{prefix}:{n:05}");
+        client.put(&key, format!("{n}")).unwrap();
+        keys.insert(key);
+        n += 1;
+        thread::sleep(Duration::from_millis(5));
+    }
+    keys
+}
+
 #[test]
 fn four_servers_joining_while_writes_land_end_identical() {
     let mut c = Cluster::with_delay("chain", Duration::from_millis(200));
@@ -248,16 +263,7 @@ fn four_servers_joining_while_writes_land_end_identical() {
             for actor in clients(&c.nodes[server]) {
                 let stop = &stop;
                 writers.push(s.spawn(move || {
-                    let mut keys = BTreeSet::new();
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("w:{server}:{}:{n:05}", actor.router().next());
-                        actor.put(&key, format!("{n}")).unwrap();
-                        keys.insert(key);
-                        n += 1;
-                        thread::sleep(Duration::from_millis(5));
-                    }
-                    keys
+                    write_until(&actor, &format!("w:{server}:{}", actor.router().next()), stop)
                 }));
             }
         }
@@ -407,18 +413,7 @@ fn writes_sent_into_a_connection_that_dies_are_sent_again_after_it_is_replaced()
         for (server, actors) in cs.iter().enumerate() {
             for (actor, client) in actors.iter().enumerate() {
                 let stop = &stop;
-                writers.push(s.spawn(move || {
-                    let mut keys = BTreeSet::new();
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("cut:{server}:{actor}:{n:05}");
-                        client.put(&key, format!("{n}")).unwrap();
-                        keys.insert(key);
-                        n += 1;
-                        thread::sleep(Duration::from_millis(5));
-                    }
-                    keys
-                }));
+                writers.push(s.spawn(move || write_until(client, &format!("cut:{server}:{actor}"), stop)));
             }
         }
         thread::sleep(Duration::from_millis(300));
