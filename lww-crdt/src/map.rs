@@ -361,30 +361,14 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         }
     }
 
-    /// [`LwwMap::apply`] from borrowed parts, cloning only what is stored.
+    /// [`LwwMap::apply`] from borrowed parts.
     fn apply_ref(&mut self, slot: &Slot<K>, entry: &Entry<V>) -> bool
     where
         K: Clone,
         V: Clone,
     {
-        match self.entries.entry(slot.clone()) {
-            btree_map::Entry::Vacant(vacant) => {
-                self.tombstones += usize::from(entry.is_tombstone());
-                vacant.insert(entry.clone());
-                true
-            }
-            btree_map::Entry::Occupied(mut occupied) => {
-                let current = occupied.get_mut();
-                if *entry > *current {
-                    self.tombstones += usize::from(entry.is_tombstone());
-                    self.tombstones -= usize::from(current.is_tombstone());
-                    current.clone_from(entry);
-                    true
-                } else {
-                    false
-                }
-            }
-        }
+        // One search through the entry API, as for owned parts; the clones share buffers.
+        self.apply_slot(slot.clone(), entry.clone()).changed()
     }
 }
 

@@ -135,17 +135,10 @@ impl Link {
             // Checked above: there are at least two.
             let (_, older) = self.unacked.pop_front().expect("more than MAX_UNACKED");
             let (seq, newer) = self.unacked.pop_front().expect("more than MAX_UNACKED");
-            // Merge the smaller into the larger (merge is commutative); the result is
-            // acknowledged with the newer one.
-            let merged = if older.entry_count() >= newer.entry_count() {
-                let mut m = older;
-                m.merge_owned(newer);
-                m
-            } else {
-                let mut m = newer;
-                m.merge_owned(older);
-                m
-            };
+            // The result is acknowledged with the newer one. (`merge_owned` keeps the larger
+            // tree and merges the smaller into it.)
+            let mut merged = older;
+            merged.merge_owned(newer);
             self.unacked.push_front((seq, merged));
         }
     }
@@ -375,18 +368,9 @@ impl Gateway {
     /// away).
     pub fn release_held(&mut self) {
         self.held_at = None;
-        let mut held = std::mem::take(&mut self.held);
-        if held.entry_count() == 0 {
-            return;
-        }
-        // Merge the smaller into the larger, and hand the larger over whole: absorbing into an
-        // empty buffer adopts the map without touching its entries.
-        if held.entry_count() >= self.inbound.len() {
-            held.merge_owned(self.inbound.flush());
-            self.inbound.absorb(held);
-        } else {
-            self.inbound.absorb(held);
-        }
+        // Absorbing merges by value and keeps the larger tree whole (into an empty buffer: no
+        // entry is touched).
+        self.inbound.absorb(std::mem::take(&mut self.held));
     }
 
     /// The messages to send `peer` now, if it is connected, owed something, and pacing allows:
@@ -416,10 +400,7 @@ impl Gateway {
                 link.keep_unacked(link.sent_seq, piece);
             }
         }
-        let rate = link.pacer.record(mono_ms) as u64;
-        self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
-        NodeStats::add(&self.stats.sync_messages_sent, msgs.len() as u64);
-        NodeStats::add(&self.stats.sync_entries_sent, entries as u64);
+        self.stats.sent(link.pacer.record(mono_ms), msgs.len() as u64, entries as u64);
         msgs
     }
 
@@ -429,13 +410,8 @@ impl Gateway {
             return None;
         }
         let delta = Arc::new(self.inbound.flush());
-        let rate = self.fanout.record(mono_ms) as u64;
         let n = self.actors as u64;
-        if n > 0 {
-            self.stats.sync_max_pair_rate.fetch_max(rate, Ordering::Relaxed);
-        }
-        NodeStats::add(&self.stats.sync_messages_sent, n);
-        NodeStats::add(&self.stats.sync_entries_sent, n * delta.entry_count() as u64);
+        self.stats.sent(self.fanout.record(mono_ms), n, n * delta.entry_count() as u64);
         Some(SyncBatch { from: self.index, delta })
     }
 

@@ -138,12 +138,7 @@ impl Replica {
         }
         let delta = Arc::new(self.pending.flush());
         let recipients = self.recipients as u64;
-        let rate = self.pacer.record(now.mono_ms) as u64;
-        if recipients > 0 {
-            self.stats.sync_max_pair_rate.fetch_max(rate, std::sync::atomic::Ordering::Relaxed);
-        }
-        NodeStats::add(&self.stats.sync_messages_sent, recipients);
-        NodeStats::add(&self.stats.sync_entries_sent, recipients * delta.entry_count() as u64);
+        self.stats.sent(self.pacer.record(now.mono_ms), recipients, recipients * delta.entry_count() as u64);
         Some(SyncBatch { from: self.index, delta })
     }
 

@@ -37,6 +37,16 @@ impl NodeStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records one pacer send of `messages` sync messages holding `entries` entries in all,
+    /// after which its recipients have had `rate` messages within the last second.
+    pub fn sent(&self, rate: usize, messages: u64, entries: u64) {
+        if messages > 0 {
+            self.sync_max_pair_rate.fetch_max(rate as u64, Ordering::Relaxed);
+        }
+        Self::add(&self.sync_messages_sent, messages);
+        Self::add(&self.sync_entries_sent, entries);
+    }
+
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
