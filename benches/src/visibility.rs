@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use replica_node::client::{Client, ClientError};
-use replica_node::resp::Value;
+use resp::Value;
 
 use crate::data::SplitMix64;
 use crate::harness::{ms, quantile};

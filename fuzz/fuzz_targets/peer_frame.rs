@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use replica_node::peer::{self, PeerMsg};
+use replica_core::peer::{self, PeerMsg};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(msg) = peer::decode(data) else {

@@ -1,10 +1,13 @@
 //! Whole-node counters reported by `INFO`.
 //!
-//! Each counter is written by the actor that does the work and read by whichever actor serves
-//! `INFO`. They are plain relaxed atomics: figures for operators and tests, never used to make
-//! decisions, so no ordering between them is promised.
+//! The state machines own their counters ([`replica_core::stats`]); their drivers publish them
+//! here after each round of work, and whichever actor serves `INFO` reads them. They are plain
+//! relaxed atomics: figures for operators and tests, never used to make decisions, so no
+//! ordering between them is promised.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use replica_core::stats::{GatewayStats, SyncStats};
 
 /// Counters shared by every actor of one node.
 #[derive(Debug, Default)]
@@ -37,14 +40,25 @@ impl NodeStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Records one pacer send of `messages` sync messages holding `entries` entries in all,
-    /// after which its recipients have had `rate` messages within the last second.
-    pub fn sent(&self, rate: usize, messages: u64, entries: u64) {
-        if messages > 0 {
-            self.sync_max_pair_rate.fetch_max(rate as u64, Ordering::Relaxed);
+    /// Publishes what a machine's sync counters gained since `published` (what this driver
+    /// published last), and remembers `now` as published.
+    pub(crate) fn publish_sync(&self, published: &mut SyncStats, now: &SyncStats) {
+        if now == published {
+            return;
         }
-        Self::add(&self.sync_messages_sent, messages);
-        Self::add(&self.sync_entries_sent, entries);
+        Self::add(&self.sync_messages_sent, now.messages_sent - published.messages_sent);
+        Self::add(&self.sync_entries_sent, now.entries_sent - published.entries_sent);
+        Self::add(&self.sync_entries_received, now.entries_received - published.entries_received);
+        Self::add(&self.sync_entries_redundant, now.entries_redundant - published.entries_redundant);
+        self.sync_max_pair_rate.fetch_max(now.max_pair_rate, Ordering::Relaxed);
+        *published = *now;
+    }
+
+    /// Publishes the gateway's counters (the gateway loop is their only publisher).
+    pub(crate) fn publish_gateway(&self, published: &mut GatewayStats, now: &GatewayStats) {
+        self.publish_sync(&mut published.sync, &now.sync);
+        self.peers_connected.store(now.peers_connected, Ordering::Relaxed);
+        published.peers_connected = now.peers_connected;
     }
 
     /// Reads a counter.

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use net_quic::{LinkConfig, LinkEmulator};
 
-use crate::client::{Client, Fixed, RoundRobin};
 use crate::stats::NodeStats;
 use crate::{Node, NodeConfig};
+use replica_client::{Client, Fixed, RoundRobin};
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]

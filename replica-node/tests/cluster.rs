@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use replica_node::NodeStats;
 use replica_node::client::Client;
-use replica_node::stats::NodeStats;
 
 /// The requirement (design 4.2): a Put is visible on every other server within 2 s.
 const REMOTE_VISIBILITY: Duration = Duration::from_millis(2_000);

@@ -33,9 +33,9 @@ use benches::harness::{self, Cluster, clients, load_average, verdict};
 use bytes::Bytes;
 use clap::Parser;
 use replica_node::Node;
+use replica_node::NodeStats;
 use replica_node::client::Client;
-use replica_node::resp::Value;
-use replica_node::stats::NodeStats;
+use resp::Value;
 
 /// Design section 7: join rate relative to the loopback QUIC bulk rate.
 const TARGET_RATIO: f64 = 0.5;

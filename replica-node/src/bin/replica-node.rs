@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use replica_node::node::{MAX_ACTORS, default_actors};
-use replica_node::{Description, Node, NodeConfig};
+use replica_node::{Description, MAX_ACTORS, Node, NodeConfig, default_actors};
 
 /// A replica server of the geo-replicated CRDT key-value store.
 ///

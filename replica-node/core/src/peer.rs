@@ -25,7 +25,7 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Frame limit for peer connections: a maximal value and key plus framing overhead.
-pub const MAX_FRAME: usize = crate::resp::MAX_VALUE + crate::resp::MAX_KEY + 64 * 1024;
+pub const MAX_FRAME: usize = crate::MAX_VALUE + crate::MAX_KEY + 64 * 1024;
 
 /// "I have merged every delta up to `seq` that incarnation `incarnation` of you sent me."
 ///
@@ -197,8 +197,8 @@ mod tests {
     #[test]
     fn a_maximal_entry_fits_in_a_frame() {
         let mut m = BytesMap::new();
-        let key = Bytes::from(vec![b'k'; crate::resp::MAX_KEY]);
-        m.put(key, Bytes::from(vec![0xab; crate::resp::MAX_VALUE]), Timestamp::new(1, 0, 1));
+        let key = Bytes::from(vec![b'k'; crate::MAX_KEY]);
+        m.put(key, Bytes::from(vec![0xab; crate::MAX_VALUE]), Timestamp::new(1, 0, 1));
         let mut buf = Vec::new();
         let msg =
             PeerMsg::Delta { seq: u64::MAX, ack: Ack { incarnation: u64::MAX, seq: u64::MAX }, entries: m };

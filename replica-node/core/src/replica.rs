@@ -1,21 +1,20 @@
 //! The replica state machine of one query actor.
 //!
 //! Pure in the sans-IO sense: it owns a full [`BytesMap`] replica and its clock, takes time as
-//! an argument ([`Now`]) and returns what to send; the per-core loop in [`crate::server`] does
+//! an argument ([`Now`]) and returns what to send; the per-core loop in `replica-node` does
 //! the sockets, the mailboxes and the clock reads. That keeps the sync rules (pacing, no
 //! re-forwarding, budgets) testable with virtual time. When a delta may go out is the
 //! [`Pacer`]'s decision: it spends the budget of 10 messages per second per recipient, so an
 //! isolated write and the first writes of a burst go out at once, and nothing waits longer than
 //! [`crate::pacer::MAX_WAIT_MS`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, ReplicaId, Timestamp};
 
 use crate::pacer::Pacer;
-use crate::stats::NodeStats;
+use crate::stats::SyncStats;
 
 /// How far ahead of our own wall clock a received timestamp may be before we stop letting it
 /// drag our clock along. A peer with a broken clock could otherwise push every later write of
@@ -53,19 +52,13 @@ pub struct Replica {
     /// window) stands for each of them.
     pacer: Pacer,
     recipients: usize,
-    stats: Arc<NodeStats>,
-    /// Resume points of `SCAN` cursors handed out by this actor, oldest first.
-    cursors: VecDeque<(u64, Bytes)>,
-    next_cursor: u64,
+    stats: SyncStats,
 }
-
-/// How many `SCAN` cursors an actor remembers; older ones expire.
-const MAX_CURSORS: usize = 1_024;
 
 impl Replica {
     /// Actor `index` of its node, stamping writes as `replica` (unique in the cluster), with
     /// `recipients` sync destinations (the other local actors, and later the gateway).
-    pub fn new(index: usize, replica: ReplicaId, recipients: usize, stats: Arc<NodeStats>) -> Self {
+    pub fn new(index: usize, replica: ReplicaId, recipients: usize) -> Self {
         Replica {
             index,
             map: BytesMap::new(),
@@ -73,9 +66,7 @@ impl Replica {
             pending: DeltaBuffer::new(),
             pacer: Pacer::default(),
             recipients,
-            stats,
-            cursors: VecDeque::new(),
-            next_cursor: 1,
+            stats: SyncStats::default(),
         }
     }
 
@@ -89,8 +80,8 @@ impl Replica {
         &self.map
     }
 
-    /// The node-wide counters.
-    pub fn stats(&self) -> &NodeStats {
+    /// What this actor sent and received in sync messages.
+    pub fn stats(&self) -> &SyncStats {
         &self.stats
     }
 
@@ -117,8 +108,7 @@ impl Replica {
     pub fn on_sync(&mut self, batch: &SyncBatch, now: Now) -> MergeStats {
         let stats = self.map.merge(&batch.delta);
         self.observe(stats.newest, now);
-        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
-        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        self.stats.received(&stats);
         stats
     }
 
@@ -147,23 +137,6 @@ impl Replica {
     pub fn next_sync_at(&self) -> Option<u64> {
         (!self.pending.is_empty()).then(|| self.pacer.next_at())
     }
-
-    /// Remembers where a `SCAN` stopped; returns the cursor to hand to the client.
-    pub(crate) fn save_cursor(&mut self, resume_after: Bytes) -> u64 {
-        let id = self.next_cursor;
-        // Cursor 0 means "start" (and "done" in replies): never hand it out.
-        self.next_cursor = self.next_cursor.checked_add(1).unwrap_or(1);
-        if self.cursors.len() == MAX_CURSORS {
-            self.cursors.pop_front();
-        }
-        self.cursors.push_back((id, resume_after));
-        id
-    }
-
-    /// The resume point of a cursor handed out earlier.
-    pub(crate) fn cursor(&self, id: u64) -> Option<Bytes> {
-        self.cursors.iter().find(|(c, _)| *c == id).map(|(_, k)| k.clone())
-    }
 }
 
 #[cfg(test)]
@@ -181,7 +154,7 @@ mod tests {
     #[test]
     fn an_isolated_write_and_the_start_of_a_burst_go_out_at_once_the_rest_is_batched() {
         use crate::pacer::{BURST, BURST_SPAN_MS};
-        let mut r = Replica::new(0, 1, 2, Arc::default());
+        let mut r = Replica::new(0, 1, 2);
         r.write(b("a"), Some(b("1")), now(1_000));
         let first = r.poll_sync(now(1_000)).expect("isolated write is sent immediately");
         assert_eq!(first.delta.entry_count(), 1);
@@ -206,8 +179,8 @@ mod tests {
 
     #[test]
     fn entries_learned_from_peers_are_not_reforwarded() {
-        let mut a = Replica::new(0, 1, 1, Arc::default());
-        let mut c = Replica::new(1, 2, 1, Arc::default());
+        let mut a = Replica::new(0, 1, 1);
+        let mut c = Replica::new(1, 2, 1);
         a.write(b("k"), Some(b("v")), now(10));
         let batch = a.poll_sync(now(10)).unwrap();
         let stats = c.on_sync(&batch, now(11));
@@ -218,8 +191,8 @@ mod tests {
 
     #[test]
     fn a_write_after_a_merge_wins_even_with_a_clock_behind() {
-        let mut ahead = Replica::new(0, 1, 1, Arc::default());
-        let mut behind = Replica::new(1, 2, 1, Arc::default());
+        let mut ahead = Replica::new(0, 1, 1);
+        let mut behind = Replica::new(1, 2, 1);
         ahead.write(b("k"), Some(b("future")), now(10_000));
         let batch = ahead.poll_sync(now(10_000)).unwrap();
         behind.on_sync(&batch, now(0));
@@ -231,8 +204,7 @@ mod tests {
 
     #[test]
     fn pair_rate_stays_within_budget_under_constant_load() {
-        let stats = Arc::new(NodeStats::default());
-        let mut r = Replica::new(0, 1, 3, stats.clone());
+        let mut r = Replica::new(0, 1, 3);
         let mut sent = Vec::new();
         for ms in (0..5_000).step_by(10) {
             r.write(b(&format!("k{ms}")), Some(b("v")), now(ms));
@@ -244,13 +216,13 @@ mod tests {
             let in_window = sent[i..].iter().take_while(|&&u| u < t + 1_000).count();
             assert!(in_window <= 10, "{in_window} messages in the second after {t}");
         }
-        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), 10);
-        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 3 * sent.len() as u64);
+        assert_eq!(r.stats().max_pair_rate, 10);
+        assert_eq!(r.stats().messages_sent, 3 * sent.len() as u64);
     }
 
     #[test]
     fn far_future_timestamps_do_not_drag_the_clock() {
-        let mut r = Replica::new(0, 1, 1, Arc::default());
+        let mut r = Replica::new(0, 1, 1);
         let mut evil = BytesMap::new();
         evil.put(b("k"), b("v"), Timestamp::new(u64::MAX - 1, 0, 9));
         r.on_sync(&SyncBatch { from: 1, delta: Arc::new(evil) }, now(0));

@@ -1,7 +1,6 @@
 //! Starting and stopping a whole node: bind every port, start one thread per query actor,
 //! describe the node, shut down cleanly.
 
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,13 +12,15 @@ use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::actor::{Address, Mailbox, Notify};
-use crate::commands::NodeInfo;
-use crate::gateway::Gateway;
-use crate::remote::{self, GatewayStart, JoinTarget, TokioWake};
-use crate::replica::Replica;
-use crate::server::{self, ActorMsg, ActorStart, Clock, WAKER};
 use crate::stats::NodeStats;
+use replica_core::Replica;
+use replica_core::gateway::Gateway;
+
+use crate::command::NodeInfo;
+use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
+use crate::runtime::mailbox::{Address, Mailbox, Notify};
+use crate::runtime::query_loop::{self, ActorStart, WAKER};
+use crate::runtime::{ActorMsg, Clock, random_u64};
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -153,29 +154,7 @@ pub struct Node {
     stop_gateway: tokio::sync::watch::Sender<bool>,
     stats: Arc<NodeStats>,
     /// A private cluster directory, removed when the node is dropped.
-    _private_cluster: Option<TempDir>,
-}
-
-/// A directory removed on drop.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> std::io::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!(
-            "replica-node-{tag}-{}-{:x}",
-            std::process::id(),
-            random_u64()
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _private_cluster: Option<tempfile::TempDir>,
 }
 
 impl Node {
@@ -206,9 +185,9 @@ impl Node {
         // The cluster identity and the QUIC endpoint, on the gateway's runtime.
         let private_cluster = match &config.cluster_dir {
             Some(_) => None,
-            None => Some(TempDir::new("cluster")?),
+            None => Some(tempfile::Builder::new().prefix("replica-node-cluster-").tempdir()?),
         };
-        let cluster_dir = config.cluster_dir.as_deref().or(private_cluster.as_ref().map(|t| t.0.as_path()));
+        let cluster_dir = config.cluster_dir.as_deref().or(private_cluster.as_ref().map(|t| t.path()));
         let cluster_dir = cluster_dir.expect("one of the two is set");
         let cluster = ClusterIdentity::load_or_create(cluster_dir)
             .map_err(|e| StartError::Cluster(format!("{}: {e}", cluster_dir.display())))?;
@@ -216,7 +195,7 @@ impl Node {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let peer_addr = SocketAddr::new(ip, config.port);
         let options = EndpointOptions {
-            max_frame: crate::peer::MAX_FRAME,
+            max_frame: replica_core::peer::MAX_FRAME,
             // With a fixed address, the same reset keys after a restart let peers notice the
             // restart at once instead of at the idle timeout.
             secret: (config.port != 0).then(|| cluster.endpoint_secret(&peer_addr.to_string())),
@@ -280,7 +259,7 @@ impl Node {
                 .collect();
             let replica_id = (node_num << 16) | i as u64;
             let start = ActorStart {
-                replica: Replica::new(i, replica_id, recipients.len(), stats.clone()),
+                replica: Replica::new(i, replica_id, recipients.len()),
                 listener,
                 poll,
                 mailbox,
@@ -291,12 +270,14 @@ impl Node {
                     client_addr: clients[i].to_string(),
                     peer_addr: peer_addr.to_string(),
                     started_mono_ms: started,
+                    stats: stats.clone(),
                 },
                 shutdown: shutdown.clone(),
                 clock,
             };
-            let t =
-                std::thread::Builder::new().name(format!("actor-{i}")).spawn(move || server::run(start))?;
+            let t = std::thread::Builder::new()
+                .name(format!("actor-{i}"))
+                .spawn(move || query_loop::run(start))?;
             threads.push(t);
         }
         drop(gateway_addr);
@@ -305,7 +286,7 @@ impl Node {
             runtime,
             endpoint: Arc::new(endpoint),
             // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
-            gateway: Gateway::new(config.actors, random_u64().max(1), stats.clone()),
+            gateway: Gateway::new(config.actors, random_u64().max(1)),
             mailbox: gateway_mailbox,
             mail: gateway_mail,
             actors: addresses.clone(),
@@ -316,8 +297,9 @@ impl Node {
             advertised: peer_addr.to_string(),
             progress: config.progress,
         };
-        let gateway =
-            std::thread::Builder::new().name("gateway".into()).spawn(move || remote::run(gateway_start))?;
+        let gateway = std::thread::Builder::new()
+            .name("gateway".into())
+            .spawn(move || gateway_loop::run(gateway_start))?;
         drop(addresses);
         tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
         Ok(Node {
@@ -383,15 +365,4 @@ fn resolve_host(host: &str) -> Result<IpAddr, StartError> {
         .and_then(|mut a| a.next())
         .map(|a| a.ip())
         .ok_or_else(|| StartError::Config(format!("cannot resolve --host {host:?}")))
-}
-
-/// 64 random bits for ids, from the standard library's per-process random hash keys mixed with
-/// the time and process id (no extra dependency, and ids only need to be unique).
-fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }

@@ -28,12 +28,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint, StreamClass};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::actor::{Address, Empty, Mailbox, Wake};
-use crate::gateway::{Gateway, SnapshotPiece};
-use crate::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
-use crate::server::{ActorMsg, Clock};
-use crate::snapshot::SnapshotWalk;
 use crate::stats::NodeStats;
+use replica_core::gateway::{Gateway, SnapshotPiece};
+use replica_core::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
+use replica_core::snapshot::SnapshotWalk;
+use replica_core::stats::GatewayStats;
+
+use super::mailbox::{Address, Empty, Mailbox, Wake};
+use super::{ActorMsg, Clock};
 
 /// How long a stopping gateway waits for peers to acknowledge what it sent last.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -196,6 +198,7 @@ pub(crate) fn run(start: GatewayStart) {
             room: Arc::new(Notify::new()),
             clock,
             stats,
+            published: GatewayStats::default(),
             advertised,
             progress: progress.then(new_progress_bar),
         };
@@ -229,6 +232,8 @@ struct Core {
     room: Arc<Notify>,
     clock: Clock,
     stats: Arc<NodeStats>,
+    /// The gateway's counters as last published to `stats`.
+    published: GatewayStats,
     advertised: String,
     progress: Option<ProgressBar>,
 }
@@ -270,6 +275,7 @@ impl Core {
             self.gateway.poll_held(now);
             self.flush(now);
             self.stream_snapshots();
+            self.stats.publish_gateway(&mut self.published, self.gateway.stats());
         }
     }
 

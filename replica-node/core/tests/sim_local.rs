@@ -5,15 +5,13 @@
 //! reproduces.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use lww_crdt::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replica_node::pacer::MAX_WAIT_MS;
-use replica_node::replica::{Now, Replica, SyncBatch};
-use replica_node::stats::NodeStats;
+use replica_core::pacer::MAX_WAIT_MS;
+use replica_core::replica::{Now, Replica, SyncBatch};
 
 const ACTORS: usize = 4;
 const MAX_DELAY_MS: u64 = 5;
@@ -26,9 +24,7 @@ struct InFlight {
 
 fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let stats = Arc::new(NodeStats::default());
-    let mut actors: Vec<Replica> =
-        (0..ACTORS).map(|i| Replica::new(i, i as u64 + 1, ACTORS - 1, stats.clone())).collect();
+    let mut actors: Vec<Replica> = (0..ACTORS).map(|i| Replica::new(i, i as u64 + 1, ACTORS - 1)).collect();
     let mut flight: Vec<InFlight> = Vec::new();
     let mut sends: BTreeMap<(usize, usize), Vec<u64>> = BTreeMap::new();
     // (time written, key, timestamp): checked for visibility once due.
@@ -93,7 +89,7 @@ fn run(seed: u64) {
     for r in &actors[1..] {
         assert_eq!(r.map(), actors[0].map(), "seed {seed}: replicas differ");
     }
-    assert!(NodeStats::get(&stats.sync_max_pair_rate) <= 10);
+    assert!(actors.iter().all(|a| a.stats().max_pair_rate <= 10));
 }
 
 #[test]

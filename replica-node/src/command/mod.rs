@@ -7,10 +7,14 @@ use std::fmt::Write as _;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use replica_core::{MAX_KEY, MAX_VALUE, Now, Replica};
+use resp::Protocol;
 
-use crate::replica::{Now, Replica};
-use crate::resp::{self, MAX_KEY, MAX_VALUE, Protocol};
 use crate::stats::NodeStats;
+
+mod cursors;
+
+pub use cursors::Cursors;
 
 /// Per-connection state that commands may read or change.
 #[derive(Debug)]
@@ -39,6 +43,18 @@ pub enum Flow {
     Close,
 }
 
+/// What one query actor's commands act on: its replica, its `SCAN` cursors and the node facts
+/// it reports.
+#[derive(Debug)]
+pub struct ActorState {
+    /// The actor's replica state machine.
+    pub replica: Replica,
+    /// The `SCAN` cursors this actor handed out.
+    pub cursors: Cursors,
+    /// Node facts for `INFO` and `HELLO`.
+    pub info: NodeInfo,
+}
+
 /// Facts about the node that `INFO` and `HELLO` report and the replica does not know.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -52,20 +68,22 @@ pub struct NodeInfo {
     pub peer_addr: String,
     /// Monotonic ms at which the node started, for `uptime_in_seconds`.
     pub started_mono_ms: u64,
+    /// The whole-node counters, as the drivers publish them.
+    pub stats: std::sync::Arc<NodeStats>,
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Executes one command and appends its reply to `out`.
 pub fn execute(
-    replica: &mut Replica,
-    info: &NodeInfo,
+    actor: &mut ActorState,
     session: &mut Session,
     args: &[Bytes],
     now: Now,
     out: &mut Vec<u8>,
 ) -> Flow {
-    NodeStats::add(&replica.stats().commands_processed, 1);
+    let ActorState { replica, cursors, info } = actor;
+    NodeStats::add(&info.stats.commands_processed, 1);
     let Some(name) = args.first() else {
         resp::error(out, "ERR empty command");
         return Flow::Continue;
@@ -87,7 +105,7 @@ pub fn execute(
     } else if is("KEYS") {
         cmd.run(2, 2, "keys", |c| keys(c, replica));
     } else if is("SCAN") {
-        cmd.run(2, usize::MAX, "scan", |c| scan(c, replica));
+        cmd.run(2, usize::MAX, "scan", |c| scan(c, replica, cursors));
     } else if is("DBSIZE") {
         cmd.run(1, 1, "dbsize", |c| resp::integer(c.out, replica.map().len() as i64));
     } else if is("PING") {
@@ -309,7 +327,7 @@ fn keys(c: Cmd<'_>, replica: &Replica) {
 /// Most keys one `SCAN` call examines, whatever `COUNT` says, to bound one reply's cost.
 const MAX_SCAN_COUNT: usize = 100_000;
 
-fn scan(c: Cmd<'_>, replica: &mut Replica) {
+fn scan(c: Cmd<'_>, replica: &Replica, cursors: &mut Cursors) {
     let cursor = match std::str::from_utf8(&c.args[1]).ok().and_then(|s| s.parse::<u64>().ok()) {
         Some(n) => n,
         None => return resp::error(c.out, "ERR invalid cursor"),
@@ -346,7 +364,7 @@ fn scan(c: Cmd<'_>, replica: &mut Replica) {
     let resume = if cursor == 0 {
         None
     } else {
-        match replica.cursor(cursor) {
+        match cursors.resume_point(cursor) {
             Some(k) => Some(k),
             None => return resp::error(c.out, "ERR invalid cursor (unknown or expired on this server)"),
         }
@@ -373,7 +391,7 @@ fn scan(c: Cmd<'_>, replica: &mut Replica) {
         }
     }
     let next = match (more, last) {
-        (true, Some(k)) => replica.save_cursor(k),
+        (true, Some(k)) => cursors.save(k),
         _ => 0,
     };
     resp::array_header(c.out, 2);
@@ -515,7 +533,7 @@ fn info_cmd(c: Cmd<'_>, replica: &Replica, info: &NodeInfo, now: Now) {
         c.args[1..].iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect();
     let all = wanted.is_empty() || wanted.iter().any(|s| s == "all" || s == "everything" || s == "default");
     let want = |s: &str| all || wanted.iter().any(|w| w == s);
-    let stats = replica.stats();
+    let stats = &info.stats;
     let g = NodeStats::get;
     let mut text = String::new();
     if want("server") {

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use replica_node::client::{Client, ClientError, RoundRobin};
-use replica_node::resp::split_inline;
+use replica_client::{Client, ClientError, RoundRobin};
+use resp::split_inline;
 use rustyline::error::ReadlineError;
 
 const AFTER_HELP: &str = "\

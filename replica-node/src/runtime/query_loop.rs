@@ -1,51 +1,27 @@
 //! The per-core loop of a query actor: one OS thread that serves the actor's client port and
 //! its mailbox, with no lock on the data path.
 //!
-//! The loop is a thin driver around [`Replica`] and [`crate::commands::execute`]: it reads
+//! The loop is a thin driver around [`Replica`] and [`crate::command::execute`]: it reads
 //! bytes, hands parsed commands to the state machine, writes the replies, delivers mail, and
 //! sends the deltas the state machine asks it to send when they are due.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::actor::{Address, Empty, Mailbox};
-use crate::commands::{self, Flow, NodeInfo, Session};
-use crate::replica::{Now, Replica, SyncBatch};
-use crate::resp::{self, RequestParser};
 use crate::stats::NodeStats;
+use replica_core::stats::SyncStats;
+use replica_core::{Now, Replica};
+use resp::RequestParser;
 
-/// Mail a query actor accepts.
-#[derive(Debug)]
-pub enum ActorMsg {
-    /// A delta from another actor of this node (or, fanned out, from a remote server).
-    Sync(SyncBatch),
-}
-
-/// The clocks of a node: wall time for timestamps, monotonic time for pacing.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    origin: Instant,
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock { origin: Instant::now() }
-    }
-}
-
-impl Clock {
-    /// Reads both clocks.
-    pub fn now(&self) -> Now {
-        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Now { wall_ms, mono_ms: self.origin.elapsed().as_millis() as u64 }
-    }
-}
+use super::mailbox::{Address, Empty, Mailbox};
+use super::{ActorMsg, Clock};
+use crate::command::{self, ActorState, Cursors, Flow, NodeInfo, Session};
 
 /// Everything a query actor's thread starts with.
 #[derive(Debug)]
@@ -100,13 +76,14 @@ impl Conn {
 }
 
 struct Actor {
-    replica: Replica,
-    info: NodeInfo,
+    state: ActorState,
     recipients: Vec<Address<ActorMsg>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_session: u64,
     clock: Clock,
+    /// The replica's counters as last published to the node's.
+    published: SyncStats,
     /// Read buffer shared by the actor's connections (bytes are copied out per read).
     scratch: Vec<u8>,
 }
@@ -115,28 +92,31 @@ struct Actor {
 pub fn run(start: ActorStart) {
     let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, shutdown, clock } = start;
     let mut actor = Actor {
-        replica,
-        info,
+        state: ActorState { replica, cursors: Cursors::default(), info },
         recipients,
         conns: Vec::new(),
         free: Vec::new(),
         next_session: 1,
         clock,
+        published: SyncStats::default(),
         scratch: vec![0; READ_CHUNK],
     };
     if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
-        tracing::error!(actor = actor.replica.index(), "cannot watch the client port: {e}");
+        tracing::error!(actor = actor.state.replica.index(), "cannot watch the client port: {e}");
         return;
     }
     let mut events = Events::with_capacity(1024);
     loop {
         let now = clock.now();
-        let timeout =
-            actor.replica.next_sync_at().map(|at| Duration::from_millis(at.saturating_sub(now.mono_ms)));
+        let timeout = actor
+            .state
+            .replica
+            .next_sync_at()
+            .map(|at| Duration::from_millis(at.saturating_sub(now.mono_ms)));
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
-            tracing::error!(actor = actor.replica.index(), "poll failed: {e}");
+            tracing::error!(actor = actor.state.replica.index(), "poll failed: {e}");
             break;
         }
         if shutdown.load(Ordering::Acquire) {
@@ -191,7 +171,7 @@ impl Actor {
                         session,
                         closing: false,
                     });
-                    NodeStats::add(&self.replica.stats().clients_connected, 1);
+                    NodeStats::add(&self.state.info.stats.clients_connected, 1);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -208,7 +188,7 @@ impl Actor {
     fn serve(&mut self, token: usize, poll: &Poll) {
         let Some(slot) = token.checked_sub(FIRST_CONN) else { return };
         let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
-        let keep = serve_conn(conn, &mut self.scratch, &mut self.replica, &self.info, &self.clock);
+        let keep = serve_conn(conn, &mut self.scratch, &mut self.state, &self.clock);
         if !keep {
             self.close(slot, poll);
         }
@@ -218,7 +198,7 @@ impl Actor {
         if let Some(mut conn) = self.conns[slot].take() {
             let _ = poll.registry().deregister(&mut conn.stream);
             self.free.push(slot);
-            self.replica.stats().clients_connected.fetch_sub(1, Ordering::Relaxed);
+            self.state.info.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -228,7 +208,7 @@ impl Actor {
             match mailbox.try_recv() {
                 Ok(ActorMsg::Sync(batch)) => {
                     let now = self.clock.now();
-                    self.replica.on_sync(&batch, now);
+                    self.state.replica.on_sync(&batch, now);
                 }
                 Err(Empty::Empty | Empty::Closed) => return,
             }
@@ -236,12 +216,13 @@ impl Actor {
     }
 
     fn sync(&mut self) {
-        if let Some(batch) = self.replica.poll_sync(self.clock.now()) {
+        if let Some(batch) = self.state.replica.poll_sync(self.clock.now()) {
             for r in &self.recipients {
                 // A recipient that stopped is shutting down with the node: nothing to do.
                 let _ = r.send(ActorMsg::Sync(batch.clone()));
             }
         }
+        self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
     }
 
     /// Stops serving: executes the commands already received, hands the replies out within a
@@ -250,7 +231,7 @@ impl Actor {
         for slot in 0..self.conns.len() {
             if let Some(conn) = &mut self.conns[slot] {
                 conn.closing = true;
-                execute_buffered(conn, &mut self.replica, &self.info, &self.clock);
+                execute_buffered(conn, &mut self.state, &self.clock);
                 if flush(conn).is_err() || conn.pending_output() == 0 {
                     self.close(slot, poll);
                 }
@@ -275,22 +256,17 @@ impl Actor {
     }
 
     fn sync_at(&mut self, now: Now) {
-        if let Some(batch) = self.replica.poll_sync(now) {
+        if let Some(batch) = self.state.replica.poll_sync(now) {
             for r in &self.recipients {
                 let _ = r.send(ActorMsg::Sync(batch.clone()));
             }
         }
+        self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
     }
 }
 
 /// Serves one connection; returns whether to keep it open.
-fn serve_conn(
-    conn: &mut Conn,
-    scratch: &mut [u8],
-    replica: &mut Replica,
-    info: &NodeInfo,
-    clock: &Clock,
-) -> bool {
+fn serve_conn(conn: &mut Conn, scratch: &mut [u8], state: &mut ActorState, clock: &Clock) -> bool {
     loop {
         if flush(conn).is_err() {
             return false;
@@ -325,7 +301,7 @@ fn serve_conn(
                 },
             }
         }
-        execute_buffered(conn, replica, info, clock);
+        execute_buffered(conn, state, clock);
         if eof {
             conn.closing = true;
         }
@@ -338,14 +314,12 @@ fn serve_conn(
 
 /// Executes the complete commands in the read buffer (stopping at a close or when the output
 /// backs up).
-fn execute_buffered(conn: &mut Conn, replica: &mut Replica, info: &NodeInfo, clock: &Clock) {
+fn execute_buffered(conn: &mut Conn, state: &mut ActorState, clock: &Clock) {
     let now = clock.now();
     while !conn.closing && conn.pending_output() <= MAX_PENDING_OUTPUT {
         match conn.parser.parse(&mut conn.rbuf) {
             Ok(Some(args)) => {
-                if commands::execute(replica, info, &mut conn.session, &args, now, &mut conn.wbuf)
-                    == Flow::Close
-                {
+                if command::execute(state, &mut conn.session, &args, now, &mut conn.wbuf) == Flow::Close {
                     conn.closing = true;
                 }
             }

@@ -7,9 +7,9 @@
 //! threads may run queries on it at once, each on its own pooled connection.
 //!
 //! ```no_run
-//! use replica_node::client::{Client, RoundRobin};
+//! use replica_client::{Client, RoundRobin};
 //!
-//! # fn main() -> Result<(), replica_node::client::ClientError> {
+//! # fn main() -> Result<(), replica_client::ClientError> {
 //! let servers = ["127.0.0.1:6001".parse().unwrap(), "127.0.0.1:6002".parse().unwrap()];
 //! let client = Client::new(RoundRobin::new(servers)?);
 //! client.put("player:ada", "42 coins")?;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::resp::{self, ProtocolError, Value, ValueParser};
+use resp::{self, ProtocolError, Value, ValueParser};
 
 /// Default time allowed to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -156,7 +156,7 @@ impl<R: Router + ?Sized> Router for Box<R> {
 /// Always the same address.
 ///
 /// ```
-/// use replica_node::client::{Client, Fixed};
+/// use replica_client::{Client, Fixed};
 /// let client = Client::new(Fixed("127.0.0.1:6001".parse().unwrap()));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ impl Router for Fixed {
 /// costs one failed attempt per hold-off rather than one per query.
 ///
 /// ```
-/// use replica_node::client::{RoundRobin, Router};
+/// use replica_client::{RoundRobin, Router};
 /// let a = "127.0.0.1:6001".parse().unwrap();
 /// let b = "127.0.0.1:6002".parse().unwrap();
 /// let router = RoundRobin::new([a, b]).unwrap();
@@ -263,7 +263,7 @@ impl Router for RoundRobin {
 ///
 /// ```
 /// use std::time::Duration;
-/// use replica_node::client::{Client, Fixed};
+/// use replica_client::{Client, Fixed};
 ///
 /// let client = Client::builder()
 ///     .connect_timeout(Duration::from_millis(500))
@@ -544,7 +544,7 @@ fn unexpected(command: &'static str, reply: &Value) -> ClientError {
 /// The `name:value` lines of an `INFO` reply; headings and blank lines are skipped.
 ///
 /// ```
-/// let fields = replica_node::client::parse_info("# Sync\r\nactor:0\r\nkeys:12\r\n");
+/// let fields = replica_client::parse_info("# Sync\r\nactor:0\r\nkeys:12\r\n");
 /// assert_eq!(fields["keys"], "12");
 /// ```
 pub fn parse_info(text: &str) -> BTreeMap<String, String> {
@@ -625,7 +625,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::resp::RequestParser;
+    use resp::RequestParser;
 
     const _: () = {
         const fn assert_send_sync<T: Send + Sync>() {}

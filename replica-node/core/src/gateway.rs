@@ -1,7 +1,7 @@
 //! The gateway state machine: the node's one link to the other servers.
 //!
 //! Pure, like [`crate::replica`]: it takes deltas and time in and says what to send. The QUIC
-//! driver around it is [`crate::remote`].
+//! driver around it is `replica_node::runtime::gateway_loop`.
 //!
 //! - Local actors send the gateway the deltas of their clients' writes (paced like any
 //!   recipient). The gateway merges them into its own full replica and queues the entries that
@@ -43,7 +43,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
@@ -51,7 +50,7 @@ use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
 use crate::pacer::Pacer;
 use crate::peer::{Ack, CHUNK_BYTES, PeerMsg};
 use crate::replica::SyncBatch;
-use crate::stats::NodeStats;
+use crate::stats::GatewayStats;
 
 /// How long held snapshot entries wait for the next chunk before they go to the actors anyway.
 pub const SNAPSHOT_STALL_MS: u64 = 1_000;
@@ -167,12 +166,12 @@ pub struct Gateway {
     /// Every local actor gets every fan-out batch at the same instant: one pacer for all.
     fanout: Pacer,
     actors: usize,
-    stats: Arc<NodeStats>,
+    stats: GatewayStats,
 }
 
 impl Gateway {
     /// A gateway for a node of `actors` query actors; `incarnation` is random per process.
-    pub fn new(actors: usize, incarnation: u64, stats: Arc<NodeStats>) -> Self {
+    pub fn new(actors: usize, incarnation: u64) -> Self {
         Gateway {
             index: actors,
             incarnation,
@@ -183,8 +182,13 @@ impl Gateway {
             held_at: None,
             fanout: Pacer::default(),
             actors,
-            stats,
+            stats: GatewayStats::default(),
         }
+    }
+
+    /// What the gateway sent and received, and how many servers it is connected to.
+    pub fn stats(&self) -> &GatewayStats {
+        &self.stats
     }
 
     /// This run's incarnation id, for `Hello`.
@@ -221,7 +225,7 @@ impl Gateway {
             link.requeue_unacked();
         } else {
             link.connected = true;
-            self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+            self.stats.peers_connected += 1;
         }
     }
 
@@ -286,7 +290,7 @@ impl Gateway {
         {
             link.connected = false;
             link.requeue_unacked();
-            self.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
+            self.stats.peers_connected -= 1;
         }
     }
 
@@ -299,8 +303,7 @@ impl Gateway {
                 link.pending.record(k.clone(), e.clone());
             }
         });
-        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
-        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        self.stats.sync.received(&stats);
         stats
     }
 
@@ -310,8 +313,7 @@ impl Gateway {
     pub fn on_remote(&mut self, delta: &BytesMap) -> MergeStats {
         let inbound = &mut self.inbound;
         let stats = self.replica.merge_with(delta, |k, e| inbound.record(k.clone(), e.clone()));
-        NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
-        NodeStats::add(&self.stats.sync_entries_redundant, stats.redundant as u64);
+        self.stats.sync.received(&stats);
         stats
     }
 
@@ -335,7 +337,7 @@ impl Gateway {
         };
         let stats = if fresh {
             let stats = self.replica.merge_owned(copy);
-            NodeStats::add(&self.stats.sync_entries_received, stats.total() as u64);
+            self.stats.sync.entries_received += stats.total() as u64;
             // Merging into the empty map adopts the chunk whole; afterwards the chunks arrive
             // in key order, so each entry is appended.
             self.held.merge_owned(chunk);
@@ -400,7 +402,7 @@ impl Gateway {
                 link.keep_unacked(link.sent_seq, piece);
             }
         }
-        self.stats.sent(link.pacer.record(mono_ms), msgs.len() as u64, entries as u64);
+        self.stats.sync.sent(link.pacer.record(mono_ms), msgs.len() as u64, entries as u64);
         msgs
     }
 
@@ -411,7 +413,7 @@ impl Gateway {
         }
         let delta = Arc::new(self.inbound.flush());
         let n = self.actors as u64;
-        self.stats.sent(self.fanout.record(mono_ms), n, n * delta.entry_count() as u64);
+        self.stats.sync.sent(self.fanout.record(mono_ms), n, n * delta.entry_count() as u64);
         Some(SyncBatch { from: self.index, delta })
     }
 
@@ -479,7 +481,7 @@ mod tests {
     #[test]
     fn local_writes_go_to_every_peer_once_and_are_paced() {
         use crate::pacer::{BURST, BURST_SPAN_MS};
-        let mut g = Gateway::new(2, ME, Arc::default());
+        let mut g = Gateway::new(2, ME);
         g.connected("a");
         g.connected("b");
         g.on_local(&delta(&["x"], 10));
@@ -512,8 +514,7 @@ mod tests {
     #[test]
     fn the_fanout_spends_the_budget_and_keeps_it() {
         use crate::pacer::{BURST, MAX_PER_WINDOW, MAX_WAIT_MS};
-        let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(2, ME, stats.clone());
+        let mut g = Gateway::new(2, ME);
         let mut sent = Vec::new();
         // Remote entries every 5 ms for 3 s: a burst goes out at once, then the budget is spread.
         for t in (0..3_000u64).step_by(5) {
@@ -525,13 +526,13 @@ mod tests {
         }
         assert_eq!(sent[..BURST], (0..BURST as u64).map(|i| 5 * i).collect::<Vec<_>>()[..]);
         assert!(sent.windows(2).all(|w| w[1] - w[0] <= MAX_WAIT_MS));
-        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), MAX_PER_WINDOW as u64);
-        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 2 * sent.len() as u64);
+        assert_eq!(g.stats().sync.max_pair_rate, MAX_PER_WINDOW as u64);
+        assert_eq!(g.stats().sync.messages_sent, 2 * sent.len() as u64);
     }
 
     #[test]
     fn remote_entries_fan_out_to_actors_and_are_not_forwarded_to_other_peers() {
-        let mut g = Gateway::new(3, ME, Arc::default());
+        let mut g = Gateway::new(3, ME);
         g.connected("a");
         g.connected("b");
         let stats = g.on_remote(&delta(&["r1", "r2"], 10));
@@ -546,17 +547,16 @@ mod tests {
 
     #[test]
     fn a_disconnected_peer_keeps_its_queue() {
-        let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(1, ME, stats.clone());
+        let mut g = Gateway::new(1, ME);
         g.expect("late");
         g.on_local(&delta(&["a", "b"], 10));
         assert!(g.poll_peer("late", 0).is_empty(), "not connected yet");
         g.connected("late");
-        assert_eq!(NodeStats::get(&stats.peers_connected), 1);
+        assert_eq!(g.stats().peers_connected, 1);
         assert_eq!(entries(&g.poll_peer("late", 0)).unwrap(), 2);
         g.disconnected("late");
         g.disconnected("late");
-        assert_eq!(NodeStats::get(&stats.peers_connected), 0);
+        assert_eq!(g.stats().peers_connected, 0);
         g.on_local(&delta(&["c"], 11));
         g.connected("late");
         assert_eq!(entries(&g.poll_peer("late", 1_000)).unwrap(), 3, "c, and a and b: never acknowledged");
@@ -573,8 +573,8 @@ mod tests {
     /// A gateway connected to peer "p", incarnation `P`, which said hello.
     const P: u64 = 7;
 
-    fn with_peer(stats: Arc<NodeStats>) -> Gateway {
-        let mut g = Gateway::new(1, ME, stats);
+    fn with_peer() -> Gateway {
+        let mut g = Gateway::new(1, ME);
         g.connected("p");
         g.on_hello("p", P);
         g
@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_batch_sent_and_not_acked_is_sent_again_after_a_reconnect() {
-        let mut g = with_peer(Arc::default());
+        let mut g = with_peer();
         g.on_local(&delta(&["x", "y"], 10));
         let first = g.poll_peer("p", 0);
         assert!(matches!(first[..], [PeerMsg::Delta { seq: 1, .. }]), "{first:?}");
@@ -604,8 +604,7 @@ mod tests {
 
     #[test]
     fn an_acked_batch_is_not_sent_again() {
-        let stats = Arc::new(NodeStats::default());
-        let mut g = with_peer(stats.clone());
+        let mut g = with_peer();
         g.on_local(&delta(&["a"], 10));
         assert_eq!(entries(&g.poll_peer("p", 0)), Some(1)); // seq 1
         g.on_local(&delta(&["b"], 11));
@@ -633,13 +632,12 @@ mod tests {
         g.connected("p");
         assert_eq!(g.pending_for("p"), 0);
         assert!(g.poll_peer("p", 2_000).is_empty(), "everything acknowledged both ways");
-        assert_eq!(NodeStats::get(&stats.sync_messages_sent), 4);
+        assert_eq!(g.stats().sync.messages_sent, 4);
     }
 
     #[test]
     fn acks_ride_on_deltas() {
-        let stats = Arc::new(NodeStats::default());
-        let mut g = with_peer(stats.clone());
+        let mut g = with_peer();
         g.on_peer_delta("p", 1, Ack::default(), &delta(&["r1"], 5), 0);
         g.on_peer_delta("p", 2, Ack::default(), &delta(&["r2"], 6), 10);
         assert!(g.poll_peer("p", 20).is_empty(), "an ack alone waits for a delta to ride on");
@@ -652,18 +650,13 @@ mod tests {
         assert!(matches!(msgs[0], PeerMsg::Delta { seq: 1, .. }));
         assert_eq!(g.next_due(), None, "nothing owed: no standalone ack follows");
         assert!(g.poll_peer("p", 10_000).is_empty());
-        assert_eq!(
-            NodeStats::get(&stats.sync_messages_sent),
-            1 + 1,
-            "the delta, and the fan-out to the actor"
-        );
+        assert_eq!(g.stats().sync.messages_sent, 1 + 1, "the delta, and the fan-out to the actor");
     }
 
     #[test]
     fn a_standalone_ack_goes_through_the_pacer() {
         use crate::pacer::{MAX_PER_WINDOW, RATE_WINDOW_MS};
-        let stats = Arc::new(NodeStats::default());
-        let mut g = with_peer(stats.clone());
+        let mut g = with_peer();
         // Nothing else to send: the ack goes alone, ACK_DELAY_MS after it became owed.
         g.on_peer_delta("p", 1, Ack::default(), &delta(&["r0"], 5), 0);
         assert!(g.poll_peer("p", ACK_DELAY_MS - 1).is_empty());
@@ -706,12 +699,12 @@ mod tests {
         }
         assert_eq!(last, Some(Ack { incarnation: P, seq: 3 + 299 }));
         assert!((3 * 1_000 / ACK_DELAY_MS as usize..=4 * 4).contains(&acks), "{acks} acks in 3 s");
-        assert!(NodeStats::get(&stats.sync_max_pair_rate) <= MAX_PER_WINDOW as u64);
+        assert!(g.stats().sync.max_pair_rate <= MAX_PER_WINDOW as u64);
     }
 
     #[test]
     fn a_new_incarnation_resets_the_sequence_state() {
-        let mut g = with_peer(Arc::default());
+        let mut g = with_peer();
         g.on_peer_delta("p", 41, Ack::default(), &delta(&["r"], 5), 0);
         g.on_local(&delta(&["x"], 10));
         assert_eq!(ack_of(&g.poll_peer("p", 0)[0]), Some(Ack { incarnation: P, seq: 41 }));
@@ -745,7 +738,7 @@ mod tests {
 
     #[test]
     fn unacked_batches_are_bounded_by_merging_the_oldest() {
-        let mut g = with_peer(Arc::default());
+        let mut g = with_peer();
         for i in 0..(3 * MAX_UNACKED as u64) {
             // Every batch rewrites "hot" and adds one key of its own.
             g.on_local(&delta(&["hot", &format!("k{i:03}")], 10 + i));
@@ -772,8 +765,7 @@ mod tests {
         const DELAY_MS: u64 = 30;
         for seed in 0..8 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let stats = Arc::new(NodeStats::default());
-            let mut gws = [Gateway::new(1, 11, stats.clone()), Gateway::new(1, 22, stats.clone())];
+            let mut gws = [Gateway::new(1, 11), Gateway::new(1, 22)];
             let names = ["a", "b"];
             // In flight from gateway i to the other: (arrival, message), in order.
             let mut wire: [VecDeque<(u64, PeerMsg)>; 2] = [VecDeque::new(), VecDeque::new()];
@@ -842,7 +834,9 @@ mod tests {
                 );
                 assert_eq!(g.unacked_for(names[1 - i]), 0, "seed {seed}: gateway {i}");
             }
-            assert!(NodeStats::get(&stats.sync_max_pair_rate) <= crate::pacer::MAX_PER_WINDOW as u64);
+            for g in &gws {
+                assert!(g.stats().sync.max_pair_rate <= crate::pacer::MAX_PER_WINDOW as u64);
+            }
         }
     }
 
@@ -856,8 +850,7 @@ mod tests {
 
     #[test]
     fn fresh_snapshot_chunks_reach_the_actors_as_one_paced_batch_when_the_snapshot_ends() {
-        let stats = Arc::new(NodeStats::default());
-        let mut g = Gateway::new(2, ME, stats.clone());
+        let mut g = Gateway::new(2, ME);
         g.connected("a");
         // A delta that arrived before the snapshot, and one during it, inside a later chunk's
         // range: that chunk is merged entry by entry, the others are held whole.
@@ -883,15 +876,15 @@ mod tests {
         assert_eq!(g.replica().get_entry(&b"k0150"[..]).map(|e| e.ts.wall_ms), Some(50));
         assert!(g.poll_fanout(2_000).is_none());
         assert_eq!(g.replica().entry_count(), 301);
-        assert_eq!(NodeStats::get(&stats.sync_entries_received), 1 + 300 + 1);
-        assert_eq!(NodeStats::get(&stats.sync_entries_redundant), 1);
-        assert_eq!(NodeStats::get(&stats.sync_entries_sent), 2 * (1 + 300));
-        assert_eq!(NodeStats::get(&stats.sync_max_pair_rate), 1, "one batch per second per actor");
+        assert_eq!(g.stats().sync.entries_received, 1 + 300 + 1);
+        assert_eq!(g.stats().sync.entries_redundant, 1);
+        assert_eq!(g.stats().sync.entries_sent, 2 * (1 + 300));
+        assert_eq!(g.stats().sync.max_pair_rate, 1, "one batch per second per actor");
     }
 
     #[test]
     fn held_snapshot_entries_are_not_kept_from_the_actors_by_a_stalled_transfer() {
-        let mut g = Gateway::new(1, ME, Arc::default());
+        let mut g = Gateway::new(1, ME);
         g.on_snapshot_chunk(SnapshotPiece::new(chunk(0..10, 10)), false, 100);
         assert_eq!(g.held_due(), Some(100 + SNAPSHOT_STALL_MS));
         g.poll_held(100 + SNAPSHOT_STALL_MS - 1);

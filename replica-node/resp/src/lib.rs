@@ -16,18 +16,14 @@
 //!   types; attributes are read and dropped); [`encode_command`] writes a request.
 //!
 //! Limits: a request is at most [`MAX_REQUEST`] bytes, with at most [`MAX_ARGS`] arguments; an
-//! inline request line is at most [`MAX_INLINE`] bytes. The per-command key and value limits
-//! ([`MAX_KEY`], [`MAX_VALUE`]) are checked by the commands, so that an oversized value gets an
-//! error reply while the connection stays usable.
+//! inline request line is at most [`MAX_INLINE`] bytes. Key and value limits are the store's, checked
+//! by its commands, so that an oversized value gets an error reply while the connection stays
+//! usable.
 
 use std::mem;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// Largest key a command accepts, in bytes.
-pub const MAX_KEY: usize = 64 * 1024;
-/// Largest value a command accepts, in bytes.
-pub const MAX_VALUE: usize = 8 * 1024 * 1024;
 /// Largest request (all of its bytes, framing included). A request beyond this cannot be
 /// buffered, so the stream cannot be resynchronised: the parser fails.
 pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
@@ -193,7 +189,7 @@ fn length_line(buf: &[u8], what: &'static str) -> Result<Option<(i64, usize)>, P
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use replica_node::resp::RequestParser;
+/// use resp::RequestParser;
 ///
 /// let mut parser = RequestParser::new();
 /// let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r"[..]);
@@ -369,7 +365,7 @@ fn hex_val(b: u8) -> Option<u8> {
 /// and `\xHH`; `'...'` with `\'`. A closing quote must be followed by a space or the end.
 ///
 /// ```
-/// use replica_node::resp::split_inline;
+/// use resp::split_inline;
 ///
 /// let args = split_inline(br#"put "hello world" 'it\'s' \x41"#).unwrap();
 /// assert_eq!(args, vec!["put", "hello world", "it's", "\\x41"]);
@@ -581,7 +577,7 @@ pub fn map_header(out: &mut Vec<u8>, n: usize, proto: Protocol) {
 ///
 /// ```
 /// let mut out = Vec::new();
-/// replica_node::resp::encode_command(&mut out, &["GET", "k"]);
+/// resp::encode_command(&mut out, &["GET", "k"]);
 /// assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
 /// ```
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
@@ -694,7 +690,7 @@ impl Value {
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use replica_node::resp::{Value, ValueParser};
+/// use resp::{Value, ValueParser};
 ///
 /// let mut parser = ValueParser::new();
 /// let mut buf = BytesMut::from(&b"*2\r\n$1\r\na\r\n:"[..]);
