@@ -103,8 +103,10 @@ fn a_malformed_join_fails_at_start_with_a_clear_message() {
 
 #[test]
 fn a_taken_port_is_a_clear_error() {
-    let port = free_port_block(2);
-    let _hold = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    // The held client port comes from the OS, so no test running beside this one can pick
+    // it too; the node's peer port is the one below it.
+    let hold = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hold.local_addr().unwrap().port() - 1;
     let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
         .args(["--port", &port.to_string(), "--actors", "1", "--cluster-dir", &cluster_dir("taken")])
         .output()
