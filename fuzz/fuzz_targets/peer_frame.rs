@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use replica_core::peer::{self, PeerMsg};
+use replica_core::peer::PeerMsg;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = peer::decode(data) else {
+    let Ok(msg) = net_quic::decode_frame::<PeerMsg>(data) else {
         return;
     };
     match &msg {
@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut buf = Vec::new();
     net_quic::encode_frame(&msg, usize::MAX, &mut buf).unwrap();
-    let again = peer::decode(&buf[net_quic::FRAME_HEADER_LEN..]).unwrap();
+    let again = net_quic::decode_frame::<PeerMsg>(&buf[net_quic::FRAME_HEADER_LEN..]).unwrap();
     assert_eq!(again, msg);
 });

@@ -3,42 +3,22 @@
 //! Pure, like [`crate::replica`]: it takes deltas and time in and says what to send. The QUIC
 //! driver around it is `replica_node::runtime::gateway_loop`.
 //!
-//! - Local actors send the gateway the deltas of their clients' writes (paced like any
-//!   recipient). The gateway merges them into its own full replica and queues the entries that
-//!   changed it for every known remote server, so each Put crosses to each remote server once,
-//!   however many actors either side has.
-//! - Each remote server has its own [`Pacer`]: at most 10 batches in any second, sent as soon
-//!   as that budget allows. An isolated write and the first few batches after a quiet spell go
-//!   out at once; under sustained load each batch carries what accumulated since the last, and
-//!   nothing waits longer than [`crate::pacer::MAX_WAIT_MS`].
-//! - Batches from remote servers are merged into the gateway's replica; the entries that
-//!   changed it are fanned out once to every local actor, paced by one more [`Pacer`], so
-//!   remote traffic never breaks the per-pair budget however many servers send at once.
-//! - A joining server gets a snapshot of the gateway's replica, streamed from the replica itself
-//!   ([`crate::snapshot`]). Every entry the gateway had when the joiner asked is in it (in that
-//!   version or a newer one); every entry after that goes out as a delta; so nothing written
-//!   during a join is lost.
-//! - On the joining side, snapshot chunks that bring keys new to the gateway are held back from
-//!   the fan-out until the snapshot ends, then go to the actors as one batch: a large batch
-//!   into a small replica is cheap to merge, many small ones into a large replica are not.
-//! - A remote server that is disconnected keeps its queue: it gets what it missed (newest entry
-//!   per key) when it reconnects.
-//! - Deltas are acknowledged, so a connection that dies does not lose them. Each delta to a
-//!   remote server is numbered (per link, across reconnects) and kept until that server
-//!   acknowledges it; the acknowledgement is cumulative and rides on the next delta back, or,
-//!   when there is none within [`ACK_DELAY_MS`], goes alone through the same link pacer, so
-//!   acks never break the budget of 10 messages per second per pair. When a connection goes
-//!   down or is replaced, every unacknowledged delta goes back into the link's queue (newest
-//!   entry per key) and is sent on the next connection; what had in fact arrived arrives
-//!   again, harmlessly (it counts as redundant). `Hello` carries a random incarnation per
-//!   process: a peer that restarted is sent everything unacknowledged again, its sequence
-//!   numbers are read afresh, and acks meant for an earlier run of this process are ignored.
-//!   (Today a node picks a new node id at every start, so a restarted server is also a new
-//!   peer; the incarnation keeps the numbers sound should the same id ever come back.)
-//!   Unacknowledged deltas are bounded by [`MAX_UNACKED`].
-//! - This repairs what a dropped connection loses, not everything: state lost with a
-//!   restarted process, or diverged in any other way, is not compared and exchanged (no
-//!   digest-based anti-entropy yet).
+//! - Local deltas are merged into the gateway's own full replica; what changed it is queued
+//!   for every known remote server, so each Put crosses to each remote server once, however
+//!   many actors either side has. Each remote server, and the fan-out to the local actors, has
+//!   its own [`Pacer`].
+//! - Remote batches are merged and what changed the replica is fanned out once to every local
+//!   actor; they are not forwarded to other servers.
+//! - A joiner gets a snapshot streamed from the replica itself ([`crate::snapshot`]); every
+//!   entry written during the join also goes out as a delta, so nothing is lost. On the joining
+//!   side, chunks new to the gateway are held back and reach the actors as one batch when the
+//!   snapshot ends: one large merge into a small replica is cheap, many small ones are not.
+//! - Deltas are numbered per link and kept until acknowledged (cumulative acks ride on deltas
+//!   or go alone after [`ACK_DELAY_MS`], through the same pacer). A connection that goes down
+//!   or is replaced puts every unacknowledged delta back in its link's queue, so a dying
+//!   connection loses nothing; `Hello` carries a per-process incarnation so a restarted peer
+//!   is sent everything again and acks for an earlier run are ignored. Bounded by
+//!   [`MAX_UNACKED`]. State lost with a restarted process is not repaired (no anti-entropy).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -50,6 +30,7 @@ use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
 use crate::pacer::Pacer;
 use crate::peer::{Ack, CHUNK_BYTES, PeerMsg};
 use crate::replica::SyncBatch;
+use crate::snapshot::split;
 use crate::stats::GatewayStats;
 
 /// How long held snapshot entries wait for the next chunk before they go to the actors anyway.
@@ -199,11 +180,6 @@ impl Gateway {
     /// The gateway's replica: everything the node has sent to or received from other servers.
     pub fn replica(&self) -> &BytesMap {
         &self.replica
-    }
-
-    /// Remote servers known (connected or not).
-    pub fn peers(&self) -> impl Iterator<Item = (&str, bool)> {
-        self.links.iter().map(|(k, l)| (k.as_str(), l.connected))
     }
 
     /// Entries queued for `peer`.
@@ -380,11 +356,22 @@ impl Gateway {
     /// kept until acknowledged), each carrying the ack owed; or, with no entries owed, the ack
     /// alone once [`ACK_DELAY_MS`] has passed. One pacer send either way.
     pub fn poll_peer(&mut self, peer: &str, mono_ms: u64) -> Vec<PeerMsg> {
+        self.take_owed(peer, mono_ms, true)
+    }
+
+    /// Everything owed to `peer` now if it is connected, regardless of pacing and of
+    /// [`ACK_DELAY_MS`]: the last messages of a stopping node.
+    pub fn flush_peer(&mut self, peer: &str, mono_ms: u64) -> Vec<PeerMsg> {
+        self.take_owed(peer, mono_ms, false)
+    }
+
+    fn take_owed(&mut self, peer: &str, mono_ms: u64, paced: bool) -> Vec<PeerMsg> {
         let Some(link) = self.links.get_mut(peer) else {
             return Vec::new();
         };
-        let ack_due = link.ack_due().is_some_and(|at| mono_ms >= at);
-        if !link.connected || (link.pending.is_empty() && !ack_due) || !link.pacer.allows(mono_ms) {
+        let ack_due = link.ack_due().is_some_and(|at| !paced || mono_ms >= at);
+        if !link.connected || (link.pending.is_empty() && !ack_due) || (paced && !link.pacer.allows(mono_ms))
+        {
             return Vec::new();
         }
         let ack = Ack { incarnation: link.peer_incarnation.unwrap_or(0), seq: link.received };
@@ -427,27 +414,6 @@ impl Gateway {
         });
         fanout.into_iter().chain(links).min()
     }
-}
-
-/// Splits `delta` into pieces of about `max_bytes` of keys and values each (an entry larger than
-/// that travels alone), so no frame exceeds the transport's limit.
-pub fn split(delta: BytesMap, max_bytes: usize) -> Vec<BytesMap> {
-    let mut pieces = Vec::new();
-    let mut current = BytesMap::new();
-    let mut size = 0;
-    for (k, e) in delta.into_entries() {
-        let entry_size = crate::snapshot::entry_size(&k, &e);
-        if size + entry_size > max_bytes && current.entry_count() > 0 {
-            pieces.push(std::mem::take(&mut current));
-            size = 0;
-        }
-        size += entry_size;
-        current.apply(k, e);
-    }
-    if current.entry_count() > 0 {
-        pieces.push(current);
-    }
-    pieces
 }
 
 #[cfg(test)]
@@ -902,7 +868,34 @@ mod tests {
     }
 
     #[test]
+    fn the_final_flush_sends_everything_owed_regardless_of_pacing() {
+        use crate::pacer::BURST;
+        let mut g = with_peer();
+        for i in 0..BURST as u64 {
+            g.on_local(&delta(&[&format!("b{i}")], 10 + i));
+            assert!(!g.poll_peer("p", i).is_empty());
+        }
+        g.on_local(&delta(&["last"], 20));
+        g.on_peer_delta("p", 1, Ack::default(), &delta(&["r"], 5), 5);
+        assert!(g.poll_peer("p", 5).is_empty(), "the pacer's burst is spent");
+        let msgs = g.flush_peer("p", 5);
+        assert_eq!(entries(&msgs), Some(1));
+        assert_eq!(ack_of(&msgs[0]), Some(Ack { incarnation: P, seq: 1 }), "the owed ack rides along");
+        assert!(g.flush_peer("p", 5).is_empty(), "nothing owed any more");
+        g.on_peer_delta("p", 2, Ack::default(), &delta(&["r2"], 6), 6);
+        assert_eq!(
+            g.flush_peer("p", 6),
+            [PeerMsg::Ack(Ack { incarnation: P, seq: 2 })],
+            "before ACK_DELAY_MS"
+        );
+        g.disconnected("p");
+        g.on_local(&delta(&["after"], 30));
+        assert!(g.flush_peer("p", 7).is_empty(), "not connected");
+    }
+
+    #[test]
     fn split_respects_the_size_limit() {
+        use crate::snapshot::split;
         let mut d = BytesMap::new();
         for i in 0..100u32 {
             d.put(Bytes::from(format!("k{i:03}")), Bytes::from(vec![0u8; 100]), Timestamp::new(1, 0, 1));

@@ -41,11 +41,9 @@
 //!
 //! `MAX_WAIT_MS` trades the two: 100 ms gives back the old once-per-100-ms pacer (a burst of
 //! one), longer waits buy larger bursts (`BURST` = 2 from 112 ms, 3 from 125, 4 from 143, 5
-//! from 167). 125 ms is the smallest bound that lets three messages through at once. Measured
-//! against 112 ms (a burst of two; `benches/README.md`), it keeps the visibility medians at a
-//! few milliseconds over the link delay for every write mix tried, where 112 ms lets the
-//! 2-actor median climb to 8–10 ms on some; the price is a local p99 near the bound (about
-//! 120 ms, against about 110 ms with 112).
+//! from 167). 125 ms is the smallest bound that lets three messages through at once;
+//! `benches/README.md` has the visibility measurements against 112 ms (a burst of two) that
+//! chose it.
 //!
 //! One pacer serves a set of recipients that always get the same messages at the same instant
 //! (a query actor's peers and gateway, the gateway's fan-out to the actors), so its count is

@@ -11,15 +11,18 @@
 //!   changed the replica after the joiner connected, so it goes to the joiner as a delta
 //!   anyway; one written ahead of the walk is sent in both, which merge makes harmless.
 //!
-//! Pure: the caller passes the replica in and ships the encoded bytes.
+//! Pure: the caller passes the replica in and a sink that frames and ships each chunk.
+//!
+//! [`split`] cuts deltas by the same rule ([`take_chunk`]), so no frame of either kind exceeds
+//! the transport's limit.
 
+use std::iter::Peekable;
 use std::ops::Bound;
 
 use bytes::Bytes;
 use lww_crdt::{BytesMap, Entry};
-use net_quic::{EncodedFrames, FrameError};
 
-use crate::peer::{MAX_FRAME, SnapshotChunkRef};
+use crate::peer::SnapshotChunkRef;
 
 /// How far a snapshot walk over a replica has got.
 #[derive(Debug, Clone)]
@@ -60,36 +63,60 @@ impl SnapshotWalk {
             None => Bound::Unbounded,
         };
         let mut range = replica.range::<Bytes, _>((start, Bound::Unbounded)).peekable();
-        let mut page = Vec::new();
-        let mut size = 0;
-        // The same size rule as `gateway::split`, so a chunk never exceeds the frame limit.
-        while let Some((k, e)) =
-            range.next_if(|(k, e)| page.is_empty() || size + entry_size(k, e) <= max_bytes)
-        {
-            size += entry_size(k, e);
-            page.push((k, e));
-        }
+        let page = take_chunk(&mut range, max_bytes, |(k, e)| entry_size(k, e));
         let last = range.peek().is_none();
         (page, last)
     }
 
-    /// Encodes the next chunk as one `PeerMsg::SnapshotChunk` frame into `out` and advances
-    /// the walk; returns how many entries it holds. An error (an entry too large for a frame,
-    /// which the limits on keys and values rule out) leaves the walk where it was.
-    pub fn next_chunk(
+    /// Hands the next chunk to `sink` (which frames and ships it, as a `PeerMsg::SnapshotChunk`)
+    /// and advances the walk; returns how many entries it holds. An error from the sink (an
+    /// entry too large for a frame, which the limits on keys and values rule out) leaves the
+    /// walk where it was.
+    pub fn next_chunk<E>(
         &mut self,
         replica: &BytesMap,
         max_bytes: usize,
-        out: &mut EncodedFrames,
-    ) -> Result<usize, FrameError> {
+        sink: impl FnOnce(SnapshotChunkRef<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let (entries, last) = self.page(replica, max_bytes);
-        out.push(&SnapshotChunkRef { entries: &entries, total: self.total, last }, MAX_FRAME)?;
+        sink(SnapshotChunkRef { entries: &entries, total: self.total, last })?;
         if let Some((k, _)) = entries.last() {
             self.after = Some((*k).clone());
         }
         self.done = last;
         Ok(entries.len())
     }
+}
+
+/// The one chunk rule: takes entries from `entries` while their `size` adds up to at most
+/// `max_bytes`; the first is always taken, so an entry larger than that travels alone.
+pub(crate) fn take_chunk<T>(
+    entries: &mut Peekable<impl Iterator<Item = T>>,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    while let Some(item) = entries.next_if(|item| chunk.is_empty() || bytes + size(item) <= max_bytes) {
+        bytes += size(&item);
+        chunk.push(item);
+    }
+    chunk
+}
+
+/// Splits `delta` into pieces of about `max_bytes` of keys and values each (an entry larger than
+/// that travels alone), so no frame exceeds the transport's limit.
+pub fn split(delta: BytesMap, max_bytes: usize) -> Vec<BytesMap> {
+    let mut entries = delta.into_entries().peekable();
+    let mut pieces = Vec::new();
+    while entries.peek().is_some() {
+        let mut piece = BytesMap::new();
+        for (k, e) in take_chunk(&mut entries, max_bytes, |(k, e)| entry_size(k, e)) {
+            piece.apply(k, e);
+        }
+        pieces.push(piece);
+    }
+    pieces
 }
 
 /// The size estimate of an entry for chunking: key, value and ~32 bytes of timestamp and
@@ -101,7 +128,6 @@ pub(crate) fn entry_size(key: &Bytes, entry: &Entry<Bytes>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::{PeerMsg, decode};
     use lww_crdt::Timestamp;
 
     fn key(i: u32) -> Bytes {
@@ -116,28 +142,33 @@ mod tests {
         m
     }
 
-    /// Decodes the frames in `out` back into chunks.
-    fn chunks(out: &EncodedFrames) -> Vec<(BytesMap, u64, bool)> {
-        let mut rest = out.as_bytes();
-        let mut got = Vec::new();
-        while let Some(len) = net_quic::frame_len(rest, MAX_FRAME).unwrap() {
-            let payload = &rest[net_quic::FRAME_HEADER_LEN..net_quic::FRAME_HEADER_LEN + len];
-            match decode(payload).unwrap() {
-                PeerMsg::SnapshotChunk { entries, total, last } => got.push((entries, total, last)),
-                other => panic!("not a chunk: {other:?}"),
+    /// The chunks a walk handed its sink, as owned maps.
+    type Chunks = Vec<(BytesMap, u64, bool)>;
+
+    /// Advances `walk` by one chunk into `out`; returns its entry count.
+    fn step(walk: &mut SnapshotWalk, r: &BytesMap, max_bytes: usize, out: &mut Chunks) -> usize {
+        let sink = |c: SnapshotChunkRef<'_>| {
+            let mut m = BytesMap::new();
+            for (k, e) in c.entries {
+                m.apply((*k).clone(), (*e).clone());
             }
-            rest = &rest[net_quic::FRAME_HEADER_LEN + len..];
-        }
-        got
+            out.push((m, c.total, c.last));
+            Ok::<(), ()>(())
+        };
+        walk.next_chunk(r, max_bytes, sink).unwrap()
+    }
+
+    fn chunks(out: &Chunks) -> Chunks {
+        out.clone()
     }
 
     #[test]
     fn a_walk_sends_every_entry_exactly_once_in_bounded_chunks() {
         let r = replica(1_000, 10);
         let mut walk = SnapshotWalk::new(&r);
-        let mut out = EncodedFrames::new();
+        let mut out = Chunks::new();
         while !walk.is_done() {
-            walk.next_chunk(&r, 2_000, &mut out).unwrap();
+            step(&mut walk, &r, 2_000, &mut out);
         }
         let got = chunks(&out);
         assert!(got.len() > 10, "{} chunks", got.len());
@@ -157,8 +188,8 @@ mod tests {
     fn changes_between_chunks_are_sent_with_the_newest_version_or_left_to_deltas() {
         let mut r = replica(100, 10);
         let mut walk = SnapshotWalk::new(&r);
-        let mut out = EncodedFrames::new();
-        walk.next_chunk(&r, 1_000, &mut out).unwrap();
+        let mut out = Chunks::new();
+        step(&mut walk, &r, 1_000, &mut out);
         let first = chunks(&out).remove(0).0;
         let sent_up_to = first.entries().next_back().unwrap().0.clone();
         // Between chunks: overwrite a key already sent and one not yet sent, delete one ahead,
@@ -170,7 +201,7 @@ mod tests {
         r.put(Bytes::from_static(b"a-behind"), Bytes::from_static(b"x"), Timestamp::new(22, 0, 1));
         r.put(Bytes::from_static(b"z-ahead"), Bytes::from_static(b"x"), Timestamp::new(22, 0, 1));
         while !walk.is_done() {
-            walk.next_chunk(&r, 1_000, &mut out).unwrap();
+            step(&mut walk, &r, 1_000, &mut out);
         }
         let mut received = BytesMap::new();
         let mut count = 0;
@@ -197,8 +228,8 @@ mod tests {
     fn an_empty_replica_is_one_empty_last_chunk_and_a_huge_entry_travels_alone() {
         let empty = BytesMap::new();
         let mut walk = SnapshotWalk::new(&empty);
-        let mut out = EncodedFrames::new();
-        assert_eq!(walk.next_chunk(&empty, 1_000, &mut out).unwrap(), 0);
+        let mut out = Chunks::new();
+        assert_eq!(step(&mut walk, &empty, 1_000, &mut out), 0);
         assert!(walk.is_done());
         let got = chunks(&out);
         assert_eq!((got.len(), got[0].0.entry_count(), got[0].2), (1, 0, true));
@@ -209,10 +240,9 @@ mod tests {
         let (page, last) = walk.page(&r, 1_000);
         assert_eq!((page.len(), last), (1, false));
         let mut walk = walk;
-        let mut out = EncodedFrames::new();
+        let mut out = Chunks::new();
         let sizes: Vec<usize> =
-            std::iter::from_fn(|| (!walk.is_done()).then(|| walk.next_chunk(&r, 1_000, &mut out).unwrap()))
-                .collect();
+            std::iter::from_fn(|| (!walk.is_done()).then(|| step(&mut walk, &r, 1_000, &mut out))).collect();
         assert_eq!(sizes, vec![1, 1, 1]);
     }
 }

@@ -151,7 +151,8 @@ pub struct Node {
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     gateway: Option<JoinHandle<()>>,
-    stop_gateway: tokio::sync::watch::Sender<bool>,
+    /// Wakes the gateway so it sees its mailbox closed once the actors have exited.
+    gateway_mail: Arc<tokio::sync::Notify>,
     stats: Arc<NodeStats>,
     /// A private cluster directory, removed when the node is dropped.
     _private_cluster: Option<tempfile::TempDir>,
@@ -281,17 +282,15 @@ impl Node {
             threads.push(t);
         }
         drop(gateway_addr);
-        let (stop_gateway, stop_rx) = tokio::sync::watch::channel(false);
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
             // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
             gateway: Gateway::new(config.actors, random_u64().max(1)),
             mailbox: gateway_mailbox,
-            mail: gateway_mail,
+            mail: gateway_mail.clone(),
             actors: addresses.clone(),
             joins,
-            stop: stop_rx,
             clock,
             stats: stats.clone(),
             advertised: peer_addr.to_string(),
@@ -308,7 +307,7 @@ impl Node {
             wakers,
             threads,
             gateway: Some(gateway),
-            stop_gateway,
+            gateway_mail,
             stats,
             _private_cluster: private_cluster,
         })
@@ -339,8 +338,9 @@ impl Node {
                 tracing::error!("an actor thread panicked");
             }
         }
-        // The actors have sent the gateway their last writes: now it may finish.
-        let _ = self.stop_gateway.send(true);
+        // The actors have sent the gateway their last writes and dropped their addresses: its
+        // mailbox is closed, which ends it once it looks.
+        self.gateway_mail.notify_one();
         if let Some(g) = self.gateway.take()
             && g.join().is_err()
         {

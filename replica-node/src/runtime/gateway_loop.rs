@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint, StreamClass};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use crate::stats::NodeStats;
 use replica_core::gateway::{Gateway, SnapshotPiece};
-use replica_core::peer::{CHUNK_BYTES, PROTOCOL_VERSION, PeerMsg, decode};
+use replica_core::peer::{CHUNK_BYTES, MAX_FRAME, PROTOCOL_VERSION, PeerMsg, SnapshotChunkRef};
 use replica_core::snapshot::SnapshotWalk;
 use replica_core::stats::GatewayStats;
 
@@ -74,8 +74,6 @@ pub(crate) struct GatewayStart {
     pub mail: Arc<Notify>,
     pub actors: Vec<Address<ActorMsg>>,
     pub joins: Vec<JoinTarget>,
-    /// Becomes `true` when the node stops (after its actors have stopped).
-    pub stop: watch::Receiver<bool>,
     pub clock: Clock,
     pub stats: Arc<NodeStats>,
     pub advertised: String,
@@ -128,7 +126,8 @@ struct Outgoing {
     chunks: mpsc::Sender<EncodedFrames>,
 }
 
-/// Runs the gateway until the node stops.
+/// Runs the gateway until its mailbox closes: every actor has exited after sending its last
+/// delta (the node wakes the gateway through `mail` once they have).
 pub(crate) fn run(start: GatewayStart) {
     let GatewayStart {
         runtime,
@@ -138,7 +137,6 @@ pub(crate) fn run(start: GatewayStart) {
         mail,
         actors,
         joins,
-        stop,
         clock,
         stats,
         advertised,
@@ -167,15 +165,12 @@ pub(crate) fn run(start: GatewayStart) {
             let events = events_tx.clone();
             let stats = stats.clone();
             let target = target.clone();
-            let stop = stop.clone();
+            // Aborted when the gateway stops.
             dialers.push(tokio::spawn(async move {
                 let mut backoff = Backoff::with_seed(clock.now().wall_ms);
-                while !*stop.borrow() {
-                    let mut stop = stop.clone();
+                loop {
                     let Some(conn) = endpoint
-                        .connect_with_backoff(target.addr, &target.node, &mut backoff, async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
+                        .connect_with_backoff(target.addr, &target.node, &mut backoff, std::future::pending())
                         .await
                     else {
                         return;
@@ -205,7 +200,7 @@ pub(crate) fn run(start: GatewayStart) {
         for target in &joins {
             core.gateway.expect(&target.node);
         }
-        core.run(events_rx, &mailbox, &mail, stop).await;
+        core.run(events_rx, &mailbox, &mail).await;
         for d in dialers {
             d.abort();
         }
@@ -244,7 +239,6 @@ impl Core {
         mut events: mpsc::UnboundedReceiver<Event>,
         mailbox: &Mailbox<ActorMsg>,
         mail: &Notify,
-        mut stop: watch::Receiver<bool>,
     ) {
         loop {
             let now = self.clock.now().mono_ms;
@@ -261,14 +255,12 @@ impl Core {
                     Some(event) = events.recv() => self.handle(event),
                     () = sleep_opt(wait) => {}
                     () = room.notified() => {}
-                    _ = stop.wait_for(|s| *s) => {}
                 }
             }
             while let Ok(event) = events.try_recv() {
                 self.handle(event);
             }
-            self.drain_mail(mailbox);
-            if *stop.borrow() {
+            if self.drain_mail(mailbox) == Empty::Closed {
                 return;
             }
             let now = self.clock.now().mono_ms;
@@ -296,7 +288,8 @@ impl Core {
             };
             // A chunk is at most CHUNK_BYTES of entries (or one larger entry) plus framing.
             let mut frames = EncodedFrames::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
-            if let Err(e) = o.walk.next_chunk(replica, CHUNK_BYTES, &mut frames) {
+            let encode = |chunk: SnapshotChunkRef<'_>| frames.push(&chunk, MAX_FRAME).map(drop);
+            if let Err(e) = o.walk.next_chunk(replica, CHUNK_BYTES, encode) {
                 tracing::warn!(peer = %o.peer, "cannot encode a snapshot chunk, transfer abandoned: {e}");
                 return false;
             }
@@ -306,14 +299,16 @@ impl Core {
         });
     }
 
-    fn drain_mail(&mut self, mailbox: &Mailbox<ActorMsg>) {
+    /// Merges every delta waiting; says whether the mailbox is merely empty or closed (every
+    /// actor has exited, after sending its last delta).
+    fn drain_mail(&mut self, mailbox: &Mailbox<ActorMsg>) -> Empty {
         mailbox.begin_drain();
         loop {
             match mailbox.try_recv() {
                 Ok(ActorMsg::Sync(batch)) => {
                     self.gateway.on_local(&batch.delta);
                 }
-                Err(Empty::Empty | Empty::Closed) => return,
+                Err(why) => return why,
             }
         }
     }
@@ -443,10 +438,15 @@ impl Core {
         }
     }
 
-    /// Sends what is still owed to connected peers, then closes the endpoint gracefully.
+    /// Sends everything still owed to connected peers, regardless of pacing, then closes the
+    /// endpoint gracefully.
     async fn finish(mut self, endpoint: &PeerEndpoint) {
-        let now = u64::MAX / 2;
-        self.flush(now);
+        let now = self.clock.now().mono_ms;
+        for (peer, live) in &self.live {
+            for msg in self.gateway.flush_peer(peer, now) {
+                let _ = live.out.send(msg);
+            }
+        }
         // Drop our senders: each writer then finishes its stream and waits until the peer has
         // acknowledged everything (closing a connection earlier would discard the last writes).
         let mut conns = Vec::new();
@@ -556,14 +556,21 @@ fn spawn_connection(
                                 seen = total;
                                 let peer = peer.clone();
                                 if bulk {
-                                    let prepare = move || decode(&payload).map(|msg| inbound(peer, id, msg));
+                                    let prepare = move || {
+                                        net_quic::decode_frame::<PeerMsg>(&payload)
+                                            .map(|msg| inbound(peer, id, msg))
+                                    };
                                     match tokio::task::spawn_blocking(prepare).await {
                                         Ok(decoded) => decoded,
                                         // Only when the runtime shuts down (decoding never panics).
                                         Err(_) => return,
                                     }
                                 } else {
-                                    decode(&payload).map(|msg| Event::Msg { peer, conn: id, msg })
+                                    net_quic::decode_frame::<PeerMsg>(&payload).map(|msg| Event::Msg {
+                                        peer,
+                                        conn: id,
+                                        msg,
+                                    })
                                 }
                             }
                             Ok(None) => return,
