@@ -53,11 +53,14 @@ pub struct Replica {
     pacer: Pacer,
     recipients: usize,
     stats: SyncStats,
+    /// The latest received timestamp the clock refused to follow (too far ahead), until the
+    /// driver takes it to log it.
+    far_future: Option<Timestamp>,
 }
 
 impl Replica {
     /// Actor `index` of its node, stamping writes as `replica` (unique in the cluster), with
-    /// `recipients` sync destinations (the other local actors, and later the gateway).
+    /// `recipients` sync destinations (the other local actors and the gateway).
     pub fn new(index: usize, replica: ReplicaId, recipients: usize) -> Self {
         Replica {
             index,
@@ -67,6 +70,7 @@ impl Replica {
             pacer: Pacer::default(),
             recipients,
             stats: SyncStats::default(),
+            far_future: None,
         }
     }
 
@@ -86,7 +90,9 @@ impl Replica {
     }
 
     /// A client write: `Some(value)` puts, `None` deletes. Returns the write's timestamp. The
-    /// write always wins locally: the clock is past everything this replica has merged.
+    /// write wins locally over everything whose timestamp the clock has observed; an entry
+    /// stamped more than [`MAX_CLOCK_DRIFT_MS`] ahead was merged without moving the clock, so
+    /// a write to that key loses to it here and everywhere (nothing is recorded for it).
     pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Timestamp {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
@@ -112,12 +118,18 @@ impl Replica {
         stats
     }
 
+    /// A received timestamp the clock refused to follow since the last call (the newest), for
+    /// the driver to report: the machine decides, the driver logs.
+    pub fn take_far_future(&mut self) -> Option<Timestamp> {
+        self.far_future.take()
+    }
+
     /// Moves the clock past `ts` unless `ts` is implausibly far in the future.
     fn observe(&mut self, ts: Timestamp, now: Now) {
         if ts.wall_ms <= now.wall_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
             self.clock.observe(ts);
         } else {
-            tracing::warn!(%ts, "ignoring a timestamp far ahead of the local clock");
+            self.far_future = Some(ts);
         }
     }
 
@@ -227,6 +239,8 @@ mod tests {
         evil.put(b("k"), b("v"), Timestamp::new(u64::MAX - 1, 0, 9));
         r.on_sync(&SyncBatch { from: 1, delta: Arc::new(evil) }, now(0));
         assert_eq!(r.map().get(&b"k"[..]), Some(&b("v")), "the entry is kept");
+        assert_eq!(r.take_far_future(), Some(Timestamp::new(u64::MAX - 1, 0, 9)), "reported once");
+        assert_eq!(r.take_far_future(), None);
         r.write(b("other"), Some(b("x")), now(1));
         let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
         assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");

@@ -209,6 +209,9 @@ impl Actor {
                 Ok(ActorMsg::Sync(batch)) => {
                     let now = self.clock.now();
                     self.state.replica.on_sync(&batch, now);
+                    if let Some(ts) = self.state.replica.take_far_future() {
+                        tracing::warn!(%ts, "ignoring a timestamp far ahead of the local clock");
+                    }
                 }
                 Err(Empty::Empty | Empty::Closed) => return,
             }
