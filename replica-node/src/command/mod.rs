@@ -13,6 +13,8 @@ use resp::Protocol;
 use crate::stats::NodeStats;
 
 mod cursors;
+#[cfg(test)]
+mod tests;
 
 pub use cursors::Cursors;
 
