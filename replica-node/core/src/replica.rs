@@ -53,11 +53,13 @@ pub struct Replica {
     pacer: Pacer,
     recipients: usize,
     stats: SyncStats,
+    /// Merges whose newest timestamp was too far ahead for the clock to follow.
+    future_timestamps_ignored: u64,
 }
 
 impl Replica {
     /// Actor `index` of its node, stamping writes as `replica` (unique in the cluster), with
-    /// `recipients` sync destinations (the other local actors, and later the gateway).
+    /// `recipients` sync destinations (the other local actors and the gateway).
     pub fn new(index: usize, replica: ReplicaId, recipients: usize) -> Self {
         Replica {
             index,
@@ -67,6 +69,7 @@ impl Replica {
             pacer: Pacer::default(),
             recipients,
             stats: SyncStats::default(),
+            future_timestamps_ignored: 0,
         }
     }
 
@@ -86,7 +89,9 @@ impl Replica {
     }
 
     /// A client write: `Some(value)` puts, `None` deletes. Returns the write's timestamp. The
-    /// write always wins locally: the clock is past everything this replica has merged.
+    /// clock is past everything this replica has merged except entries stamped more than
+    /// [`MAX_CLOCK_DRIFT_MS`] ahead of the wall clock, which it refuses to follow: a write to a
+    /// key holding such an entry loses to it, so nothing is applied or sent.
     pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Timestamp {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
@@ -117,13 +122,28 @@ impl Replica {
         if ts.wall_ms <= now.wall_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
             self.clock.observe(ts);
         } else {
-            tracing::warn!(%ts, "ignoring a timestamp far ahead of the local clock");
+            self.future_timestamps_ignored += 1;
         }
+    }
+
+    /// How many merges brought a timestamp too far ahead for the clock to follow (the driver
+    /// logs when this grows).
+    pub fn future_timestamps_ignored(&self) -> u64 {
+        self.future_timestamps_ignored
     }
 
     /// The delta to send to every recipient now, if there is one and pacing allows it.
     pub fn poll_sync(&mut self, now: Now) -> Option<SyncBatch> {
-        if self.pending.is_empty() || !self.pacer.allows(now.mono_ms) {
+        if !self.pacer.allows(now.mono_ms) {
+            return None;
+        }
+        self.poll_sync_final(now)
+    }
+
+    /// The pending delta regardless of pacing, if there is one: an actor's last message when it
+    /// stops. Counted like any other send.
+    pub fn poll_sync_final(&mut self, now: Now) -> Option<SyncBatch> {
+        if self.pending.is_empty() {
             return None;
         }
         let delta = Arc::new(self.pending.flush());
@@ -230,5 +250,22 @@ mod tests {
         r.write(b("other"), Some(b("x")), now(1));
         let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
         assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");
+        assert_eq!(r.future_timestamps_ignored(), 1);
+    }
+
+    #[test]
+    fn the_final_poll_ignores_pacing() {
+        use crate::pacer::BURST;
+        let mut r = Replica::new(0, 1, 1);
+        for i in 0..BURST as u64 {
+            r.write(b(&format!("b{i}")), Some(b("v")), now(0));
+            assert!(r.poll_sync(now(0)).is_some());
+        }
+        r.write(b("last"), Some(b("v")), now(0));
+        assert!(r.poll_sync(now(0)).is_none(), "burst spent: paced");
+        let last = r.poll_sync_final(now(0)).expect("sent regardless of pacing");
+        assert_eq!(last.delta.entry_count(), 1);
+        assert!(r.poll_sync_final(now(0)).is_none(), "nothing left");
+        assert_eq!(r.stats().messages_sent, BURST as u64 + 1);
     }
 }
