@@ -53,9 +53,8 @@ pub struct Replica {
     pacer: Pacer,
     recipients: usize,
     stats: SyncStats,
-    /// The latest received timestamp the clock refused to follow (too far ahead), until the
-    /// driver takes it to log it.
-    far_future: Option<Timestamp>,
+    /// Merges whose newest timestamp was too far ahead for the clock to follow.
+    future_timestamps_ignored: u64,
 }
 
 impl Replica {
@@ -70,7 +69,7 @@ impl Replica {
             pacer: Pacer::default(),
             recipients,
             stats: SyncStats::default(),
-            far_future: None,
+            future_timestamps_ignored: 0,
         }
     }
 
@@ -90,9 +89,9 @@ impl Replica {
     }
 
     /// A client write: `Some(value)` puts, `None` deletes. Returns the write's timestamp. The
-    /// write wins locally over everything whose timestamp the clock has observed; an entry
-    /// stamped more than [`MAX_CLOCK_DRIFT_MS`] ahead was merged without moving the clock, so
-    /// a write to that key loses to it here and everywhere (nothing is recorded for it).
+    /// clock is past everything this replica has merged except entries stamped more than
+    /// [`MAX_CLOCK_DRIFT_MS`] ahead of the wall clock, which it refuses to follow: a write to a
+    /// key holding such an entry loses to it, so nothing is applied or sent.
     pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Timestamp {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
@@ -118,24 +117,33 @@ impl Replica {
         stats
     }
 
-    /// A received timestamp the clock refused to follow since the last call (the newest), for
-    /// the driver to report: the machine decides, the driver logs.
-    pub fn take_far_future(&mut self) -> Option<Timestamp> {
-        self.far_future.take()
-    }
-
     /// Moves the clock past `ts` unless `ts` is implausibly far in the future.
     fn observe(&mut self, ts: Timestamp, now: Now) {
         if ts.wall_ms <= now.wall_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
             self.clock.observe(ts);
         } else {
-            self.far_future = Some(ts);
+            self.future_timestamps_ignored += 1;
         }
+    }
+
+    /// How many merges brought a timestamp too far ahead for the clock to follow (the driver
+    /// logs when this grows).
+    pub fn future_timestamps_ignored(&self) -> u64 {
+        self.future_timestamps_ignored
     }
 
     /// The delta to send to every recipient now, if there is one and pacing allows it.
     pub fn poll_sync(&mut self, now: Now) -> Option<SyncBatch> {
-        if self.pending.is_empty() || !self.pacer.allows(now.mono_ms) {
+        if !self.pacer.allows(now.mono_ms) {
+            return None;
+        }
+        self.poll_sync_final(now)
+    }
+
+    /// The pending delta regardless of pacing, if there is one: an actor's last message when it
+    /// stops. Counted like any other send.
+    pub fn poll_sync_final(&mut self, now: Now) -> Option<SyncBatch> {
+        if self.pending.is_empty() {
             return None;
         }
         let delta = Arc::new(self.pending.flush());
@@ -239,10 +247,25 @@ mod tests {
         evil.put(b("k"), b("v"), Timestamp::new(u64::MAX - 1, 0, 9));
         r.on_sync(&SyncBatch { from: 1, delta: Arc::new(evil) }, now(0));
         assert_eq!(r.map().get(&b"k"[..]), Some(&b("v")), "the entry is kept");
-        assert_eq!(r.take_far_future(), Some(Timestamp::new(u64::MAX - 1, 0, 9)), "reported once");
-        assert_eq!(r.take_far_future(), None);
         r.write(b("other"), Some(b("x")), now(1));
         let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
         assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");
+        assert_eq!(r.future_timestamps_ignored(), 1);
+    }
+
+    #[test]
+    fn the_final_poll_ignores_pacing() {
+        use crate::pacer::BURST;
+        let mut r = Replica::new(0, 1, 1);
+        for i in 0..BURST as u64 {
+            r.write(b(&format!("b{i}")), Some(b("v")), now(0));
+            assert!(r.poll_sync(now(0)).is_some());
+        }
+        r.write(b("last"), Some(b("v")), now(0));
+        assert!(r.poll_sync(now(0)).is_none(), "burst spent: paced");
+        let last = r.poll_sync_final(now(0)).expect("sent regardless of pacing");
+        assert_eq!(last.delta.entry_count(), 1);
+        assert!(r.poll_sync_final(now(0)).is_none(), "nothing left");
+        assert_eq!(r.stats().messages_sent, BURST as u64 + 1);
     }
 }

@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::stats::NodeStats;
 use replica_core::stats::SyncStats;
-use replica_core::{Now, Replica};
+use replica_core::{Replica, SyncBatch};
 use resp::RequestParser;
 
 use super::mailbox::{Address, Empty, Mailbox};
@@ -84,6 +84,8 @@ struct Actor {
     clock: Clock,
     /// The replica's counters as last published to the node's.
     published: SyncStats,
+    /// The replica's count of ignored far-future timestamps when last logged.
+    future_logged: u64,
     /// Read buffer shared by the actor's connections (bytes are copied out per read).
     scratch: Vec<u8>,
 }
@@ -99,6 +101,7 @@ pub fn run(start: ActorStart) {
         next_session: 1,
         clock,
         published: SyncStats::default(),
+        future_logged: 0,
         scratch: vec![0; READ_CHUNK],
     };
     if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
@@ -209,23 +212,10 @@ impl Actor {
                 Ok(ActorMsg::Sync(batch)) => {
                     let now = self.clock.now();
                     self.state.replica.on_sync(&batch, now);
-                    if let Some(ts) = self.state.replica.take_far_future() {
-                        tracing::warn!(%ts, "ignoring a timestamp far ahead of the local clock");
-                    }
                 }
                 Err(Empty::Empty | Empty::Closed) => return,
             }
         }
-    }
-
-    fn sync(&mut self) {
-        if let Some(batch) = self.state.replica.poll_sync(self.clock.now()) {
-            for r in &self.recipients {
-                // A recipient that stopped is shutting down with the node: nothing to do.
-                let _ = r.send(ActorMsg::Sync(batch.clone()));
-            }
-        }
-        self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
     }
 
     /// Stops serving: executes the commands already received, hands the replies out within a
@@ -254,17 +244,30 @@ impl Actor {
             }
         }
         // Sent regardless of pacing: this is the actor's last message.
-        let now = Now { mono_ms: u64::MAX, ..self.clock.now() };
-        self.sync_at(now);
+        let last = self.state.replica.poll_sync_final(self.clock.now());
+        self.send(last);
     }
 
-    fn sync_at(&mut self, now: Now) {
-        if let Some(batch) = self.state.replica.poll_sync(now) {
+    fn sync(&mut self) {
+        let batch = self.state.replica.poll_sync(self.clock.now());
+        self.send(batch);
+    }
+
+    /// Sends `batch` to every recipient and publishes the replica's counters.
+    fn send(&mut self, batch: Option<SyncBatch>) {
+        if let Some(batch) = batch {
             for r in &self.recipients {
+                // A recipient that stopped is shutting down with the node: nothing to do.
                 let _ = r.send(ActorMsg::Sync(batch.clone()));
             }
         }
         self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
+        let future = self.state.replica.future_timestamps_ignored();
+        if future > self.future_logged {
+            // One line per round at most, however many merges brought such timestamps.
+            tracing::warn!(total = future, "ignoring timestamps far ahead of the local clock");
+            self.future_logged = future;
+        }
     }
 }
 
