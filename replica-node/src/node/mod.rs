@@ -2,17 +2,13 @@
 //! describe the node, shut down cleanly.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
-use serde::{Deserialize, Serialize};
 
-use crate::stats::NodeStats;
 use replica_core::Replica;
 use replica_core::gateway::Gateway;
 
@@ -21,127 +17,13 @@ use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
 use crate::runtime::{ActorMsg, Clock, random_u64};
+use crate::stats::NodeStats;
 
-/// How to start a node.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// Address to bind and advertise.
-    pub host: String,
-    /// The peer (QUIC, UDP) port; query actor `i` serves clients on TCP `port + 1 + i`. With
-    /// port 0 every port is chosen by the OS (for tests and embedding).
-    pub port: u16,
-    /// Number of query actors (threads).
-    pub actors: usize,
-    /// Directory of the cluster CA (created there on first start). `None`: a private CA in a
-    /// temporary directory, removed when the node stops: the node can join nobody and nobody
-    /// can join it (for embedding and single-server tests).
-    pub cluster_dir: Option<PathBuf>,
-    /// Descriptions of the servers to join, in their start order.
-    pub join: Vec<Description>,
-    /// Show a progress bar on stderr while receiving a snapshot (if stderr is a terminal).
-    pub progress: bool,
-    /// A peer connection with no packet from the other side for this long is dead (keep-alive
-    /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
-    pub peer_idle_timeout: Duration,
-}
+mod config;
+mod desc;
 
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            host: "127.0.0.1".into(),
-            port: 6000,
-            actors: default_actors(),
-            cluster_dir: None,
-            join: Vec::new(),
-            progress: false,
-            peer_idle_timeout: EndpointOptions::default().idle_timeout,
-        }
-    }
-}
-
-/// One query actor per core by default.
-pub fn default_actors() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// The most query actors a node runs (the actor index is part of the replica id).
-pub const MAX_ACTORS: usize = 1024;
-
-/// What a node prints when it is ready, and what `--join` takes: the contract of design 4.4.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Description {
-    /// The node's unique id.
-    pub node: String,
-    /// The peer (QUIC) address.
-    pub peer: String,
-    /// The client addresses, one per query actor, in actor order.
-    pub clients: Vec<String>,
-}
-
-impl Description {
-    /// The single-line JSON form.
-    pub fn to_line(&self) -> String {
-        // Serializing a struct of strings cannot fail.
-        serde_json::to_string(self).expect("a description serializes")
-    }
-
-    /// The client addresses, resolved.
-    pub fn client_addrs(&self) -> Vec<SocketAddr> {
-        self.clients.iter().filter_map(|a| a.to_socket_addrs().ok()?.next()).collect()
-    }
-
-    /// Parses a description line (as a node prints it), or `@FILE` holding one, and checks it:
-    /// a valid node id, a resolvable peer address, client addresses of the form `HOST:PORT`.
-    pub fn parse(arg: &str) -> Result<Description, String> {
-        let text = match arg.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
-            None => arg.to_owned(),
-        };
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty()).ok_or("empty description")?;
-        let desc: Description = serde_json::from_str(line).map_err(|e| {
-            format!("not a node description ({e}); expected {{\"node\": ID, \"peer\": \"HOST:PORT\", \"clients\": [...]}}")
-        })?;
-        net_quic::validate_node_id(&desc.node).map_err(|e| format!("bad node id {:?}: {e}", desc.node))?;
-        desc.peer_addr()?;
-        for c in &desc.clients {
-            if c.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                return Err(format!("bad client address {c:?}: expected HOST:PORT"));
-            }
-        }
-        Ok(desc)
-    }
-
-    /// The peer address, resolved.
-    pub fn peer_addr(&self) -> Result<SocketAddr, String> {
-        self.peer
-            .to_socket_addrs()
-            .map_err(|e| format!("bad peer address {:?}: {e}", self.peer))?
-            .next()
-            .ok_or_else(|| format!("peer address {:?} resolves to nothing", self.peer))
-    }
-}
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// A port could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The cluster identity (CA, node certificate) could not be set up.
-    #[error("cluster identity: {0}")]
-    Cluster(String),
-    /// Any other OS failure while starting.
-    #[error("cannot start: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use config::{MAX_ACTORS, NodeConfig, StartError, default_actors};
+pub use desc::Description;
 
 /// A running node. Dropping it shuts it down.
 #[derive(Debug)]

@@ -1,0 +1,76 @@
+//! How to start a node, and why it could not.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use net_quic::EndpointOptions;
+
+use super::Description;
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Address to bind and advertise.
+    pub host: String,
+    /// The peer (QUIC, UDP) port; query actor `i` serves clients on TCP `port + 1 + i`. With
+    /// port 0 every port is chosen by the OS (for tests and embedding).
+    pub port: u16,
+    /// Number of query actors (threads).
+    pub actors: usize,
+    /// Directory of the cluster CA (created there on first start). `None`: a private CA in a
+    /// temporary directory, removed when the node stops: the node can join nobody and nobody
+    /// can join it (for embedding and single-server tests).
+    pub cluster_dir: Option<PathBuf>,
+    /// Descriptions of the servers to join, in their start order.
+    pub join: Vec<Description>,
+    /// Show a progress bar on stderr while receiving a snapshot (if stderr is a terminal).
+    pub progress: bool,
+    /// A peer connection with no packet from the other side for this long is dead (keep-alive
+    /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
+    pub peer_idle_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            host: "127.0.0.1".into(),
+            port: 6000,
+            actors: default_actors(),
+            cluster_dir: None,
+            join: Vec::new(),
+            progress: false,
+            peer_idle_timeout: EndpointOptions::default().idle_timeout,
+        }
+    }
+}
+
+/// One query actor per core by default.
+pub fn default_actors() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The most query actors a node runs (the actor index is part of the replica id).
+pub const MAX_ACTORS: usize = 1024;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The cluster identity (CA, node certificate) could not be set up.
+    #[error("cluster identity: {0}")]
+    Cluster(String),
+    /// Any other OS failure while starting.
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
