@@ -43,64 +43,12 @@ pub struct Node {
 impl Node {
     /// Binds every port and starts the actors. When this returns, the node serves clients.
     pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
-        if config.actors == 0 || config.actors > MAX_ACTORS {
-            return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
-        }
-        let ip = resolve_host(&config.host)?;
-        let client_port = |i: usize| -> Result<u16, StartError> {
-            if config.port == 0 {
-                return Ok(0);
-            }
-            u16::try_from(usize::from(config.port) + 1 + i).map_err(|_| {
-                StartError::Config(format!(
-                    "--port {} leaves no room for {} client ports below 65536",
-                    config.port, config.actors
-                ))
-            })
-        };
-        let mut joins = Vec::new();
-        for d in &config.join {
-            joins.push(JoinTarget { node: d.node.clone(), addr: d.peer_addr().map_err(StartError::Config)? });
-        }
+        let (ip, joins) = validate(config)?;
         let node_num = random_u64() >> 16;
         let node = format!("{:012x}", node_num);
-
-        // The cluster identity and the QUIC endpoint, on the gateway's runtime.
-        let private_cluster = match &config.cluster_dir {
-            Some(_) => None,
-            None => Some(tempfile::Builder::new().prefix("replica-node-cluster-").tempdir()?),
-        };
-        let cluster_dir = config.cluster_dir.as_deref().or(private_cluster.as_ref().map(|t| t.path()));
-        let cluster_dir = cluster_dir.expect("one of the two is set");
-        let cluster = ClusterIdentity::load_or_create(cluster_dir)
-            .map_err(|e| StartError::Cluster(format!("{}: {e}", cluster_dir.display())))?;
-        let identity = cluster.mint_node(&node).map_err(|e| StartError::Cluster(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let peer_addr = SocketAddr::new(ip, config.port);
-        let options = EndpointOptions {
-            max_frame: replica_core::peer::MAX_FRAME,
-            // With a fixed address, the same reset keys after a restart let peers notice the
-            // restart at once instead of at the idle timeout.
-            secret: (config.port != 0).then(|| cluster.endpoint_secret(&peer_addr.to_string())),
-            idle_timeout: config.peer_idle_timeout,
-            keep_alive: config.peer_idle_timeout / 3,
-            ..EndpointOptions::default()
-        };
-        let endpoint = {
-            let _enter = runtime.enter();
-            PeerEndpoint::bind(peer_addr, &identity, &options).map_err(|e| match e {
-                net_quic::EndpointError::Bind { addr, source } => StartError::Bind { addr, source },
-                other => StartError::Cluster(other.to_string()),
-            })?
-        };
+        let (runtime, endpoint, private_cluster) = bind_peer(config, ip, &node)?;
         let peer_addr = endpoint.local_addr()?;
-
-        let mut listeners = Vec::with_capacity(config.actors);
-        for i in 0..config.actors {
-            let addr = SocketAddr::new(ip, client_port(i)?);
-            let l = mio::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-            listeners.push(l);
-        }
+        let listeners = bind_clients(config, ip)?;
         let clients: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
 
         let description = Description {
@@ -235,6 +183,77 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Checks the configuration: the actor count, the host, the join descriptions.
+fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError> {
+    if config.actors == 0 || config.actors > MAX_ACTORS {
+        return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
+    }
+    if config.port != 0 && usize::from(config.port) + config.actors > usize::from(u16::MAX) {
+        return Err(StartError::Config(format!(
+            "--port {} leaves no room for {} client ports below 65536",
+            config.port, config.actors
+        )));
+    }
+    let ip = resolve_host(&config.host)?;
+    let mut joins = Vec::new();
+    for d in &config.join {
+        joins.push(JoinTarget { node: d.node.clone(), addr: d.peer_addr().map_err(StartError::Config)? });
+    }
+    Ok((ip, joins))
+}
+
+/// The cluster identity and the QUIC endpoint (bound on the gateway's runtime), and the
+/// private cluster directory when the configuration names none.
+fn bind_peer(
+    config: &NodeConfig,
+    ip: IpAddr,
+    node: &str,
+) -> Result<(tokio::runtime::Runtime, PeerEndpoint, Option<tempfile::TempDir>), StartError> {
+    let private_cluster = match &config.cluster_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("replica-node-cluster-").tempdir()?),
+    };
+    let cluster_dir = match (&config.cluster_dir, &private_cluster) {
+        (Some(dir), _) => dir.as_path(),
+        (None, Some(private)) => private.path(),
+        (None, None) => unreachable!("a private cluster directory is made when none is configured"),
+    };
+    let cluster = ClusterIdentity::load_or_create(cluster_dir)
+        .map_err(|e| StartError::Cluster(format!("{}: {e}", cluster_dir.display())))?;
+    let identity = cluster.mint_node(node).map_err(|e| StartError::Cluster(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let peer_addr = SocketAddr::new(ip, config.port);
+    let options = EndpointOptions {
+        max_frame: replica_core::peer::MAX_FRAME,
+        // With a fixed address, the same reset keys after a restart let peers notice the
+        // restart at once instead of at the idle timeout.
+        secret: (config.port != 0).then(|| cluster.endpoint_secret(&peer_addr.to_string())),
+        idle_timeout: config.peer_idle_timeout,
+        keep_alive: config.peer_idle_timeout / 3,
+        ..EndpointOptions::default()
+    };
+    let endpoint = {
+        let _enter = runtime.enter();
+        PeerEndpoint::bind(peer_addr, &identity, &options).map_err(|e| match e {
+            net_quic::EndpointError::Bind { addr, source } => StartError::Bind { addr, source },
+            other => StartError::Cluster(other.to_string()),
+        })?
+    };
+    Ok((runtime, endpoint, private_cluster))
+}
+
+/// One client listener per actor: actor `i` on `port + 1 + i` (all OS-chosen with port 0).
+fn bind_clients(config: &NodeConfig, ip: IpAddr) -> Result<Vec<mio::net::TcpListener>, StartError> {
+    (0..config.actors)
+        .map(|i| {
+            // `validate` checked that every port fits below 65536.
+            let port = if config.port == 0 { 0 } else { config.port + 1 + i as u16 };
+            let addr = SocketAddr::new(ip, port);
+            mio::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })
+        })
+        .collect()
 }
 
 fn resolve_host(host: &str) -> Result<IpAddr, StartError> {
