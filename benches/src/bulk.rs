@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use net_quic::{ClusterIdentity, EndpointOptions, NodeIdentity, PeerConnection, PeerEndpoint, StreamClass};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::harness::{TempDir, loopback};
+use crate::harness::{loopback, temp_dir};
 
 /// Bytes serialized as one MessagePack `bin` (a `Vec<u8>` would be an array of integers).
 #[derive(Debug, Clone)]
@@ -91,8 +91,8 @@ pub const FRAME: usize = 1024 * 1024 - 64;
 
 /// Sends `total` bytes in frames of `frame` bytes over one Bulk stream on loopback.
 pub fn run(shape: Shape, total: usize, frame: usize) -> anyhow::Result<Bulk> {
-    let dir = TempDir::new("bulk");
-    let cluster = ClusterIdentity::load_or_create(&dir.0).context("cluster CA")?;
+    let dir = temp_dir("bulk");
+    let cluster = ClusterIdentity::load_or_create(dir.path()).context("cluster CA")?;
     let a = cluster.mint_node("a1").context("certificate")?;
     let b = cluster.mint_node("b2").context("certificate")?;
     let frames = total.div_ceil(frame);

@@ -1,31 +1,17 @@
 //! What the measurement binaries share: in-process servers on loopback (optionally joined
-//! through link emulators), polling, percentiles, and the facts every table footer records.
+//! through link emulators), polling (the testkit's), percentiles, and the facts every table footer records.
 //!
 //! The [`Cluster`] is `replica_node::testkit`'s: servers share a cluster CA in a temporary
 //! directory, each new server joins every server started before it, and with a link
 //! configuration each joining pair talks through its own [`net_quic::LinkEmulator`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use replica_node::testkit::{Cluster, TempDir, clients};
+pub use replica_node::testkit::{Cluster, TempDir, clients, eventually, eventually_every, temp_dir};
 
 /// 127.0.0.1 with an OS-chosen port.
 pub fn loopback() -> std::net::SocketAddr {
     (std::net::Ipv4Addr::LOCALHOST, 0).into()
-}
-
-/// Polls `check` every `every` until it returns true (the time it took) or `deadline` passes.
-pub fn eventually(deadline: Duration, every: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
 }
 
 /// The value at quantile `q` (0..=1) of sorted `values`, by nearest rank.

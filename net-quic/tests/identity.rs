@@ -5,12 +5,12 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
-use common::TempDir;
+use common::temp_dir;
 use net_quic::{CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, node_id_from_cert};
 
 #[test]
 fn ca_is_created_once_and_reused() {
-    let dir = TempDir::new("ca-reuse");
+    let dir = temp_dir("ca-reuse");
     let nested = dir.path().join("cluster");
     let first = ClusterIdentity::load_or_create(&nested).unwrap();
     let pem = std::fs::read(nested.join(CA_CERT_FILE)).unwrap();
@@ -42,9 +42,18 @@ fn ca_is_created_once_and_reused() {
 }
 
 #[test]
+fn an_existing_empty_directory_gets_a_ca() {
+    let dir = temp_dir("ca-empty");
+    assert!(dir.path().is_dir());
+    let created = ClusterIdentity::load_or_create(dir.path()).unwrap();
+    let loaded = ClusterIdentity::load(dir.path()).unwrap();
+    assert_eq!(created.ca_cert_der(), loaded.ca_cert_der());
+}
+
+#[test]
 fn concurrent_load_or_create_ends_with_one_ca() {
     for round in 0..3 {
-        let dir = TempDir::new(&format!("ca-race-{round}"));
+        let dir = temp_dir(&format!("ca-race-{round}"));
         let barrier = Arc::new(Barrier::new(4));
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -72,7 +81,7 @@ fn concurrent_load_or_create_ends_with_one_ca() {
 
 #[test]
 fn half_present_ca_is_a_clear_error() {
-    let dir = TempDir::new("ca-half");
+    let dir = temp_dir("ca-half");
     ClusterIdentity::load_or_create(dir.path()).unwrap();
     std::fs::remove_file(dir.path().join(CA_CERT_FILE)).unwrap();
     let err = ClusterIdentity::load_or_create(dir.path()).unwrap_err();
@@ -84,8 +93,8 @@ fn half_present_ca_is_a_clear_error() {
 
 #[test]
 fn corrupt_or_mismatched_ca_is_a_clear_error() {
-    let dir = TempDir::new("ca-corrupt");
-    let other = TempDir::new("ca-other");
+    let dir = temp_dir("ca-corrupt");
+    let other = temp_dir("ca-other");
     ClusterIdentity::load_or_create(dir.path()).unwrap();
     ClusterIdentity::load_or_create(other.path()).unwrap();
     let good_pem = std::fs::read(dir.path().join(CA_CERT_FILE)).unwrap();
@@ -112,7 +121,7 @@ fn corrupt_or_mismatched_ca_is_a_clear_error() {
 
 #[test]
 fn node_certificates_name_their_node() {
-    let dir = TempDir::new("ca-mint");
+    let dir = temp_dir("ca-mint");
     let ca = ClusterIdentity::load_or_create(dir.path()).unwrap();
     let node = ca.mint_node("1a2b3c4d5e6f").unwrap();
     assert_eq!(node.node_id(), "1a2b3c4d5e6f");

@@ -6,8 +6,6 @@
 //! older server's peer address, as design 4.4 allows). Not part of the server's API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use net_quic::{LinkConfig, LinkEmulator};
@@ -15,30 +13,9 @@ use net_quic::{LinkConfig, LinkEmulator};
 use crate::stats::NodeStats;
 use crate::{Node, NodeConfig};
 use replica_client::{Client, Fixed, RoundRobin};
-
-/// A directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// A fresh, not yet existing path tagged with `tag`, the process id and a counter.
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "replica-node-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The temporary directory type of the cluster's CA (and of benches that need one): an existing,
+/// empty directory, removed on drop.
+pub use tempfile::TempDir;
 
 /// Servers of one cluster on loopback, optionally with a link emulator on every link.
 ///
@@ -52,7 +29,7 @@ pub struct Cluster {
     pub relays: Vec<LinkEmulator>,
     /// The link every new pair gets (`None`: direct).
     pub link: Option<LinkConfig>,
-    /// The cluster CA's directory.
+    /// The cluster CA's directory (created empty; the first server writes the CA into it).
     pub dir: TempDir,
     /// The peer idle timeout of every server started from now on (see
     /// [`NodeConfig::peer_idle_timeout`]).
@@ -76,7 +53,7 @@ impl Cluster {
             nodes: Vec::new(),
             relays: Vec::new(),
             link,
-            dir: TempDir::new(tag),
+            dir: temp_dir(tag),
             peer_idle_timeout: NodeConfig::default().peer_idle_timeout,
         }
     }
@@ -99,7 +76,7 @@ impl Cluster {
             host: "127.0.0.1".into(),
             port: 0,
             actors,
-            cluster_dir: Some(self.dir.0.clone()),
+            cluster_dir: Some(self.dir.path().to_owned()),
             join,
             progress: false,
             peer_idle_timeout: self.peer_idle_timeout,
@@ -154,9 +131,25 @@ pub fn clients(node: &Node) -> Vec<Client> {
     node.description().client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect()
 }
 
+/// A fresh, empty directory under the system temp dir whose name carries `tag`, removed on drop.
+pub fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("replica-node-{tag}-")).tempdir().expect("temporary directory")
+}
+
 /// Polls `check` every 2 ms until it returns true or `deadline` passes; returns the time it
 /// took.
-pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+pub fn eventually(deadline: Duration, check: impl FnMut() -> bool) -> Option<Duration> {
+    eventually_every(deadline, Duration::from_millis(2), check)
+}
+
+/// Polls `check` every `every` until it returns true or `deadline` passes; returns the time it
+/// took. A coarser `every` than [`eventually`]'s keeps an expensive check from loading the
+/// servers it measures.
+pub fn eventually_every(
+    deadline: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if check() {
@@ -165,6 +158,6 @@ pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> Option
         if start.elapsed() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     }
 }

@@ -5,6 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use replica_node::client::parse_info;
 
 fn redis_cli(addr: std::net::SocketAddr, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
@@ -35,6 +36,9 @@ fn redis_cli_drives_every_actor() {
         redis_cli(addrs[1], &["LIST", "user:"]) == "user:1\nada\nuser:2\ngrace\n"
     });
     assert!(seen.is_some(), "LIST on actor 1: {}", redis_cli(addrs[1], &["LIST", "user:"]));
+    let seen =
+        eventually(std::time::Duration::from_millis(500), || redis_cli(addrs[1], &["GET", "other"]) == "x\n");
+    assert!(seen.is_some(), "other never reached actor 1");
     assert_eq!(redis_cli(addrs[1], &["KEYS", "user:*"]), "user:1\nuser:2\n");
     assert!(redis_cli(addrs[1], &["KEYS", "u?er"]).contains("ERR only prefix patterns"));
     // redis-cli's own SCAN loop.
@@ -58,29 +62,61 @@ fn redis_cli_drives_every_actor() {
     assert_eq!(redis_cli(addrs[1], &["GET", "user:1"]), "\n");
     // A delete is a write: even a key this actor never saw gets a tombstone, which beats any
     // older write of it still on its way from elsewhere.
-    let info = redis_cli(addrs[1], &["INFO", "sync"]);
-    for field in [
-        "actor:1",
-        "node:",
-        "keys:2",
-        "tombstones:2",
-        "sync_max_pair_rate:",
-        "sync_messages_sent:",
-        "sync_entries_sent:",
-        "sync_entries_received:",
-        "sync_entries_redundant:",
-        "remote_bytes_sent:",
-        "remote_bytes_received:",
-        "peers_connected:",
-    ] {
-        assert!(info.contains(field), "INFO sync lacks {field}: {info}");
+    let info = parse_info(&redis_cli(addrs[1], &["INFO", "sync"]));
+    let names: Vec<&str> = info.keys().map(String::as_str).collect();
+    let mut want = [
+        "actor",
+        "node",
+        "keys",
+        "tombstones",
+        "sync_max_pair_rate",
+        "sync_messages_sent",
+        "sync_entries_sent",
+        "sync_entries_received",
+        "sync_entries_redundant",
+        "remote_bytes_sent",
+        "remote_bytes_received",
+        "peers_connected",
+    ];
+    want.sort_unstable();
+    assert_eq!(names, want, "the fields of INFO sync");
+    let figure =
+        |name: &str| -> u64 { info[name].parse().unwrap_or_else(|_| panic!("{name}: {}", info[name])) };
+    assert_eq!(info["actor"], "1", "INFO answers for the actor behind the port");
+    assert_eq!(info["node"], node.description().node);
+    // user:2 and other live on; user:1 and nope are tombstones.
+    assert_eq!((figure("keys"), figure("tombstones")), (2, 2), "{info:?}");
+    // The three writes of actor 0 reached actor 1 in at least one message.
+    assert!(figure("sync_entries_sent") >= 3, "{info:?}");
+    assert!(figure("sync_entries_received") >= 3, "{info:?}");
+    assert!(figure("sync_entries_redundant") <= figure("sync_entries_received"), "{info:?}");
+    assert!((1..=figure("sync_entries_sent")).contains(&figure("sync_messages_sent")), "{info:?}");
+    assert!(figure("sync_max_pair_rate") >= 1, "{info:?}");
+    // A server alone has no peers and exchanges nothing remotely.
+    assert_eq!(
+        (figure("peers_connected"), figure("remote_bytes_sent"), figure("remote_bytes_received")),
+        (0, 0, 0),
+        "{info:?}"
+    );
+    // The server section of every port names the same node, its own actor and address.
+    for (i, addr) in addrs.iter().enumerate() {
+        let server = parse_info(&redis_cli(*addr, &["INFO", "server"]));
+        assert_eq!(server["node"], node.description().node);
+        assert_eq!(server["actor"], i.to_string());
+        assert_eq!(server["actors"], "2");
+        assert_eq!(server["client_addr"], addr.to_string());
     }
-    // RESP3 after HELLO 3.
+    // RESP3 after HELLO 3: redis-cli prints the map one `field value` line per entry.
     let hello = redis_cli(addrs[0], &["-3", "HELLO", "3"]);
-    assert!(hello.contains("proto") && hello.contains('3'), "{hello}");
+    let fields: std::collections::BTreeMap<&str, &str> =
+        hello.lines().filter_map(|line| line.split_once(' ')).collect();
+    assert_eq!(fields.get("proto"), Some(&"3"), "{hello}");
+    assert_eq!(fields.get("server"), Some(&"replica-node"), "{hello}");
     assert_eq!(redis_cli(addrs[0], &["-3", "GET", "user:2"]), "grace\n");
     // On the wire, a RESP3 session gets RESP3 nulls and maps.
     let mut raw = Raw::connect(addrs[0]);
-    assert!(raw.roundtrip(b"HELLO 3\r\n").starts_with("%7\r\n"));
+    let hello = raw.roundtrip(b"HELLO 3\r\n");
+    assert!(hello.starts_with("%7\r\n$6\r\nserver\r\n$12\r\nreplica-node\r\n"), "{hello}");
+    assert!(hello.contains("\r\n$5\r\nproto\r\n:3\r\n"), "{hello}");
     assert_eq!(raw.roundtrip(b"GET missing\r\n"), "_\r\n");
 }

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let a_clients = clients(a);
     let settle = Instant::now();
     // Every write reaches the other actors and the gateway: `actors` merges per key.
-    let merged_everywhere = harness::eventually(timeout, Duration::from_millis(20), || {
+    let merged_everywhere = harness::eventually_every(timeout, Duration::from_millis(20), || {
         NodeStats::get(&a.stats().sync_entries_received) >= (args.actors * args.keys) as u64
             && a_clients.iter().all(|c| dbsize(c).ok() == Some(n))
     });
@@ -284,7 +284,7 @@ fn join_once(cluster: &mut Cluster, actors: usize, n: i64, timeout: Duration) ->
             .iter()
             .map(|c| {
                 s.spawn(move || {
-                    harness::eventually(timeout, Duration::from_millis(5), || dbsize(c).ok() == Some(n))
+                    harness::eventually_every(timeout, Duration::from_millis(5), || dbsize(c).ok() == Some(n))
                         .map(|_| t0.elapsed())
                 })
             })

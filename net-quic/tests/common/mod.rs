@@ -3,42 +3,20 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use net_quic::{ClusterIdentity, EndpointOptions, PeerConnection, PeerEndpoint};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use tempfile::TempDir;
 
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "net-quic-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh, empty directory under the system temp dir whose name carries `tag`, removed on drop.
+pub fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("net-quic-{tag}-")).tempdir().expect("temporary directory")
 }
 
 /// A fresh cluster CA in its own temporary directory.
 pub fn cluster(tag: &str) -> (TempDir, ClusterIdentity) {
-    let dir = TempDir::new(tag);
+    let dir = temp_dir(tag);
     let cluster = ClusterIdentity::load_or_create(dir.path()).expect("CA created");
     (dir, cluster)
 }

@@ -1,12 +1,13 @@
-//! Helpers shared by the integration tests: an in-process node and small polling utilities.
+//! Helpers shared by the integration tests: an in-process node, raw connections, and the
+//! testkit's clusters, clients and polling.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use replica_node::client::{Client, Fixed};
+use replica_node::client::Client;
 use replica_node::{Node, NodeConfig};
 
 /// Starts a node on loopback with OS-chosen ports.
@@ -15,38 +16,15 @@ pub fn start_node(actors: usize) -> Node {
     Node::start(&config).expect("node starts")
 }
 
-/// One client per actor of `node`, in actor order.
-pub fn clients(node: &Node) -> Vec<Client> {
-    node.description().client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect()
-}
-
 pub fn b(s: impl AsRef<[u8]>) -> Bytes {
     Bytes::copy_from_slice(s.as_ref())
 }
 
-/// Polls `check` until it returns true or `deadline` passes; returns the time it took.
-pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Reads one `name:value` figure from the `INFO sync` output of the actor behind `client`.
+/// Reads one `name:value` figure from the `INFO` output of the actor behind `client`.
 pub fn info_field(client: &Client, name: &str) -> u64 {
-    let text = client.info().expect("INFO answers");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
-        .unwrap_or_else(|| panic!("INFO has no {name}: {text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} is not a number"))
+    let fields = client.info_fields().expect("INFO answers");
+    let value = fields.get(name).unwrap_or_else(|| panic!("INFO has no {name}: {fields:?}"));
+    value.parse().unwrap_or_else(|_| panic!("{name} is not a number: {value}"))
 }
 
 /// A raw connection for sending hand-made bytes.
@@ -88,7 +66,5 @@ impl Raw {
     }
 }
 
-// Only the multi-server tests use it.
-#[cfg(feature = "testkit")]
 #[allow(unused_imports)]
-pub use replica_node::testkit::Cluster;
+pub use replica_node::testkit::{Cluster, clients, eventually};
