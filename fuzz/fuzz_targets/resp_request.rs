@@ -5,4 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| resp::fuzz_request(data));
+fuzz_target!(|data: &[u8]| resp::harness::fuzz_request(data));

@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| resp::fuzz_value(data));
+fuzz_target!(|data: &[u8]| resp::harness::fuzz_value(data));
