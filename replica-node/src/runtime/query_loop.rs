@@ -21,7 +21,7 @@ use resp::RequestParser;
 
 use super::mailbox::{Address, Empty, Mailbox};
 use super::{ActorMsg, Clock};
-use crate::command::{self, ActorState, Cursors, Flow, NodeInfo, Session};
+use crate::command::{self, ActorState, Cursors, Flow, NodeInfo, ReplyBuf, Session};
 
 /// Everything a query actor's thread starts with.
 #[derive(Debug)]
@@ -61,8 +61,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    wbuf: ReplyBuf,
     parser: RequestParser,
     session: Session,
     /// Close once the output is flushed (QUIT, protocol error, end of input).
@@ -71,7 +70,7 @@ struct Conn {
 
 impl Conn {
     fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.wbuf.len()
     }
 }
 
@@ -168,8 +167,7 @@ impl Actor {
                     self.conns[slot] = Some(Conn {
                         stream,
                         rbuf: BytesMut::with_capacity(READ_CHUNK),
-                        wbuf: Vec::new(),
-                        wpos: 0,
+                        wbuf: ReplyBuf::new(),
                         parser: RequestParser::new(),
                         session,
                         closing: false,
@@ -331,7 +329,7 @@ fn execute_buffered(conn: &mut Conn, state: &mut ActorState, clock: &Clock) {
             }
             Ok(None) => return,
             Err(e) => {
-                resp::error(&mut conn.wbuf, &format!("ERR Protocol error: {e}"));
+                resp::error(conn.wbuf.raw(), &format!("ERR Protocol error: {e}"));
                 conn.closing = true;
             }
         }
@@ -340,19 +338,5 @@ fn execute_buffered(conn: &mut Conn, state: &mut ActorState, clock: &Clock) {
 
 /// Writes as much pending output as the socket takes.
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    while conn.wpos < conn.wbuf.len() {
-        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => conn.wpos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    conn.wbuf.clear();
-    conn.wpos = 0;
-    if conn.wbuf.capacity() > 1024 * 1024 {
-        conn.wbuf.shrink_to(64 * 1024);
-    }
-    Ok(())
+    conn.wbuf.write_to(&mut conn.stream).map(|_| ())
 }
