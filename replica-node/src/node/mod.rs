@@ -1,9 +1,9 @@
 //! Starting and stopping a whole node: bind every port, start one thread per query actor,
 //! describe the node, shut down cleanly.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
@@ -29,7 +29,8 @@ pub use desc::Description;
 #[derive(Debug)]
 pub struct Node {
     description: Description,
-    shutdown: Arc<AtomicBool>,
+    /// The query actors' stop channel: dropping it (and waking them) stops them.
+    stop: Option<crossbeam_channel::Sender<Infallible>>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     gateway: Option<JoinHandle<()>>,
@@ -58,7 +59,8 @@ impl Node {
         };
 
         let stats = Arc::new(NodeStats::default());
-        let shutdown = Arc::new(AtomicBool::new(false));
+        // Nothing is ever sent: the actors stop when the sender is dropped.
+        let (stop, stopped) = crossbeam_channel::bounded::<Infallible>(0);
         let clock = Clock::default();
         let started = clock.now().mono_ms;
 
@@ -103,7 +105,7 @@ impl Node {
                     started_mono_ms: started,
                     stats: stats.clone(),
                 },
-                shutdown: shutdown.clone(),
+                stop: stopped.clone(),
                 clock,
             };
             let t = std::thread::Builder::new()
@@ -133,7 +135,7 @@ impl Node {
         tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
         Ok(Node {
             description,
-            shutdown,
+            stop: Some(stop),
             wakers,
             threads,
             gateway: Some(gateway),
@@ -159,7 +161,8 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        self.shutdown.store(true, Ordering::Release);
+        // Every actor sees its stop channel closed once it wakes.
+        drop(self.stop.take());
         for w in &self.wakers {
             let _ = w.wake();
         }

@@ -1,6 +1,8 @@
 //! The thin drivers around the core's state machines: the per-core query loop (mio), the gateway
-//! loop (tokio, QUIC), the mailboxes between them and the clocks they read.
+//! loop (tokio, QUIC), the client connections the query loop serves, the mailboxes between
+//! them and the clocks they read.
 
+pub(crate) mod client_conn;
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
