@@ -14,12 +14,14 @@ fn cluster_dir(tag: &str) -> String {
 }
 
 fn start(args: &[&str]) -> (std::process::Child, Description) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+    cmd.args(args);
+    spawn(cmd)
+}
+
+/// Runs `cmd` and waits for its readiness line.
+fn spawn(mut cmd: Command) -> (std::process::Child, Description) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let desc: Description = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -77,9 +79,77 @@ fn rejects_bad_arguments_with_a_clear_message() {
     );
     let help = Command::new(env!("CARGO_BIN_EXE_replica-node")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--host", "--port", "--actors", "--join", "--cluster-dir"] {
+    for flag in [
+        "--host",
+        "--port",
+        "--actors",
+        "--join",
+        "--cluster-dir",
+        "--requirepass-file",
+        "REPLICA_NODE_REQUIREPASS",
+        "--protected-mode",
+        "--maxclients",
+        "--client-output-limit",
+        "--timeout",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+    for (args, expect) in [
+        (&["--maxclients", "0"][..], "--maxclients"),
+        (&["--maxclients", "many"], "--maxclients"),
+        (&["--client-output-limit", "1k"], "smallest"),
+        (&["--client-output-limit", "12q"], "k, m or g"),
+        (&["--protected-mode", "maybe"], "expected yes or no"),
+        (&["--timeout", "soon"], "--timeout"),
+        (&["--requirepass-file", "/nonexistent/pass"], "cannot read"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+            .args(args)
+            .args(["--port", "0", "--cluster-dir", &cluster_dir("flags")])
+            .env_remove("REPLICA_NODE_REQUIREPASS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "no readiness line for {args:?}");
+    }
+}
+
+#[test]
+fn the_password_comes_from_a_file_or_the_environment_never_the_command_line() {
+    let dir = cluster_dir("pass");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::path::Path::new(&dir).join("requirepass");
+    std::fs::write(&file, "from-file\n").unwrap();
+    for (args, env, password) in [
+        (vec!["--requirepass-file", file.to_str().unwrap()], None, "from-file"),
+        (vec![], Some("from-env"), "from-env"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+        cmd.args(["--port", "0", "--actors", "1", "--cluster-dir", &dir]).args(&args);
+        cmd.env_remove("REPLICA_NODE_REQUIREPASS");
+        if let Some(value) = env {
+            cmd.env("REPLICA_NODE_REQUIREPASS", value);
+        }
+        let (mut child, desc) = spawn(cmd);
+        let addr = desc.client_addrs()[0];
+        let stranger = Client::new(Fixed(addr));
+        assert!(stranger.get(b"k").unwrap_err().to_string().contains("NOAUTH"), "{args:?}");
+        let client = Client::builder().password(password).build(Fixed(addr));
+        client.put(b"k", b"v").unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Both at once is ambiguous: refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", "0", "--cluster-dir", &dir, "--requirepass-file", file.to_str().unwrap()])
+        .env("REPLICA_NODE_REQUIREPASS", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,9 +1,52 @@
 //! Commands about the connection and the command set: `PING`, `ECHO`, `QUIT`, `HELLO`, `AUTH`,
-//! `CLIENT`, `SELECT`, `COMMAND`, `CONFIG`.
+//! `CLIENT`, `SELECT`, `COMMAND`, `CONFIG`; and the [`Password`] that `AUTH` checks.
+
+use std::fmt;
+use std::sync::Arc;
 
 use resp::Protocol;
 
 use super::{COMMANDS, Ctx, Flow, KeyArgs, Spec, VERSION, lookup, printable};
+
+/// Redis's words for a refused password, which clients recognise.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// The one user name this server knows (Redis's default user).
+const DEFAULT_USER: &[u8] = b"default";
+
+/// The password clients must give. Its `Debug` never shows it, and [`Password::matches`]
+/// compares in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(Arc<[u8]>);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl Password {
+    /// A password; it must not be empty (an empty password would let everyone in while
+    /// looking like protection).
+    pub fn new(secret: &[u8]) -> Result<Password, &'static str> {
+        if secret.is_empty() {
+            return Err("the password is empty");
+        }
+        Ok(Password(secret.into()))
+    }
+
+    /// Whether `given` is the password. Every byte of `given` is compared (against the secret
+    /// repeated), so the time taken depends on the length of the attempt only: never on where
+    /// it first differs from the secret, nor on the secret.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let secret = &self.0[..];
+        let mut diff = u64::from(given.len() != secret.len());
+        for (i, &b) in given.iter().enumerate() {
+            diff |= u64::from(b ^ secret[i % secret.len()]);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
 
 pub(super) fn ping(c: &mut Ctx<'_>) {
     match c.args.get(1) {
@@ -21,16 +64,42 @@ pub(super) fn quit(c: &mut Ctx<'_>) {
     c.flow = Flow::Close;
 }
 
+/// Checks a user name and password as `AUTH` and `HELLO ... AUTH` give them; marks the session
+/// authenticated or replies with the error. Without a password on the node, the default user
+/// takes any password (as Redis's `nopass` default user does).
+fn authenticate(c: &mut Ctx<'_>, user: &[u8], pass: &[u8]) -> bool {
+    let ok = user == DEFAULT_USER && c.actor.password.as_ref().is_none_or(|p| p.matches(pass));
+    if ok {
+        c.session.authenticated = true;
+    } else {
+        c.error(WRONGPASS);
+    }
+    ok
+}
+
 pub(super) fn auth(c: &mut Ctx<'_>) {
-    c.error(
-        "ERR AUTH <password> called without any password configured for the default user. \
-         Are you sure your configuration is correct?",
-    );
+    let (user, pass) = match c.args {
+        [_, pass] => {
+            if c.actor.password.is_none() {
+                return c.error(
+                    "ERR AUTH <password> called without any password configured for the default user. \
+                     Are you sure your configuration is correct?",
+                );
+            }
+            (DEFAULT_USER, pass)
+        }
+        [_, user, pass] => (&user[..], pass),
+        _ => unreachable!("the table allows AUTH 2 or 3 arguments"),
+    };
+    if authenticate(c, user, pass) {
+        c.ok();
+    }
 }
 
 pub(super) fn hello(c: &mut Ctx<'_>) {
     let mut proto = c.session.proto;
     let mut name = None;
+    let mut credentials = None;
     if let Some(v) = c.args.get(1) {
         proto = match &v[..] {
             b"2" => Protocol::Resp2,
@@ -41,10 +110,10 @@ pub(super) fn hello(c: &mut Ctx<'_>) {
     let mut rest = c.args.iter().skip(2);
     while let Some(opt) = rest.next() {
         if opt.eq_ignore_ascii_case(b"AUTH") {
-            if rest.next().zip(rest.next()).is_none() {
-                return c.error("ERR syntax error in HELLO option 'AUTH'");
+            match rest.next().zip(rest.next()) {
+                Some(pair) => credentials = Some(pair),
+                None => return c.error("ERR syntax error in HELLO option 'AUTH'"),
             }
-            return c.error("WRONGPASS this server has no users or passwords");
         } else if opt.eq_ignore_ascii_case(b"SETNAME") {
             match rest.next() {
                 Some(n) => name = Some(n.clone()),
@@ -53,6 +122,17 @@ pub(super) fn hello(c: &mut Ctx<'_>) {
         } else {
             return c.error(&format!("ERR syntax error in HELLO option '{}'", printable(opt, 32)));
         }
+    }
+    if let Some((user, pass)) = credentials {
+        if !authenticate(c, user, pass) {
+            return;
+        }
+    } else if c.actor.password.is_some() && !c.session.authenticated {
+        return c.error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+             select the RESP protocol version at the same time",
+        );
     }
     c.session.proto = proto;
     if name.is_some() {
@@ -219,6 +299,7 @@ pub(super) fn config(c: &mut Ctx<'_>) {
 mod tests {
     use super::super::testutil::*;
     use super::super::{COMMANDS, Flow};
+    use super::Password;
 
     #[test]
     fn ping_echo_quit() {
@@ -337,5 +418,53 @@ mod tests {
         assert_eq!(docs.len(), COMMANDS.len());
         assert!(matches!(&docs[0].1, Value::Map(m) if m.len() == 3));
         err_starting(&h.run(&["COMMAND", "BOGUS"]), "ERR unknown subcommand");
+    }
+
+    #[test]
+    fn auth_and_hello_auth_with_a_password() {
+        let mut h = Harness::with_password("s3cret");
+        let wrongpass = Value::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+        assert_eq!(h.run(&["AUTH", "nope"]), wrongpass);
+        assert_eq!(h.run(&["AUTH", "admin", "s3cret"]), wrongpass, "only the default user exists");
+        assert_eq!(h.run(&["AUTH", "s3cre"]), wrongpass, "a prefix is not the password");
+        assert_eq!(h.run(&["AUTH", "s3cret!"]), wrongpass);
+        err_starting(
+            &h.run(&["HELLO", "3"]),
+            "NOAUTH HELLO must be called with the client already authenticated",
+        );
+        assert_eq!(h.session.proto, Protocol::Resp2, "a refused HELLO changes nothing");
+        assert_eq!(h.run(&["HELLO", "3", "AUTH", "default", "wrong"]), wrongpass);
+        assert!(!h.session.authenticated);
+        let Value::Map(m) = h.run(&["HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "ada"]) else {
+            panic!("RESP3 answers a map")
+        };
+        assert_eq!(m.len(), 7);
+        assert!(h.session.authenticated);
+        assert_eq!(h.run(&["CLIENT", "GETNAME"]), bulk("ada"));
+        // A later wrong AUTH does not log the connection out (as in Redis).
+        assert_eq!(h.run(&["AUTH", "default", "nope"]), wrongpass);
+        assert_eq!(h.run(&["PING"]), Value::Simple("PONG".into()));
+
+        let mut h = Harness::with_password("s3cret");
+        assert_eq!(h.run(&["AUTH", "default", "s3cret"]), ok());
+        assert!(h.session.authenticated);
+        // Without a password, the default user takes any password.
+        let mut open = Harness::new();
+        assert_eq!(open.run(&["AUTH", "default", "anything"]), ok());
+        assert_eq!(open.run(&["AUTH", "bob", "anything"]), wrongpass);
+        assert!(matches!(open.run(&["HELLO", "3", "AUTH", "default", "x"]), Value::Map(_)));
+    }
+
+    #[test]
+    fn passwords_compare_whole_and_never_show() {
+        let p = Password::new(b"correct horse").unwrap();
+        assert!(p.matches(b"correct horse"));
+        for wrong in
+            [&b""[..], b"correct hors", b"correct horse ", b"Correct horse", b"correct horsecorrect horse"]
+        {
+            assert!(!p.matches(wrong), "{:?}", String::from_utf8_lossy(wrong));
+        }
+        assert!(Password::new(b"").is_err());
+        assert_eq!(format!("{p:?}"), "Password(..)");
     }
 }

@@ -30,10 +30,25 @@ pub(super) fn info(c: &mut Ctx<'_>) {
         );
     }
     if want("clients") {
-        let _ = write!(text, "# Clients\r\nconnected_clients:{}\r\n\r\n", g(&stats.clients_connected));
+        let _ = write!(
+            text,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            g(&stats.clients_connected),
+            info.maxclients
+        );
+    }
+    if want("memory") {
+        let _ = write!(text, "# Memory\r\nused_memory_rss:{}\r\n\r\n", (info.rss)());
     }
     if want("stats") {
-        let _ = write!(text, "# Stats\r\ntotal_commands_processed:{}\r\n\r\n", g(&stats.commands_processed));
+        let _ = write!(
+            text,
+            "# Stats\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
+             client_output_limit_disconnects:{}\r\n\r\n",
+            g(&stats.commands_processed),
+            g(&stats.rejected_connections),
+            g(&stats.client_output_limit_disconnects),
+        );
     }
     if want("keyspace") {
         let _ = write!(
@@ -70,6 +85,7 @@ pub(super) fn info(c: &mut Ctx<'_>) {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
+    use crate::stats::NodeStats;
 
     /// The value of `field` in an INFO reply.
     fn info_field(info: &str, field: &str) -> String {
@@ -114,5 +130,25 @@ mod tests {
         let sync = info_text(&mut h, &["sync"]);
         assert_eq!(info_field(&sync, "keys"), "1");
         assert!(!sync.contains("total_commands_processed"), "only the section asked for: {sync}");
+    }
+
+    #[test]
+    fn info_reports_clients_limits_and_memory() {
+        let mut h = Harness::new();
+        let stats = h.actor.info.stats.clone();
+        NodeStats::add(&stats.clients_connected, 3);
+        NodeStats::add(&stats.rejected_connections, 2);
+        NodeStats::add(&stats.client_output_limit_disconnects, 1);
+        let text = info_text(&mut h, &[]);
+        assert_eq!(info_field(&text, "connected_clients"), "3");
+        assert_eq!(info_field(&text, "maxclients"), "10000");
+        assert_eq!(info_field(&text, "rejected_connections"), "2");
+        assert_eq!(info_field(&text, "client_output_limit_disconnects"), "1");
+        assert_eq!(info_field(&text, "used_memory_rss"), FAKE_RSS.to_string());
+        let memory = info_text(&mut h, &["memory"]);
+        assert_eq!(memory, format!("# Memory\r\nused_memory_rss:{FAKE_RSS}\r\n\r\n"));
+        let both = info_text(&mut h, &["clients", "STATS"]);
+        assert!(both.contains("connected_clients:3") && both.contains("rejected_connections:2"), "{both}");
+        assert!(!both.contains("# Sync"), "{both}");
     }
 }

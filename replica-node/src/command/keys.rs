@@ -42,10 +42,14 @@ pub(super) fn del(c: &mut Ctx<'_>) {
     c.integer(existed);
 }
 
-/// Values are shared with the store, not copied (see [`super::ReplyBuf`]).
+/// Values are shared with the store, not copied (see [`super::ReplyBuf`]); past the client
+/// output limit the buffer stops taking them and the connection is closed.
 pub(super) fn mget(c: &mut Ctx<'_>) {
     c.array_header(c.args.len() - 1);
     for k in &c.args[1..] {
+        if c.out.over_limit() {
+            return;
+        }
         match c.actor.replica.map().get(&k[..]) {
             Some(v) => c.out.value(v),
             None => resp::null(c.out.raw(), c.session.proto),
@@ -103,5 +107,27 @@ mod tests {
         assert_eq!(h.run(&["DBSIZE"]), Value::Integer(0));
         let max_key = vec![b'k'; MAX_KEY];
         assert_eq!(h.run_flow(&[b"SET", &max_key, b"v"]).0, ok(), "the limit itself is allowed");
+    }
+
+    #[test]
+    fn large_values_are_shared_and_mget_stops_at_the_output_limit() {
+        let mut h = Harness::new();
+        let value = vec![b'x'; 1024 * 1024];
+        assert_eq!(h.run_flow(&[b"SET", b"big", &value]).0, ok());
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(std::iter::repeat_n(&b"big"[..], 4096));
+        // Within the limit: the whole reply, each mention a handle to the stored value.
+        let (mut out, _) = h.run_raw(&args[..9], 16 * 1024 * 1024);
+        assert!(!out.over_limit());
+        let bytes = out.take_all();
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let Value::Array(items) = resp::parse_value(&mut buf).unwrap().unwrap() else { panic!() };
+        assert_eq!(items.len(), 8);
+        assert!(items.iter().all(|v| *v == Value::Bulk(value.clone().into())));
+        // 4 GiB named in one request: refused at the limit, never built.
+        let (out, flow) = h.run_raw(&args, 16 * 1024 * 1024);
+        assert!(out.over_limit());
+        assert!(out.len() <= 16 * 1024 * 1024, "held {} bytes", out.len());
+        assert_eq!(flow, Flow::Continue, "the connection decides what to do with it");
     }
 }

@@ -59,6 +59,9 @@ pub(super) fn list(c: &mut Ctx<'_>) {
     let n = map.scan_prefix(prefix).count();
     resp::array_header(c.out.raw(), n * 2);
     for (k, v) in map.scan_prefix(prefix) {
+        if c.out.over_limit() {
+            return;
+        }
         c.out.value(k);
         c.out.value(v);
     }
@@ -80,6 +83,9 @@ pub(super) fn keys(c: &mut Ctx<'_>) {
     };
     resp::array_header(c.out.raw(), found.len());
     for k in found {
+        if c.out.over_limit() {
+            return;
+        }
         c.out.value(k);
     }
 }

@@ -27,6 +27,7 @@ mod reply;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use connection::Password;
 pub use cursors::Cursors;
 pub use reply::ReplyBuf;
 
@@ -42,12 +43,15 @@ pub struct Session {
     pub proto: Protocol,
     /// Name set with `CLIENT SETNAME` or `HELLO ... SETNAME`.
     pub name: Option<Bytes>,
+    /// Whether the client gave the password (`AUTH`, `HELLO ... AUTH`). Consulted only when
+    /// the node has one.
+    pub authenticated: bool,
 }
 
 impl Session {
-    /// A fresh RESP2 session.
+    /// A fresh RESP2 session that has not authenticated.
     pub fn new(id: u64) -> Self {
-        Session { id, proto: Protocol::Resp2, name: None }
+        Session { id, proto: Protocol::Resp2, name: None, authenticated: false }
     }
 }
 
@@ -60,8 +64,8 @@ pub enum Flow {
     Close,
 }
 
-/// What one query actor's commands act on: its replica, its `SCAN` cursors and the node facts
-/// it reports.
+/// What one query actor's commands act on: its replica, its `SCAN` cursors, the node facts it
+/// reports and the password clients must give.
 #[derive(Debug)]
 pub struct ActorState {
     /// The actor's replica state machine.
@@ -70,6 +74,8 @@ pub struct ActorState {
     pub cursors: Cursors,
     /// Node facts for `INFO` and `HELLO`.
     pub info: NodeInfo,
+    /// The password every client must give before any other command (`None`: no password).
+    pub password: Option<Password>,
 }
 
 /// Facts about the node that `INFO` and `HELLO` report and the replica does not know.
@@ -87,6 +93,11 @@ pub struct NodeInfo {
     pub started_mono_ms: u64,
     /// The whole-node counters, as the drivers publish them.
     pub stats: std::sync::Arc<NodeStats>,
+    /// Most client connections the node accepts (`--maxclients`), for `INFO clients`.
+    pub maxclients: usize,
+    /// Reads the process's resident memory in bytes (`used_memory_rss`). A function rather than
+    /// a read here, so the command set stays free of IO.
+    pub rss: fn() -> u64,
 }
 
 /// What a command promises, as `COMMAND` reports it (Redis's flag names).
@@ -156,6 +167,10 @@ impl Spec {
     /// The arity in Redis's convention: `n` for exactly `n` arguments, `-n` for at least `n`.
     pub fn redis_arity(&self) -> i64 {
         if self.min_args == self.max_args { self.min_args as i64 } else { -(self.min_args as i64) }
+    }
+
+    fn has(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
     }
 }
 
@@ -376,6 +391,8 @@ pub fn execute(
         resp::error(out.raw(), "ERR empty command");
         return Flow::Continue;
     };
+    // The order of the checks is Redis's: an unknown command and a wrong arity are reported
+    // before a missing password.
     let Some(spec) = lookup(name) else {
         let mut msg = format!("ERR unknown command '{}', with args beginning with:", printable(name, 64));
         for a in args.iter().skip(1).take(8) {
@@ -386,6 +403,10 @@ pub fn execute(
     };
     if !(spec.min_args..=spec.max_args).contains(&args.len()) {
         resp::error(out.raw(), &format!("ERR wrong number of arguments for '{}' command", spec.name));
+        return Flow::Continue;
+    }
+    if actor.password.is_some() && !session.authenticated && !spec.has(Flag::NoAuth) {
+        resp::error(out.raw(), "NOAUTH Authentication required.");
         return Flow::Continue;
     }
     let mut ctx = Ctx { args, out, session, actor, now, flow: Flow::Continue };
@@ -434,7 +455,7 @@ mod tests {
             assert!(spec.min_args >= 1 && spec.min_args <= spec.max_args, "{}", spec.name);
             assert!(!spec.summary.is_empty() && !spec.group.is_empty(), "{}", spec.name);
             assert!(
-                !(spec.flags.contains(&Flag::Write) && spec.flags.contains(&Flag::ReadOnly)),
+                !(spec.has(Flag::Write) && spec.has(Flag::ReadOnly)),
                 "{} both reads only and writes",
                 spec.name
             );
@@ -443,5 +464,33 @@ mod tests {
         assert_eq!(lookup(b"GET").unwrap().redis_arity(), 2);
         assert_eq!(lookup(b"mget").unwrap().redis_arity(), -2);
         assert!(lookup(b"flushall").is_none());
+    }
+
+    #[test]
+    fn without_a_password_every_command_runs_unauthenticated() {
+        let mut h = Harness::new();
+        assert!(!h.session.authenticated);
+        assert_eq!(h.run(&["SET", "k", "v"]), ok());
+        assert_eq!(h.run(&["GET", "k"]), bulk("v"));
+    }
+
+    #[test]
+    fn with_a_password_only_no_auth_commands_run_before_auth() {
+        let mut h = Harness::with_password("s3cret");
+        let noauth = Value::Error("NOAUTH Authentication required.".into());
+        for cmd in
+            [&["GET", "k"][..], &["SET", "k", "v"], &["INFO"], &["PING"], &["COMMAND"], &["CLIENT", "ID"]]
+        {
+            assert_eq!(h.run(cmd), noauth, "{cmd:?}");
+        }
+        // Redis's order: unknown commands and wrong arity first.
+        err_starting(&h.run(&["NOSUCH"]), "ERR unknown command");
+        err_starting(&h.run(&["GET"]), "ERR wrong number of arguments");
+        let allowed: Vec<&str> = COMMANDS.iter().filter(|s| s.has(Flag::NoAuth)).map(|s| s.name).collect();
+        assert_eq!(allowed, ["quit", "hello", "auth"]);
+        assert_eq!(h.run(&["AUTH", "s3cret"]), ok());
+        assert_eq!(h.run(&["SET", "k", "v"]), ok());
+        assert_eq!(h.run(&["GET", "k"]), bulk("v"));
+        assert_eq!(h.actor.replica.map().len(), 1, "nothing was written before AUTH");
     }
 }

@@ -5,6 +5,12 @@
 //! A value of [`SHARE_FROM`] bytes or more is not copied: the buffer holds another handle to
 //! the stored `Bytes` and the socket is written from the store's own memory. So a reply naming
 //! one 8 MiB value many times costs a handle per mention, not 8 MiB per mention.
+//!
+//! The limit counts every unsent byte, shared or not: a stored value can be overwritten while
+//! its reply waits for a slow reader, and the handle then keeps the old value alive for that
+//! client alone. Once a reply would take the unsent bytes past the limit, the buffer stops
+//! taking data and reports [`ReplyBuf::over_limit`]; the connection is then closed without
+//! building the rest (a reply is refused, never built whole).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -18,7 +24,7 @@ pub const SHARE_FROM: usize = 16 * 1024;
 const MAX_SLICES: usize = 64;
 
 /// A connection's unsent replies; see the [module documentation](self).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplyBuf {
     /// Finished segments, oldest first: copied replies and shared values.
     sealed: VecDeque<Bytes>,
@@ -28,12 +34,16 @@ pub struct ReplyBuf {
     tail: Vec<u8>,
     /// Bytes at the front of `tail` already written.
     tail_pos: usize,
+    /// Most unsent bytes allowed.
+    limit: usize,
+    /// A reply went past the limit: the connection must close.
+    over: bool,
 }
 
 impl ReplyBuf {
-    /// An empty buffer.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty buffer that refuses to hold more than `limit` unsent bytes.
+    pub fn new(limit: usize) -> Self {
+        ReplyBuf { sealed: VecDeque::new(), sealed_len: 0, tail: Vec::new(), tail_pos: 0, limit, over: false }
     }
 
     /// Unsent bytes.
@@ -46,13 +56,29 @@ impl ReplyBuf {
         self.len() == 0
     }
 
+    /// Whether a reply went past the limit (the rest of it was dropped).
+    pub fn over_limit(&self) -> bool {
+        self.over
+    }
+
     /// The buffer small replies and headers are encoded into (with the `resp` encoders).
     pub fn raw(&mut self) -> &mut Vec<u8> {
         &mut self.tail
     }
 
+    /// Whether `n` more bytes fit under the limit; marks the buffer over the limit otherwise.
+    fn room_for(&mut self, n: usize) -> bool {
+        if !self.over && self.len().saturating_add(n) > self.limit {
+            self.over = true;
+        }
+        !self.over
+    }
+
     /// Appends a bulk string of stored data, sharing large values instead of copying them.
     pub fn value(&mut self, data: &Bytes) {
+        if !self.room_for(data.len() + 16) {
+            return;
+        }
         if data.len() < SHARE_FROM {
             resp::bulk(&mut self.tail, data);
             return;
@@ -68,7 +94,9 @@ impl ReplyBuf {
 
     /// Appends a bulk string of other data (copied).
     pub fn bulk(&mut self, data: &[u8]) {
-        resp::bulk(&mut self.tail, data);
+        if self.room_for(data.len() + 16) {
+            resp::bulk(&mut self.tail, data);
+        }
     }
 
     /// Moves the tail into the sealed segments.
@@ -188,7 +216,7 @@ mod tests {
     fn small_and_shared_values_come_out_in_order_through_partial_writes() {
         let big = Bytes::from(vec![7u8; SHARE_FROM * 3]);
         let small = Bytes::from_static(b"hi");
-        let mut out = ReplyBuf::new();
+        let mut out = ReplyBuf::new(usize::MAX);
         for v in [&small, &big, &small, &big, &big, &small] {
             out.value(v);
         }
@@ -209,6 +237,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_past_the_limit_is_dropped_not_built() {
+        let big = Bytes::from(vec![1u8; 1024 * 1024]);
+        let mut out = ReplyBuf::new(4 * 1024 * 1024);
+        for _ in 0..4096 {
+            out.value(&big);
+        }
+        assert!(out.over_limit());
+        assert!(out.len() <= 4 * 1024 * 1024, "held {} bytes", out.len());
+        let handles = out.sealed.iter().filter(|b| b.len() == big.len()).count();
+        assert_eq!(handles, 3, "stopped taking handles at the limit");
+        let mut fits = ReplyBuf::new(64);
+        fits.bulk(b"0123456789");
+        assert!(!fits.over_limit());
+        fits.bulk(&[0; 64]);
+        assert!(fits.over_limit());
+    }
+
+    #[test]
     fn write_errors_are_reported() {
         struct Broken;
         impl Write for Broken {
@@ -219,9 +265,9 @@ mod tests {
                 Ok(())
             }
         }
-        let mut out = ReplyBuf::new();
+        let mut out = ReplyBuf::new(1024);
         out.bulk(b"x");
         assert_eq!(out.write_to(&mut Broken).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
-        assert_eq!(ReplyBuf::new().write_to(&mut Broken).unwrap(), 0, "nothing to write, no call");
+        assert_eq!(ReplyBuf::new(8).write_to(&mut Broken).unwrap(), 0, "nothing to write, no call");
     }
 }

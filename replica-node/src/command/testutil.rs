@@ -7,8 +7,11 @@ use bytes::{Bytes, BytesMut};
 use replica_core::{Now, Replica};
 pub use resp::{Protocol, Value};
 
-use super::{ActorState, Cursors, Flow, NodeInfo, ReplyBuf, Session, execute};
+use super::{ActorState, Cursors, Flow, NodeInfo, Password, ReplyBuf, Session, execute};
 use crate::stats::NodeStats;
+
+/// The resident memory a harness reports for `INFO`.
+pub const FAKE_RSS: u64 = 12_345_678;
 
 pub struct Harness {
     pub actor: ActorState,
@@ -25,24 +28,34 @@ impl Harness {
             peer_addr: "127.0.0.1:6000".into(),
             started_mono_ms: 0,
             stats: Arc::new(NodeStats::default()),
+            maxclients: 10_000,
+            rss: || FAKE_RSS,
         };
-        let actor = ActorState { replica: Replica::new(0, 7, 1), cursors: Cursors::default(), info };
+        let actor =
+            ActorState { replica: Replica::new(0, 7, 1), cursors: Cursors::default(), info, password: None };
         Harness { actor, session: Session::new(42), ms: 0 }
     }
 
+    /// A harness whose node requires `password`.
+    pub fn with_password(password: &str) -> Self {
+        let mut h = Harness::new();
+        h.actor.password = Some(Password::new(password.as_bytes()).expect("a valid password"));
+        h
+    }
+
     /// Runs one command; returns its reply bytes and what the connection does next.
-    pub fn run_raw(&mut self, args: &[&[u8]]) -> (ReplyBuf, Flow) {
+    pub fn run_raw(&mut self, args: &[&[u8]], limit: usize) -> (ReplyBuf, Flow) {
         self.ms += 1;
         let now = Now { wall_ms: 1_700_000_000_000 + self.ms, mono_ms: self.ms };
         let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-        let mut out = ReplyBuf::new();
+        let mut out = ReplyBuf::new(limit);
         let flow = execute(&mut self.actor, &mut self.session, &args, now, &mut out);
         (out, flow)
     }
 
     /// Runs one command; returns its one reply and what the connection does next.
     pub fn run_flow(&mut self, args: &[&[u8]]) -> (Value, Flow) {
-        let (mut out, flow) = self.run_raw(args);
+        let (mut out, flow) = self.run_raw(args, usize::MAX);
         let mut buf = BytesMut::from(&out.take_all()[..]);
         let value = resp::parse_value(&mut buf).expect("a valid reply").expect("a complete reply");
         assert!(buf.is_empty(), "exactly one reply, {} bytes left", buf.len());

@@ -7,6 +7,7 @@ use std::time::Duration;
 use net_quic::EndpointOptions;
 
 use super::Description;
+use crate::runtime::client_conn::ClientOptions;
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -29,6 +30,8 @@ pub struct NodeConfig {
     /// A peer connection with no packet from the other side for this long is dead (keep-alive
     /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
     pub peer_idle_timeout: Duration,
+    /// The client ports' password, protected mode and limits (design 4.8).
+    pub clients: ClientOptions,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +44,7 @@ impl Default for NodeConfig {
             join: Vec::new(),
             progress: false,
             peer_idle_timeout: EndpointOptions::default().idle_timeout,
+            clients: ClientOptions::default(),
         }
     }
 }

@@ -13,10 +13,11 @@ use replica_core::Replica;
 use replica_core::gateway::Gateway;
 
 use crate::command::NodeInfo;
+use crate::runtime::client_conn::MIN_OUTPUT_LIMIT;
 use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
-use crate::runtime::{ActorMsg, Clock, random_u64};
+use crate::runtime::{ActorMsg, Clock, random_u64, rss_bytes};
 use crate::stats::NodeStats;
 
 mod config;
@@ -104,7 +105,10 @@ impl Node {
                     peer_addr: peer_addr.to_string(),
                     started_mono_ms: started,
                     stats: stats.clone(),
+                    maxclients: config.clients.maxclients,
+                    rss: rss_bytes,
                 },
+                clients: config.clients.clone(),
                 stop: stopped.clone(),
                 clock,
             };
@@ -192,6 +196,15 @@ impl Drop for Node {
 fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError> {
     if config.actors == 0 || config.actors > MAX_ACTORS {
         return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
+    }
+    if config.clients.maxclients == 0 {
+        return Err(StartError::Config("--maxclients must be at least 1".into()));
+    }
+    if config.clients.output_limit < MIN_OUTPUT_LIMIT {
+        return Err(StartError::Config(format!(
+            "--client-output-limit must be at least {} KiB: smaller, ordinary replies would not fit",
+            MIN_OUTPUT_LIMIT / 1024
+        )));
     }
     if config.port != 0 && usize::from(config.port) + config.actors > usize::from(u16::MAX) {
         return Err(StartError::Config(format!(

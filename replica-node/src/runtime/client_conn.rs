@@ -8,17 +8,24 @@
 //!
 //! Bounds, so that no client can make the node hold unbounded memory for it or monopolise its
 //! actor: commands run only while the unsent replies are below [`OUTPUT_WATERMARK`] (a client
-//! that pipelines without reading stops being read); at most [`MAX_BUFFERED`] request bytes
-//! wait in the read buffer; and [`ClientConn::process`] runs at most a given number of commands
-//! per call, so the driver can serve every connection in turn.
+//! that pipelines without reading stops being read); unsent replies never exceed the client
+//! output limit (a reply that would pass it is dropped and the connection must be closed, see
+//! [`ClientConn::output_over_limit`]); at most [`MAX_BUFFERED`] request bytes wait in the read
+//! buffer; and [`ClientConn::process`] runs at most a given number of commands per call, so
+//! the driver can serve every connection in turn.
+//!
+//! Admission, before a connection gets an object at all: [`Refusal`] says why one is turned
+//! away and what it is told.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use replica_core::Now;
 use resp::RequestParser;
 
-use crate::command::{self, ActorState, Flow, ReplyBuf, Session};
+use crate::command::{self, ActorState, Flow, Password, ReplyBuf, Session};
 
 /// Commands run only while fewer unsent reply bytes than this wait: past it, the client must
 /// read before it is served again.
@@ -43,6 +50,8 @@ pub struct ClientConn {
     /// The last [`ClientConn::process`] stopped early (budget or output) and complete commands
     /// may still wait in the read buffer.
     stalled: bool,
+    /// Monotonic ms of the last byte read or written, for the idle timeout.
+    last_active_ms: u64,
 }
 
 /// What one [`ClientConn::read_from`] did.
@@ -56,22 +65,32 @@ pub struct ReadStatus {
 }
 
 impl ClientConn {
-    /// A new connection, with session id `id`.
-    pub fn new(id: u64) -> Self {
+    /// A new connection, with session id `id`, whose unsent replies may not exceed
+    /// `output_limit` bytes.
+    pub fn new(id: u64, output_limit: usize, now_ms: u64) -> Self {
         ClientConn {
             rbuf: BytesMut::new(),
             parser: RequestParser::new(),
             session: Session::new(id),
-            out: ReplyBuf::new(),
+            out: ReplyBuf::new(output_limit),
             closing: false,
             eof: false,
             stalled: false,
+            last_active_ms: now_ms,
         }
     }
 
+    /// The session (protocol, name, authentication).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// Takes bytes the client sent.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        self.rbuf.extend_from_slice(bytes);
+    pub fn feed(&mut self, bytes: &[u8], now_ms: u64) {
+        if !bytes.is_empty() {
+            self.rbuf.extend_from_slice(bytes);
+            self.last_active_ms = now_ms;
+        }
     }
 
     /// Notes that the client closed its side: the commands it sent still run, then the
@@ -83,7 +102,13 @@ impl ClientConn {
     /// Reads from `r` through `scratch` (one buffer per actor, so idle connections hold none)
     /// until it would block, ends, `max` bytes arrived, or the connection wants no more.
     /// Errors other than `WouldBlock` are returned: the connection is dead.
-    pub fn read_from(&mut self, r: &mut impl Read, scratch: &mut [u8], max: usize) -> io::Result<ReadStatus> {
+    pub fn read_from(
+        &mut self,
+        r: &mut impl Read,
+        scratch: &mut [u8],
+        max: usize,
+        now_ms: u64,
+    ) -> io::Result<ReadStatus> {
         let mut bytes = 0;
         while bytes < max && self.wants_read() {
             match r.read(scratch) {
@@ -92,7 +117,7 @@ impl ClientConn {
                     return Ok(ReadStatus { bytes, drained: true });
                 }
                 Ok(n) => {
-                    self.feed(&scratch[..n]);
+                    self.feed(&scratch[..n], now_ms);
                     bytes += n;
                     if n < scratch.len() {
                         // A short read emptied the socket; new data brings a new event.
@@ -116,7 +141,7 @@ impl ClientConn {
         let mut ran = 0;
         self.stalled = false;
         while !self.closing {
-            if ran == budget || self.out.len() >= OUTPUT_WATERMARK {
+            if ran == budget || self.out.len() >= OUTPUT_WATERMARK || self.out.over_limit() {
                 self.stalled = true;
                 break;
             }
@@ -145,8 +170,12 @@ impl ClientConn {
 
     /// Writes as much of the unsent replies as `w` takes (stopping at `WouldBlock`); returns
     /// the bytes written. Other errors are returned: the connection is dead.
-    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
-        self.out.write_to(w)
+    pub fn write_to(&mut self, w: &mut impl Write, now_ms: u64) -> io::Result<usize> {
+        let n = self.out.write_to(w)?;
+        if n > 0 {
+            self.last_active_ms = now_ms;
+        }
+        Ok(n)
     }
 
     /// Whether more input is welcome now: the connection is open, its replies are being read,
@@ -157,30 +186,113 @@ impl ClientConn {
 
     /// Whether replies wait to be written.
     pub fn wants_write(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() && !self.out.over_limit()
     }
 
     /// Whether complete commands may be waiting that [`ClientConn::process`] did not get to
     /// (its budget ran out, or the replies were past the watermark and have drained since).
     pub fn has_buffered_work(&self) -> bool {
-        self.stalled && !self.closing && self.out.len() < OUTPUT_WATERMARK
+        self.stalled && !self.closing && self.out.len() < OUTPUT_WATERMARK && !self.out.over_limit()
+    }
+
+    /// A reply went past the client output limit: the connection must be closed now, without
+    /// its replies (they were never built whole).
+    pub fn output_over_limit(&self) -> bool {
+        self.out.over_limit()
     }
 
     /// Unsent reply bytes.
-    #[cfg(test)]
     pub fn pending_output(&self) -> usize {
         self.out.len()
     }
 
-    /// Whether the connection is done: it is closing and every reply is out.
+    /// Whether the connection is done: it is closing and every reply is out (or dropped past the
+    /// limit).
     pub fn is_finished(&self) -> bool {
-        self.closing && self.out.is_empty()
+        self.out.over_limit() || (self.closing && self.out.is_empty())
     }
 
     /// Reads nothing more (the node is stopping): the complete commands already received
     /// still run and their replies still go out, as at the end of input.
     pub fn stop(&mut self) {
         self.eof = true;
+    }
+
+    /// How long nothing has been read or written, at `now_ms`.
+    pub fn idle_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_active_ms)
+    }
+}
+
+/// The limits and protections of a node's client ports (design 4.8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The password every client must give first (`--requirepass-file`); `None`: none.
+    pub requirepass: Option<Password>,
+    /// Protected mode (`--protected-mode`): without a password, only loopback clients are
+    /// served.
+    pub protected_mode: bool,
+    /// Most client connections open at once on the whole node (`--maxclients`).
+    pub maxclients: usize,
+    /// Most unsent reply bytes one connection may hold (`--client-output-limit`).
+    pub output_limit: usize,
+    /// Connections idle this long are closed (`--timeout`); `None`: never.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            requirepass: None,
+            protected_mode: true,
+            maxclients: DEFAULT_MAXCLIENTS,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// Default `--maxclients`, as Redis's.
+pub const DEFAULT_MAXCLIENTS: usize = 10_000;
+/// Default `--client-output-limit`: 256 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 256 * 1024 * 1024;
+/// Smallest `--client-output-limit`: below it, ordinary replies such as `INFO` would not fit.
+pub const MIN_OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// Why a new connection is turned away before it is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node has `--maxclients` connections open.
+    MaxClients,
+    /// Protected mode: no password, and the client is not on the loopback interface.
+    ProtectedMode,
+}
+
+impl Refusal {
+    /// What a new connection from `peer` is refused for, if anything, on a node in protected
+    /// mode or not (`protected`), with or without a password. The connection count is checked
+    /// separately (it needs the node-wide counter).
+    pub fn for_peer(protected: bool, has_password: bool, peer: IpAddr) -> Option<Refusal> {
+        let local = peer.to_canonical().is_loopback();
+        (protected && !has_password && !local).then_some(Refusal::ProtectedMode)
+    }
+
+    /// The error the client is sent before its connection is closed (Redis's words, adapted).
+    pub fn reply(self) -> &'static [u8] {
+        match self {
+            Refusal::MaxClients => b"-ERR max number of clients reached\r\n",
+            Refusal::ProtectedMode => concat!(
+                "-DENIED replica-node is running in protected mode because protected mode is enabled ",
+                "and no password is set for the default user. In this mode connections are only ",
+                "accepted from the loopback interface. If you want to connect from other computers, ",
+                "either 1) restart the node with a password (--requirepass-file FILE, or the ",
+                "REPLICA_NODE_REQUIREPASS environment variable) and have clients authenticate ",
+                "(redis-cli -a, kv --password), or 2) if the node is not reachable from the internet, ",
+                "restart it with '--protected-mode no'. You only need to do one of the above for the ",
+                "node to accept connections from the outside.\r\n"
+            )
+            .as_bytes(),
+        }
     }
 }
 

@@ -6,11 +6,13 @@ pub(crate) mod client_conn;
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
+mod memory;
 pub(crate) mod query_loop;
 
 use replica_core::SyncBatch;
 
 pub(crate) use clock::{Clock, random_u64};
+pub(crate) use memory::rss_bytes;
 
 /// Mail a query actor accepts.
 #[derive(Debug)]

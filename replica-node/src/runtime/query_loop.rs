@@ -5,10 +5,12 @@
 //! and run the commands), delivers mail to the [`Replica`], and sends the deltas the replica
 //! asks it to send when they are due.
 //!
-//! The loop works in rounds. A connection with work (readable, writable, or with commands
-//! still buffered) gets one turn per round, within [`COMMAND_BUDGET`] commands and
+//! Fairness: the loop works in rounds. A connection with work (readable, writable, or with
+//! commands still buffered) gets one turn per round, of at most [`COMMAND_BUDGET`] commands and
 //! [`READ_BUDGET`] bytes read; a connection that still has work after its turn goes to the back
-//! of the queue. Every round ends with mail delivery and the sync flush.
+//! of the queue. Every round ends with mail delivery and the sync flush. So a client pipelining
+//! without pause gets its share, and everyone else, the actor's mail and its sync get theirs:
+//! a round costs at most one turn per busy connection.
 //!
 //! Shutdown: the node drops the sending side of the actor's stop channel and wakes it. The
 //! actor then stops accepting and reading, runs the complete commands it has received, hands
@@ -16,8 +18,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::{self, Write};
-use std::sync::atomic::Ordering;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -28,7 +30,7 @@ use crate::stats::NodeStats;
 use replica_core::stats::SyncStats;
 use replica_core::{Replica, SyncBatch};
 
-use super::client_conn::ClientConn;
+use super::client_conn::{ClientConn, ClientOptions, Refusal};
 use super::mailbox::{Address, Empty, Mailbox};
 use super::{ActorMsg, Clock};
 use crate::command::{ActorState, Cursors, NodeInfo};
@@ -48,6 +50,8 @@ pub struct ActorStart {
     pub recipients: Vec<Address<ActorMsg>>,
     /// Node facts for INFO.
     pub info: NodeInfo,
+    /// The client ports' limits and protections.
+    pub clients: ClientOptions,
     /// Closed (every sender dropped) when the node stops; nothing is ever sent on it.
     pub stop: Receiver<Infallible>,
     /// The node's clocks.
@@ -59,20 +63,23 @@ const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Commands one connection runs per turn: for now, everything it has sent.
-pub const COMMAND_BUDGET: usize = usize::MAX;
-/// Bytes read from one connection per turn: for now, until the socket would block.
-pub const READ_BUDGET: usize = usize::MAX;
-/// Open client connections per actor; more are told so and closed.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Commands one connection runs per turn. Small enough that a round of many busy connections
+/// stays short (a `SET` costs about a microsecond), large enough that a pipelining client is
+/// not slowed by the round's fixed costs.
+pub const COMMAND_BUDGET: usize = 256;
+/// Bytes read from one connection per turn.
+pub const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a stopping actor keeps trying to hand replies already computed to slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often connections are checked against the idle timeout, when there is one.
+const IDLE_CHECK_MS: u64 = 1000;
 
 /// A client connection: its socket and its protocol state.
 struct Client {
     stream: TcpStream,
     conn: ClientConn,
+    peer: SocketAddr,
     /// In the actor's queue of connections with work.
     queued: bool,
 }
@@ -85,7 +92,10 @@ struct Actor {
     /// Connections with work, in turn order.
     ready: VecDeque<usize>,
     next_session: u64,
+    options: ClientOptions,
     clock: Clock,
+    /// Monotonic ms of the next idle check.
+    next_idle_check: u64,
     /// The replica's counters as last published to the node's.
     published: SyncStats,
     /// The replica's count of ignored far-future timestamps when last logged.
@@ -96,15 +106,23 @@ struct Actor {
 
 /// Runs a query actor until the node shuts down.
 pub fn run(start: ActorStart) {
-    let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, stop, clock } = start;
+    let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, clients, stop, clock } =
+        start;
     let mut actor = Actor {
-        state: ActorState { replica, cursors: Cursors::default(), info },
+        state: ActorState {
+            replica,
+            cursors: Cursors::default(),
+            info,
+            password: clients.requirepass.clone(),
+        },
         recipients,
         clients: Vec::new(),
         free: Vec::new(),
         ready: VecDeque::new(),
         next_session: 1,
+        options: clients,
         clock,
+        next_idle_check: 0,
         published: SyncStats::default(),
         future_logged: 0,
         scratch: vec![0; READ_CHUNK],
@@ -135,6 +153,7 @@ pub fn run(start: ActorStart) {
         actor.serve_ready(&poll);
         actor.deliver_mail(&mailbox);
         actor.sync();
+        actor.close_idle(&poll);
     }
     let _ = poll.registry().deregister(&mut listener);
     drop(listener);
@@ -143,24 +162,38 @@ pub fn run(start: ActorStart) {
 
 impl Actor {
     /// How long the loop may sleep: not at all while connections have work, else until the
-    /// next sync is due.
+    /// next sync or idle check is due.
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = self.clock.now().mono_ms;
-        self.state.replica.next_sync_at().map(|at| Duration::from_millis(at.saturating_sub(now)))
+        let idle = self.options.idle_timeout.filter(|_| self.clients.len() > self.free.len());
+        let due = [self.state.replica.next_sync_at(), idle.map(|_| self.next_idle_check)]
+            .into_iter()
+            .flatten()
+            .min();
+        due.map(|at| Duration::from_millis(at.saturating_sub(now)))
     }
 
     fn accept(&mut self, listener: &TcpListener, poll: &Poll) {
         loop {
             match listener.accept() {
-                Ok((mut stream, _)) => {
-                    if self.clients.len() - self.free.len() >= MAX_CONNECTIONS {
-                        let _ = stream.write(b"-ERR max number of clients reached\r\n");
+                Ok((stream, peer)) => {
+                    let has_password = self.options.requirepass.is_some();
+                    if let Some(refusal) =
+                        Refusal::for_peer(self.options.protected_mode, has_password, peer.ip())
+                    {
+                        tracing::debug!(client = %peer, "refused: protected mode");
+                        refuse(stream, refusal);
                         continue;
                     }
-                    self.admit(stream, poll);
+                    if !self.state.info.stats.admit_client(self.options.maxclients) {
+                        tracing::debug!(client = %peer, max = self.options.maxclients, "refused: maxclients");
+                        refuse(stream, Refusal::MaxClients);
+                        continue;
+                    }
+                    self.admit(stream, peer, poll);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -173,8 +206,8 @@ impl Actor {
         }
     }
 
-    /// Starts serving a new connection.
-    fn admit(&mut self, mut stream: TcpStream, poll: &Poll) {
+    /// Starts serving an admitted connection (its slot in the node's count is taken).
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, poll: &Poll) {
         let _ = stream.set_nodelay(true);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.clients.push(None);
@@ -189,12 +222,12 @@ impl Actor {
         ) {
             tracing::warn!("cannot watch a client connection: {e}");
             self.free.push(slot);
+            self.state.info.stats.client_closed();
             return;
         }
-        let conn = ClientConn::new(self.next_session);
+        let conn = ClientConn::new(self.next_session, self.options.output_limit, self.clock.now().mono_ms);
         self.next_session += 1;
-        self.clients[slot] = Some(Client { stream, conn, queued: false });
-        NodeStats::add(&self.state.info.stats.clients_connected, 1);
+        self.clients[slot] = Some(Client { stream, conn, peer, queued: false });
     }
 
     /// Queues a connection for a turn (once).
@@ -225,16 +258,16 @@ impl Actor {
     /// `read`) and run more, within the budgets, then write.
     fn turn(&mut self, slot: usize, read: bool) -> Turn {
         let Some(Some(client)) = self.clients.get_mut(slot) else { return Turn::Wait };
-        let Client { stream, conn, .. } = client;
+        let Client { stream, conn, peer, .. } = client;
         let now = self.clock.now();
-        if conn.wants_write() && conn.write_to(stream).is_err() {
+        if conn.wants_write() && conn.write_to(stream, now.mono_ms).is_err() {
             return Turn::Close;
         }
         let ran = conn.process(&mut self.state, now, COMMAND_BUDGET);
         let mut drained = true;
         if read && conn.wants_read() {
             if ran < COMMAND_BUDGET {
-                match conn.read_from(stream, &mut self.scratch, READ_BUDGET) {
+                match conn.read_from(stream, &mut self.scratch, READ_BUDGET, now.mono_ms) {
                     Ok(status) => drained = status.drained,
                     Err(_) => return Turn::Close,
                 }
@@ -244,7 +277,19 @@ impl Actor {
                 drained = false;
             }
         }
-        if conn.write_to(stream).is_err() || conn.is_finished() {
+        if conn.output_over_limit() {
+            NodeStats::add(&self.state.info.stats.client_output_limit_disconnects, 1);
+            tracing::warn!(
+                actor = self.state.replica.index(),
+                client = %peer,
+                id = conn.session().id,
+                held = conn.pending_output(),
+                limit = self.options.output_limit,
+                "closing a client connection: its unsent replies passed the client output limit"
+            );
+            return Turn::Close;
+        }
+        if conn.write_to(stream, now.mono_ms).is_err() || conn.is_finished() {
             return Turn::Close;
         }
         if conn.has_buffered_work() || (!drained && conn.wants_read()) { Turn::More } else { Turn::Wait }
@@ -254,7 +299,26 @@ impl Actor {
         if let Some(mut client) = self.clients[slot].take() {
             let _ = poll.registry().deregister(&mut client.stream);
             self.free.push(slot);
-            self.state.info.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+            self.state.info.stats.client_closed();
+        }
+    }
+
+    /// Closes the connections idle for longer than the idle timeout, at most once a second.
+    fn close_idle(&mut self, poll: &Poll) {
+        let Some(timeout) = self.options.idle_timeout else { return };
+        let now = self.clock.now().mono_ms;
+        if now < self.next_idle_check {
+            return;
+        }
+        self.next_idle_check = now + IDLE_CHECK_MS;
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        for slot in 0..self.clients.len() {
+            if let Some(client) = &self.clients[slot]
+                && client.conn.idle_ms(now) >= limit
+            {
+                tracing::debug!(client = %client.peer, "closing an idle client connection");
+                self.close(slot, poll);
+            }
         }
     }
 
@@ -339,4 +403,18 @@ enum Turn {
     Wait,
     /// Close it.
     Close,
+}
+
+/// Tells a refused connection why, then closes it. What it already sent is read and dropped
+/// first: closing a socket with unread input resets it, and the reset could overtake the
+/// error on its way to the client.
+fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let _ = stream.write(refusal.reply());
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
 }
