@@ -30,6 +30,7 @@ pub const DEFAULT_MAX_IDLE: usize = 32;
 /// let client = Client::builder()
 ///     .connect_timeout(Duration::from_millis(500))
 ///     .read_timeout(Duration::from_secs(3))
+///     .password("correct horse battery staple")
 ///     .build(Fixed("127.0.0.1:6001".parse().unwrap()));
 /// ```
 #[derive(Debug, Clone)]
@@ -37,6 +38,17 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     read_timeout: Duration,
     max_idle_per_addr: usize,
+    password: Option<Secret>,
+}
+
+/// A password, kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Default for ClientBuilder {
@@ -45,6 +57,7 @@ impl Default for ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_idle_per_addr: DEFAULT_MAX_IDLE,
+            password: None,
         }
     }
 }
@@ -70,6 +83,15 @@ impl ClientBuilder {
     /// Idle connections kept per address for later queries (default 32); more are closed.
     pub fn max_idle_per_addr(mut self, n: usize) -> Self {
         self.max_idle_per_addr = n;
+        self
+    }
+
+    /// The password of servers started with one (`--requirepass-file`): every new connection
+    /// authenticates with `AUTH default <password>` before its first query (a server without a
+    /// password accepts that too). A refused password is reported as [`ClientError::Server`]
+    /// with the server's `WRONGPASS` message.
+    pub fn password(mut self, password: impl AsRef<[u8]>) -> Self {
+        self.password = Some(Secret(password.as_ref().into()));
         self
     }
 
@@ -116,7 +138,7 @@ impl Client {
         ClientBuilder::default().build(router)
     }
 
-    /// Settings for a client: timeouts and pool size.
+    /// Settings for a client: timeouts, pool size, password.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -216,6 +238,7 @@ impl Client {
                 Ok(Value::Error(msg)) => return Err(ClientError::Server(msg)),
                 Ok(value) => return Ok(value),
                 Err(Failure::Protocol(source)) => return Err(ClientError::Protocol { addr, source }),
+                Err(Failure::Refused(msg)) => return Err(ClientError::Server(msg)),
                 Err(Failure::Io(e)) => {
                     tracing::debug!(%addr, "query failed: {e}");
                     router.failed(addr);
@@ -243,6 +266,17 @@ impl Client {
             }
         }
         let mut conn = Conn::connect(addr, config.timeouts())?;
+        if let Some(Secret(password)) = &config.password {
+            let mut auth = Vec::with_capacity(password.len() + 32);
+            // The two-argument form names Redis's default user: a server without a password
+            // accepts it too, where `AUTH password` alone would be an error there.
+            resp::encode_command(&mut auth, &[&b"AUTH"[..], b"default", password]);
+            match conn.round_trip(&auth, config.read_timeout)? {
+                Value::Simple(ok) if ok == "OK" => {}
+                Value::Error(msg) => return Err(Failure::Refused(msg)),
+                other => return Err(Failure::Refused(format!("unexpected reply to AUTH: {other:?}"))),
+            }
+        }
         let value = conn.round_trip(request, config.read_timeout)?;
         self.give_back(addr, conn);
         Ok(value)

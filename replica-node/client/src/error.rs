@@ -62,6 +62,9 @@ pub(crate) enum Failure {
     Io(io::Error),
     /// The server spoke nonsense: give up.
     Protocol(ProtocolError),
+    /// The server refused the connection's password (or wants one): give up, as for any
+    /// error reply.
+    Refused(String),
 }
 
 impl From<io::Error> for Failure {

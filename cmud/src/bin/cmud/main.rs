@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cmud::{Game, Name, Reply, SessionId, Tone};
-use replica_node::client::{Client, RoundRobin};
+use replica_node::client::{Client, ClientError, RoundRobin};
 use replica_node::{Node, NodeConfig};
 use rustyline::Editor;
 use rustyline::error::ReadlineError;
@@ -35,7 +35,9 @@ memory and ends when that game quits; others on the same machine can join it mea
 
 To share a world, start servers (`replica-node --actors 2`) and give each player one or more of
 their client addresses. With several --server addresses, queries rotate over them and skip
-those that do not answer.
+those that do not answer. Servers started with a password (--requirepass-file) want it from
+every player: set CMUD_PASSWORD (or give --password, which other users of the machine can see in
+the process list). The embedded node has no password.
 
 Exit status: 0 after `quit` (or Ctrl-D), 2 when no server can be reached at start or the
 arguments are wrong.
@@ -44,6 +46,7 @@ Examples:
   cmud
   cmud --name ada
   cmud --server 127.0.0.1:6001 --server 127.0.0.1:6002 --name ada
+  CMUD_PASSWORD=$(cat secret) cmud --server 10.0.0.1:6001
   cmud --seed 7 --story-ms 0        # the same dice every time, no pauses";
 
 /// CMUD: a multi-user dungeon on a replicated key-value store.
@@ -54,6 +57,11 @@ struct Cli {
     /// Repeat for failover. Without any, an embedded node is started.
     #[arg(short, long = "server", value_name = "ADDR")]
     servers: Vec<String>,
+
+    /// The servers' password (their --requirepass-file), sent with AUTH on every connection.
+    /// Not used with the embedded node.
+    #[arg(short = 'a', long, value_name = "PASSWORD", env = "CMUD_PASSWORD", hide_env_values = true)]
+    password: Option<std::ffi::OsString>,
 
     /// Log in as NAME (3 to 16 characters: a letter, then letters, digits or _; case folded)
     /// instead of being asked.
@@ -117,12 +125,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (resolve(&cli.servers)?, None)
     };
     let router = RoundRobin::new(addrs.clone())?;
-    let client = Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .read_timeout(Duration::from_secs(5))
-        .build(router);
-    if let Err(e) = client.ping() {
-        anyhow::bail!("cannot reach any server: {e}");
+    let mut builder =
+        Client::builder().connect_timeout(Duration::from_secs(1)).read_timeout(Duration::from_secs(5));
+    if let Some(password) = cli.password.filter(|_| node.is_none()) {
+        builder = builder.password(password.into_encoded_bytes());
+    }
+    let client = builder.build(router);
+    match client.ping() {
+        Ok(()) => {}
+        Err(ClientError::Server(msg)) if msg.starts_with("NOAUTH") || msg.starts_with("WRONGPASS") => {
+            anyhow::bail!("the server wants a password (set CMUD_PASSWORD or give --password): {msg}");
+        }
+        Err(e) => anyhow::bail!("cannot reach any server: {e}"),
     }
 
     let out = Output { color, story: Duration::from_millis(cli.story_ms) };

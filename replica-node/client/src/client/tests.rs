@@ -32,6 +32,8 @@ enum Mode {
     Silent,
     /// Answers every request with these bytes.
     Canned(&'static [u8]),
+    /// The store, behind a password: `NOAUTH` until `AUTH` gives it.
+    Guarded(&'static str),
 }
 
 struct Fake {
@@ -62,6 +64,7 @@ fn serve(mut stream: TcpStream, mode: Mode, store: &Mutex<BTreeMap<Bytes, Bytes>
     let mut parser = RequestParser::new();
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 4096];
+    let mut authenticated = false;
     loop {
         let Ok(n) = stream.read(&mut chunk) else { return };
         if n == 0 {
@@ -73,6 +76,24 @@ fn serve(mut stream: TcpStream, mode: Mode, store: &Mutex<BTreeMap<Bytes, Bytes>
             match mode {
                 Mode::Silent => continue,
                 Mode::Canned(bytes) => out.extend_from_slice(bytes),
+                Mode::Guarded(password) if !authenticated => match &args[..] {
+                    [auth, user, given]
+                        if auth.eq_ignore_ascii_case(b"AUTH")
+                            && user == "default"
+                            && given == password.as_bytes() =>
+                    {
+                        authenticated = true;
+                        resp::simple(&mut out, "OK");
+                    }
+                    [auth, ..] if auth.eq_ignore_ascii_case(b"AUTH") => {
+                        resp::error(&mut out, "WRONGPASS invalid username-password pair or user is disabled.")
+                    }
+                    _ => resp::error(&mut out, "NOAUTH Authentication required."),
+                },
+                Mode::Guarded(_) => {
+                    let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
+                    execute(&args, &mut map, &mut out);
+                }
                 Mode::Store | Mode::OneShot => {
                     let mut map = store.lock().unwrap_or_else(PoisonError::into_inner);
                     execute(&args, &mut map, &mut out);
@@ -271,4 +292,24 @@ fn info_lines_parse() {
     let fields = parse_info("# Server\r\nnode:n1\r\n\r\n# Sync\r\nsync_messages_sent:17\r\nbad line\r\n");
     assert_eq!(fields.len(), 2);
     assert_eq!(fields["sync_messages_sent"], "17");
+}
+
+#[test]
+fn a_password_authenticates_each_new_connection_once() {
+    let server = fake(Mode::Guarded("pw"));
+    let without = Client::new(Fixed(server.addr));
+    let err = without.get("k").unwrap_err();
+    assert!(matches!(&err, ClientError::Server(m) if m.starts_with("NOAUTH")), "{err}");
+    let client = Client::builder().password("pw").build(Fixed(server.addr));
+    client.put("k", "v").unwrap();
+    assert_eq!(client.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    let accepted = server.accepted.load(Ordering::SeqCst);
+    assert_eq!(accepted, 2, "one connection each, the pooled one reused without a second AUTH");
+    assert!(!format!("{:?}", Client::builder().password("pw")).contains("pw"), "Debug hides it");
+    // A wrong password is the server's error, not retried on the next address.
+    let other = fake(Mode::Guarded("pw"));
+    let wrong = Client::builder().password("nope").build(RoundRobin::new([server.addr, other.addr]).unwrap());
+    let err = wrong.get("k").unwrap_err();
+    assert!(matches!(&err, ClientError::Server(m) if m.starts_with("WRONGPASS")), "{err}");
+    assert_eq!(other.accepted.load(Ordering::SeqCst), 0);
 }
