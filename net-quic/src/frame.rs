@@ -350,10 +350,6 @@ impl<T: Serialize + ?Sized> FrameSender<T> {
         }
     }
 
-    /// The underlying quinn stream, for anything this wrapper does not cover.
-    pub fn stream_mut(&mut self) -> &mut quinn::SendStream {
-        &mut self.stream
-    }
 }
 
 /// The receiving half of a framed stream, typed by the message it carries.
@@ -465,10 +461,6 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
         self.max_frame = max_frame;
     }
 
-    /// The underlying quinn stream, for anything this wrapper does not cover.
-    pub fn stream_mut(&mut self) -> &mut quinn::RecvStream {
-        &mut self.stream
-    }
 }
 
 #[cfg(test)]
