@@ -349,7 +349,6 @@ impl<T: Serialize + ?Sized> FrameSender<T> {
             }
         }
     }
-
 }
 
 /// The receiving half of a framed stream, typed by the message it carries.
@@ -460,7 +459,6 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
     }
-
 }
 
 #[cfg(test)]

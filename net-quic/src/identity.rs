@@ -314,6 +314,14 @@ impl ClusterIdentity {
         })
     }
 
+    /// A 32-byte key derived from the CA certificate and `label` (HKDF-SHA256), the same in
+    /// every node of the cluster (each has the CA certificate): for keyed hashes the whole
+    /// cluster must agree on, such as the digests that anti-entropy repair compares. Not a
+    /// secret from the cluster's members.
+    pub fn shared_key(&self, label: &str) -> [u8; 32] {
+        EndpointSecret::derive(self.ca_cert.as_ref(), label.as_bytes()).into_bytes()
+    }
+
     /// A secret derived from the CA key and `label` (HKDF-SHA256), the same in every process
     /// that loads this CA. Pass it in [`EndpointOptions::secret`](crate::EndpointOptions) so a
     /// restarted node keeps its stateless-reset and connection-id keys and its peers notice the
@@ -438,7 +446,12 @@ impl rustls::client::danger::ServerCertVerifier for NodeVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -447,7 +460,12 @@ impl rustls::client::danger::ServerCertVerifier for NodeVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

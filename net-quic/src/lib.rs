@@ -54,7 +54,9 @@ mod rng;
 mod secret;
 
 pub use backoff::Backoff;
-pub use endpoint::{CloseReason, Closed, ConnectError, EndpointError, EndpointOptions, PeerConnection, PeerEndpoint};
+pub use endpoint::{
+    CloseReason, Closed, ConnectError, EndpointError, EndpointOptions, PeerConnection, PeerEndpoint,
+};
 pub use frame::{
     DEFAULT_MAX_FRAME, EncodedFrames, FRAME_HEADER_LEN, FrameError, FrameReceiver, FrameSender, StreamClass,
     decode_frame, encode_frame, frame_len,

@@ -195,7 +195,13 @@ async fn restarted_peer_is_noticed_at_once_and_reconnected() {
 
         let mut backoff = Backoff::with_seed(4);
         let (dialled, accepted) = tokio::join!(
-            a.connect_with_backoff(relay.local_addr(), Some("b2"), &mut backoff, std::future::pending(), |_| {}),
+            a.connect_with_backoff(
+                relay.local_addr(),
+                Some("b2"),
+                &mut backoff,
+                std::future::pending(),
+                |_| {}
+            ),
             b2.accept()
         );
         let dialled = dialled.unwrap();

@@ -194,7 +194,8 @@ async fn dialling_an_address_takes_whichever_node_of_the_cluster_answers_there()
         assert_eq!(dialled.unwrap().peer_node_id(), "b2", "known by its certificate");
         assert_eq!(accepted.unwrap().unwrap().peer_node_id(), "a1");
         // A server of another cluster is refused all the same.
-        let (dialled, accepted) = tokio::join!(a.connect(stranger.local_addr().unwrap(), None), stranger.accept());
+        let (dialled, accepted) =
+            tokio::join!(a.connect(stranger.local_addr().unwrap(), None), stranger.accept());
         let err = dialled.unwrap_err();
         assert!(err.to_string().contains("UnknownIssuer"), "{err}");
         assert!(accepted.expect("endpoint open").is_err());
@@ -383,7 +384,13 @@ async fn backoff_retries_until_the_peer_appears_and_stops_on_shutdown() {
         let mut backoff = Backoff::with_seed(1);
         let start = Instant::now();
         let none = a
-            .connect_with_backoff(nowhere, Some("b2"), &mut backoff, tokio::time::sleep(Duration::from_millis(300)), |_| {})
+            .connect_with_backoff(
+                nowhere,
+                Some("b2"),
+                &mut backoff,
+                tokio::time::sleep(Duration::from_millis(300)),
+                |_| {},
+            )
             .await;
         assert!(none.is_none());
         assert!(start.elapsed() < Duration::from_millis(400));
@@ -402,8 +409,10 @@ async fn backoff_retries_until_the_peer_appears_and_stops_on_shutdown() {
             (b, accepted)
         };
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200), 2);
-        let (dialled, (_b, accepted)) =
-            tokio::join!(a.connect_with_backoff(nowhere, Some("b2"), &mut backoff, std::future::pending(), |_| {}), appear);
+        let (dialled, (_b, accepted)) = tokio::join!(
+            a.connect_with_backoff(nowhere, Some("b2"), &mut backoff, std::future::pending(), |_| {}),
+            appear
+        );
         let dialled = dialled.expect("connected");
         assert_eq!(dialled.peer_node_id(), "b2");
         assert_eq!(accepted.peer_node_id(), "a1");

@@ -80,6 +80,9 @@ impl Cluster {
             join,
             progress: false,
             peer_idle_timeout: self.peer_idle_timeout,
+            // Links run through relays that only the joining server's dials use.
+            redial_newer: if self.link.is_some() { None } else { NodeConfig::default().redial_newer },
+            ..NodeConfig::default()
         };
         self.nodes.push(Node::start(&config).expect("node starts"));
         self.nodes.last().expect("just pushed")

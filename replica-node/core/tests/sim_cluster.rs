@@ -126,6 +126,9 @@ fn trace() {
 fn soak() {
     let first = env("SIM_FIRST", 100_000);
     let seeds = env("SIM_SEEDS", 10_000);
+    // Wall time, to report how long the soak took (this test reads the clock; the simulation
+    // does not).
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
     let start = std::time::Instant::now();
     let reports = run_seeds(&Scenario::default(), first, seeds);
     eprintln!(
@@ -136,4 +139,39 @@ fn soak() {
         total(&reports, |r| u64::from(r.partitions)),
         total(&reports, |r| r.repair_rounds),
     );
+}
+
+#[test]
+fn a_gateway_takes_any_message_a_peer_may_send() {
+    use bytes::Bytes;
+    use lww_crdt::{BytesMap, Timestamp};
+    use replica_core::peer::{BucketDigest, Fingerprint, MemberInfo, MemberState};
+    let mut m = BytesMap::new();
+    m.put(Bytes::from_static(b"k05"), Bytes::from_static(b"w"), Timestamp::new(u64::MAX, u32::MAX, 9));
+    m.delete(Bytes::from_static(b""), Timestamp::new(0, 0, 0));
+    for msg in [
+        PeerMsg::RepairGroups { round: 0, groups: vec![Fingerprint(1, 2); 3] },
+        PeerMsg::RepairGroups { round: u64::MAX, groups: vec![Fingerprint::default(); 64] },
+        PeerMsg::RepairBuckets {
+            round: 1,
+            buckets: vec![BucketDigest { index: u16::MAX, digest: Fingerprint(0, 1) }],
+        },
+        PeerMsg::RepairEntries { round: 1, buckets: vec![u16::MAX, 0, 0], entries: m.clone(), last: true },
+        PeerMsg::SnapshotRequest { id: 0, after: Some(Bytes::from_static(b"\xff\xff")) },
+        PeerMsg::SnapshotChunk { id: 99, entries: m.clone(), total: u64::MAX, last: true },
+        PeerMsg::Members(vec![MemberInfo {
+            node: "aa".into(),
+            peer: String::new(),
+            started_ms: 0,
+            state: MemberState::Forgotten,
+        }]),
+        PeerMsg::Members(vec![MemberInfo {
+            node: "bb".into(),
+            peer: "x".into(),
+            started_ms: u64::MAX,
+            state: MemberState::Replaced,
+        }]),
+    ] {
+        sim::feed_gateway(msg);
+    }
 }

@@ -48,7 +48,7 @@ pub(crate) enum Phase {
     /// A connection is up and our `Hello` sent; the peer's has not arrived.
     Greeting(Greeting),
     /// Both `Hello`s exchanged: deltas, acks, snapshots and repair flow.
-    Live(Live),
+    Live(Box<Live>),
 }
 
 #[derive(Debug)]

@@ -911,13 +911,13 @@ impl Gateway {
             m.dial = Some(hello.peer.clone());
         }
         let force = std::mem::take(&mut m.deltas.lost);
-        m.phase = Phase::Live(Live {
+        m.phase = Phase::Live(Box::new(Live {
             conn,
             dialed: new_dialed,
             repair: Repair::new(i_am_smaller, hello.root.into(), force),
             outgoing: None,
             gossip_at: now.mono_ms + GOSSIP_INTERVAL_MS,
-        });
+        }));
         self.out.push_back(Transmit::Notice(Notice::Up { peer: peer.to_owned(), addr: hello.peer.clone() }));
         // Another active member advertised at this address is gone: this node took its place.
         let replaced: Vec<String> = self
@@ -1064,12 +1064,10 @@ impl Gateway {
                     (_, MemberState::Forgotten) => {
                         self.forget(&info.node);
                     }
-                    (MemberState::Active, MemberState::Replaced) => {
-                        if m.phase.conn().is_none() {
-                            m.state = MemberState::Replaced;
-                            m.drop_link();
-                            self.members_dirty = true;
-                        }
+                    (MemberState::Active, MemberState::Replaced) if m.phase.conn().is_none() => {
+                        m.state = MemberState::Replaced;
+                        m.drop_link();
+                        self.members_dirty = true;
                     }
                     (MemberState::Active, MemberState::Active) if info.started_ms > m.started_ms => {
                         let dialed_advertised = m.dial == m.advertised;
