@@ -46,7 +46,7 @@ pub struct NodeStats {
     pub fill_received: AtomicU64,
     /// The number of entries the snapshot's sender held.
     pub fill_total: AtomicU64,
-    /// The cluster as the gateway sees it, for `CLUSTER NODES` (refreshed every ~100 ms).
+    /// The cluster as the gateway sees it, for `CLUSTER NODES`.
     members: Mutex<Arc<Vec<MemberView>>>,
 }
 

@@ -885,7 +885,7 @@ impl Sim {
             if s.gateway.loading() {
                 return Err(format!("{} is still loading", s.node));
             }
-            let view = s.gateway.members(self.clock());
+            let view = s.gateway.members();
             for o in &live {
                 if o.node == s.node {
                     continue;

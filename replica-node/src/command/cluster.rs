@@ -1,16 +1,17 @@
 //! `CLUSTER NODES`, `CLUSTER MYID` and `CLUSTER FORGET` (design 4.5, 4.7): the cluster as this
 //! node's gateway sees it, and removing a server that is gone for good.
 
+use replica_core::Now;
 use replica_core::gateway::MemberStatus;
 
 use super::{Cmd, NodeInfo, printable};
 use crate::runtime::AdminMsg;
 
-pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo) {
+pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo, now: Now) {
     let sub = &c.args[1];
     let is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
     if is("NODES") && c.args.len() == 2 {
-        resp::bulk(c.out, nodes(info).as_bytes());
+        resp::bulk(c.out, nodes(info, now).as_bytes());
     } else if is("MYID") && c.args.len() == 2 {
         resp::bulk(c.out, info.node.as_bytes());
     } else if is("FORGET") && c.args.len() == 3 {
@@ -42,11 +43,11 @@ pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo) {
 }
 
 /// The text of `CLUSTER NODES`.
-fn nodes(info: &NodeInfo) -> String {
+fn nodes(info: &NodeInfo, now: Now) -> String {
     let members = info.stats.members();
     let mut text = String::new();
     if members.is_empty() {
-        // The gateway has not published yet (the first 100 ms of a node's life).
+        // The gateway has not published yet (the first moments of a node's life).
         text.push_str(&format!("{} {} self 0\n", info.node, info.peer_addr));
     }
     for m in members.iter() {
@@ -56,7 +57,11 @@ fn nodes(info: &NodeInfo) -> String {
             MemberStatus::Disconnected => "disconnected",
             MemberStatus::Replaced => "replaced",
         };
-        let ago = m.last_contact_ms_ago.map_or_else(|| "-".to_owned(), |ms| ms.to_string());
+        let ago = match (m.status, m.last_contact) {
+            (MemberStatus::Myself, _) => "0".to_owned(),
+            (_, Some(at)) => now.mono_ms.saturating_sub(at).to_string(),
+            (_, None) => "-".to_owned(),
+        };
         let peer = if m.peer.is_empty() { "-" } else { &m.peer };
         text.push_str(&format!("{} {peer} {state} {ago}\n", m.node));
     }

@@ -147,7 +147,7 @@ pub fn execute(
     } else if is("CONFIG") {
         cmd.run(2, usize::MAX, "config", config);
     } else if is("CLUSTER") {
-        cmd.run(2, 3, "cluster", |c| cluster::cluster(c, info));
+        cmd.run(2, 3, "cluster", |c| cluster::cluster(c, info, now));
     } else {
         let mut msg = format!("ERR unknown command '{}', with args beginning with:", printable(name, 64));
         for a in args.iter().skip(1).take(8) {

@@ -35,9 +35,6 @@ const MIN_REDIAL: Duration = Duration::from_secs(1);
 /// at least this often while it keeps failing (otherwise at debug level).
 const DIAL_WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// How often the membership seen by `CLUSTER NODES` is refreshed.
-const MEMBERS_EVERY_MS: u64 = 100;
-
 /// Wakes the gateway task when an actor sends it mail.
 #[derive(Debug)]
 pub(crate) struct TokioWake(pub Arc<Notify>);
@@ -99,7 +96,6 @@ pub(crate) fn run(start: GatewayStart) {
             clock,
             stats,
             published: GatewayStats::default(),
-            members_at: 0,
         };
         driver.run(events_rx, &mailbox, &admin, &mail).await;
         if let Some(p) = progress {
@@ -129,8 +125,6 @@ struct Driver {
     stats: Arc<NodeStats>,
     /// The gateway's counters as last published to `stats`.
     published: GatewayStats,
-    /// When the membership was last published (monotonic ms).
-    members_at: u64,
 }
 
 impl Driver {
@@ -249,10 +243,7 @@ impl Driver {
             }
         }
         self.stats.publish_gateway(&mut self.published, self.gateway.stats());
-        if now.mono_ms >= self.members_at + MEMBERS_EVERY_MS {
-            self.members_at = now.mono_ms;
-            self.stats.publish_members(self.gateway.members(now));
-        }
+        self.stats.publish_members(self.gateway.members());
     }
 
     /// Encodes the next bulk frame of every connection that wants one and has room for it.

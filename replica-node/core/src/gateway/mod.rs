@@ -335,8 +335,8 @@ pub struct MemberView {
     pub peer: String,
     /// How it stands.
     pub status: MemberStatus,
-    /// Milliseconds since the last message from it (0 for this node), if it was ever heard.
-    pub last_contact_ms_ago: Option<u64>,
+    /// When it was last heard (monotonic ms; this node: `None`), if it ever was.
+    pub last_contact: Option<u64>,
 }
 
 /// What the gateway knows of one other server.
@@ -511,12 +511,12 @@ impl Gateway {
     }
 
     /// The cluster as this node sees it: itself first, then every member not forgotten.
-    pub fn members(&self, now: Now) -> Vec<MemberView> {
+    pub fn members(&self) -> Vec<MemberView> {
         let me = MemberView {
             node: self.me.clone(),
             peer: self.advertised.clone(),
             status: MemberStatus::Myself,
-            last_contact_ms_ago: Some(0),
+            last_contact: None,
         };
         let others = self.members.iter().filter(|(_, m)| m.state != MemberState::Forgotten).map(|(id, m)| {
             let status = match (m.state, &m.phase) {
@@ -528,7 +528,7 @@ impl Gateway {
                 node: id.clone(),
                 peer: m.advertised.clone().or_else(|| m.dial.clone()).unwrap_or_default(),
                 status,
-                last_contact_ms_ago: m.last_contact.map(|t| now.mono_ms.saturating_sub(t)),
+                last_contact: m.last_contact,
             }
         });
         std::iter::once(me).chain(others).collect()

@@ -349,7 +349,7 @@ fn a_connection_whose_peer_never_says_hello_is_closed() {
     assert_eq!(g.poll_timeout(), Some(HELLO_TIMEOUT_MS));
     let out = drain(&mut g, HELLO_TIMEOUT_MS);
     assert!(out.iter().any(|t| matches!(t, Transmit::Close { conn: 1, why: CloseWhy::Protocol })));
-    assert!(g.members(at(HELLO_TIMEOUT_MS)).iter().all(|m| m.node != "p"), "nothing kept of it");
+    assert!(g.members().iter().all(|m| m.node != "p"), "nothing kept of it");
 }
 
 #[test]
@@ -361,7 +361,7 @@ fn a_dial_that_reaches_this_node_is_closed_and_not_repeated() {
     let out = drain(&mut g, 10);
     assert!(out.iter().any(|t| matches!(t, Transmit::Close { conn: 1, why: CloseWhy::Loop })));
     // Whoever was expected there is gone: this node has its address.
-    let view = g.members(at(10));
+    let view = g.members();
     assert_eq!(view.iter().find(|v| v.node == "old").map(|v| v.status), Some(MemberStatus::Replaced));
     assert!(drain(&mut g, 100_000).iter().all(|t| !matches!(t, Transmit::Dial { .. })));
 }
@@ -444,7 +444,7 @@ fn a_new_id_at_a_members_address_replaces_it_and_holds_nothing_back() {
         )
     );
     assert_eq!(g.pending_for("p"), 0, "nothing kept for the old id");
-    let view = g.members(at(2_000));
+    let view = g.members();
     let status = |n: &str| view.iter().find(|v| v.node == n).map(|v| v.status);
     assert_eq!(status("p"), Some(MemberStatus::Replaced));
     assert_eq!(status("p2"), Some(MemberStatus::Connected));
@@ -517,7 +517,7 @@ fn forgetting_a_member_closes_it_stops_dialling_and_tells_the_others() {
         matches!(m, PeerMsg::Members(l) if l.iter().any(|i| i.node == "p" && i.state == MemberState::Forgotten))
     });
     assert!(told);
-    assert!(g.members(at(10)).iter().all(|v| v.node != "p"), "CLUSTER NODES no longer lists it");
+    assert!(g.members().iter().all(|v| v.node != "p"), "CLUSTER NODES no longer lists it");
     local(&mut g, &["x"], 10, 20);
     assert_eq!(g.pending_for("p"), 0, "nothing queued for it");
 }
