@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(h.run(&["CONFIG", "GET", "maxmemory"]), Value::Array(vec![]));
         err_starting(&h.run(&["CONFIG", "SET", "save", ""]), "ERR CONFIG: only CONFIG GET is supported");
         let Value::Integer(n) = h.run(&["COMMAND", "COUNT"]) else { panic!() };
-        assert_eq!(n, 20);
+        assert_eq!(n, 21);
     }
 
     #[test]

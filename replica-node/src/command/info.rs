@@ -64,7 +64,8 @@ pub(super) fn info(c: &mut Ctx<'_>) {
             "# Sync\r\nactor:{}\r\nnode:{}\r\nkeys:{}\r\ntombstones:{}\r\nsync_max_pair_rate:{}\r\n\
              sync_messages_sent:{}\r\nsync_entries_sent:{}\r\nsync_entries_received:{}\r\n\
              sync_entries_redundant:{}\r\nremote_bytes_sent:{}\r\nremote_bytes_received:{}\r\n\
-             peers_connected:{}\r\n",
+             peers_connected:{}\r\nloading:{}\r\nrepair_rounds:{}\r\nrepair_entries_sent:{}\r\n\
+             repair_entries_received:{}\r\n",
             replica.index(),
             info.node,
             replica.map().len(),
@@ -77,6 +78,10 @@ pub(super) fn info(c: &mut Ctx<'_>) {
             g(&stats.remote_bytes_sent),
             g(&stats.remote_bytes_received),
             g(&stats.peers_connected),
+            g(&stats.loading),
+            g(&stats.repair_rounds),
+            g(&stats.repair_entries_sent),
+            g(&stats.repair_entries_received),
         );
     }
     c.out.bulk(text.as_bytes());

@@ -4,8 +4,8 @@
 //! and its handler. Dispatch looks commands up there, and so do `COMMAND`, `COMMAND COUNT`,
 //! `COMMAND INFO` and `COMMAND DOCS`, so what the server says it understands is what it runs.
 //! The handlers live in files by family: [`keys`] (GET SET DEL MGET EXISTS DBSIZE), [`listing`]
-//! (LIST KEYS SCAN), [`connection`] (PING ECHO QUIT HELLO CLIENT AUTH SELECT COMMAND CONFIG)
-//! and [`info`] (INFO).
+//! (LIST KEYS SCAN), [`connection`] (PING ECHO QUIT HELLO CLIENT AUTH SELECT COMMAND CONFIG),
+//! [`info`] (INFO) and [`cluster`] (CLUSTER NODES, MYID, FORGET).
 //!
 //! Every command is answered by exactly one reply written into the connection's [`ReplyBuf`];
 //! nothing here does IO, so the whole command set is testable without sockets.
@@ -18,6 +18,7 @@ use resp::Protocol;
 
 use crate::stats::NodeStats;
 
+mod cluster;
 mod connection;
 mod cursors;
 mod info;
@@ -98,6 +99,8 @@ pub struct NodeInfo {
     /// Reads the process's resident memory in bytes (`used_memory_rss`). A function rather than
     /// a read here, so the command set stays free of IO.
     pub rss: fn() -> u64,
+    /// Where operators' requests to the gateway go (`CLUSTER FORGET`); `None` without one.
+    pub admin: Option<crate::runtime::mailbox::Address<crate::runtime::AdminMsg>>,
 }
 
 /// What a command promises, as `COMMAND` reports it (Redis's flag names).
@@ -322,6 +325,16 @@ pub static COMMANDS: &[Spec] = &[
         "server",
         "CONFIG GET: reports a few settings.",
         connection::config
+    ),
+    spec!(
+        "cluster",
+        2,
+        3,
+        [Stale, Loading],
+        None,
+        "cluster",
+        "The servers of the cluster (NODES, MYID) and removing one gone for good (FORGET).",
+        cluster::cluster
     ),
 ];
 

@@ -30,6 +30,7 @@ impl Harness {
             stats: Arc::new(NodeStats::default()),
             maxclients: 10_000,
             rss: || FAKE_RSS,
+            admin: None,
         };
         let actor =
             ActorState { replica: Replica::new(0, 7, 1), cursors: Cursors::default(), info, password: None };

@@ -32,6 +32,14 @@ pub struct NodeConfig {
     pub peer_idle_timeout: Duration,
     /// The client ports' password, protected mode and limits (design 4.8).
     pub clients: ClientOptions,
+    /// The host written into the description (`--advertise`): where other servers and clients
+    /// reach this one when it binds `0.0.0.0` or sits behind NAT. `None`: the bound address.
+    pub advertise: Option<String>,
+    /// A server that started after this one is dialled by this one too once it has been
+    /// unreachable this long (the newer of two servers normally dials the older). `None`:
+    /// never, for tests whose links run through relays that only the newer server's dials
+    /// use. Default 5 s.
+    pub redial_newer: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +53,8 @@ impl Default for NodeConfig {
             progress: false,
             peer_idle_timeout: EndpointOptions::default().idle_timeout,
             clients: ClientOptions::default(),
+            advertise: None,
+            redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
         }
     }
 }

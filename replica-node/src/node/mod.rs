@@ -9,12 +9,13 @@ use std::thread::JoinHandle;
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
 
+use lww_crdt::BytesMap;
 use replica_core::Replica;
-use replica_core::gateway::Gateway;
+use replica_core::gateway::{Gateway, GatewayConfig, JoinTarget};
 
 use crate::command::NodeInfo;
 use crate::runtime::client_conn::MIN_OUTPUT_LIMIT;
-use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
+use crate::runtime::gateway_loop::{self, GatewayStart, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
 use crate::runtime::{ActorMsg, Clock, random_u64, rss_bytes};
@@ -48,22 +49,43 @@ impl Node {
         let (ip, joins) = validate(config)?;
         let node_num = random_u64() >> 16;
         let node = format!("{:012x}", node_num);
-        let (runtime, endpoint, private_cluster) = bind_peer(config, ip, &node)?;
+        let clock = Clock::default();
+        let (runtime, endpoint, cluster, private_cluster) = bind_peer(config, ip, &node)?;
+        if cluster.created() && !joins.is_empty() {
+            return Err(StartError::Cluster(format!(
+                "{} held no cluster CA, so a new one was created there, but this server was told to \
+                 --join others: they would never admit it. Copy the cluster directory of the \
+                 servers to join (ca.pem and ca.key) and start again",
+                cluster.dir().display()
+            )));
+        }
         let peer_addr = endpoint.local_addr()?;
         let listeners = bind_clients(config, ip)?;
         let clients: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+        let advertised_host = config.advertise.clone().unwrap_or_else(|| ip.to_string());
+        let advertise = |a: &SocketAddr| join_host_port(&advertised_host, a.port());
 
         let description = Description {
             node: node.clone(),
-            peer: peer_addr.to_string(),
-            clients: clients.iter().map(ToString::to_string).collect(),
+            peer: advertise(&peer_addr),
+            clients: clients.iter().map(advertise).collect(),
         };
+        let joins = joins
+            .into_iter()
+            .filter(|j| {
+                let me = j.node == node || j.addr == description.peer || j.addr == peer_addr.to_string();
+                if me {
+                    tracing::warn!(node = %j.node, addr = %j.addr, "ignoring a --join that names this server itself");
+                }
+                !me
+            })
+            .collect();
 
         let stats = Arc::new(NodeStats::default());
         // Nothing is ever sent: the actors stop when the sender is dropped.
         let (stop, stopped) = crossbeam_channel::bounded::<Infallible>(0);
-        let clock = Clock::default();
-        let started = clock.now().mono_ms;
+        let now = clock.now();
+        let started = now.mono_ms;
 
         let mut polls = Vec::new();
         let mut wakers = Vec::new();
@@ -79,8 +101,9 @@ impl Node {
             mailboxes.push(mailbox);
         }
         let gateway_mail = Arc::new(tokio::sync::Notify::new());
-        let (gateway_addr, gateway_mailbox) =
-            Mailbox::with_notify(Notify::new(TokioWake(gateway_mail.clone())));
+        let gateway_notify = Notify::new(TokioWake(gateway_mail.clone()));
+        let (gateway_addr, gateway_mailbox) = Mailbox::with_notify(gateway_notify.clone());
+        let (admin_addr, admin_mailbox) = Mailbox::with_notify(gateway_notify);
 
         let mut threads = Vec::new();
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
@@ -102,11 +125,12 @@ impl Node {
                     node: node.clone(),
                     actors: config.actors,
                     client_addr: clients[i].to_string(),
-                    peer_addr: peer_addr.to_string(),
+                    peer_addr: description.peer.clone(),
                     started_mono_ms: started,
                     stats: stats.clone(),
                     maxclients: config.clients.maxclients,
                     rss: rss_bytes,
+                    admin: Some(admin_addr.clone()),
                 },
                 clients: config.clients.clone(),
                 stop: stopped.clone(),
@@ -118,25 +142,35 @@ impl Node {
             threads.push(t);
         }
         drop(gateway_addr);
+        drop(admin_addr);
+        let gateway_config = GatewayConfig {
+            node: node.clone(),
+            advertised: description.peer.clone(),
+            actors: config.actors,
+            // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
+            incarnation: random_u64().max(1),
+            started_ms: now.wall_ms,
+            digest_key: cluster.shared_key("replica digest")[..16].try_into().expect("16 of 32 bytes"),
+            joins,
+            redial_newer_ms: config.redial_newer.map(|d| d.as_millis() as u64),
+        };
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
-            // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
-            gateway: Gateway::new(config.actors, random_u64().max(1)),
+            gateway: Gateway::new(gateway_config, BytesMap::new(), now),
             mailbox: gateway_mailbox,
+            admin: admin_mailbox,
             mail: gateway_mail.clone(),
             actors: addresses.clone(),
-            joins,
             clock,
             stats: stats.clone(),
-            advertised: peer_addr.to_string(),
             progress: config.progress,
         };
         let gateway = std::thread::Builder::new()
             .name("gateway".into())
             .spawn(move || gateway_loop::run(gateway_start))?;
         drop(addresses);
-        tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
+        tracing::info!(node = %node, peer = %description.peer, actors = config.actors, "node ready");
         Ok(Node {
             description,
             stop: Some(stop),
@@ -192,7 +226,8 @@ impl Drop for Node {
     }
 }
 
-/// Checks the configuration: the actor count, the host, the join descriptions.
+/// Checks the configuration: the actor count, the host, the join descriptions (a second
+/// `--join` for the same server is ignored with a warning).
 fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError> {
     if config.actors == 0 || config.actors > MAX_ACTORS {
         return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
@@ -212,12 +247,32 @@ fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError
             config.port, config.actors
         )));
     }
+    if let Some(host) = &config.advertise
+        && (host.is_empty() || host.contains(char::is_whitespace))
+    {
+        return Err(StartError::Config(format!("--advertise {host:?} is not a host name or address")));
+    }
     let ip = resolve_host(&config.host)?;
-    let mut joins = Vec::new();
+    let mut joins: Vec<JoinTarget> = Vec::new();
     for d in &config.join {
-        joins.push(JoinTarget { node: d.node.clone(), addr: d.peer_addr().map_err(StartError::Config)? });
+        let addr = d.peer_addr().map_err(StartError::Config)?;
+        if joins.iter().any(|j| j.node == d.node || j.addr == d.peer) {
+            tracing::warn!(node = %d.node, peer = %d.peer, "ignoring a second --join for the same server");
+            continue;
+        }
+        let _ = addr;
+        joins.push(JoinTarget { node: d.node.clone(), addr: d.peer.clone() });
     }
     Ok((ip, joins))
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The cluster identity and the QUIC endpoint (bound on the gateway's runtime), and the
@@ -226,7 +281,7 @@ fn bind_peer(
     config: &NodeConfig,
     ip: IpAddr,
     node: &str,
-) -> Result<(tokio::runtime::Runtime, PeerEndpoint, Option<tempfile::TempDir>), StartError> {
+) -> Result<(tokio::runtime::Runtime, PeerEndpoint, ClusterIdentity, Option<tempfile::TempDir>), StartError> {
     let private_cluster = match &config.cluster_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("replica-node-cluster-").tempdir()?),
@@ -257,7 +312,7 @@ fn bind_peer(
             other => StartError::Cluster(other.to_string()),
         })?
     };
-    Ok((runtime, endpoint, private_cluster))
+    Ok((runtime, endpoint, cluster, private_cluster))
 }
 
 /// One client listener per actor: actor `i` on `port + 1 + i` (all OS-chosen with port 0).

@@ -1,12 +1,14 @@
 //! The thin drivers around the core's state machines: the per-core query loop (mio), the gateway
-//! loop (tokio, QUIC), the client connections the query loop serves, the mailboxes between
-//! them and the clocks they read.
+//! loop (tokio, QUIC) with its connection tasks and progress bar, the client connections the
+//! query loop serves, the mailboxes between them and the clocks they read.
 
 pub(crate) mod client_conn;
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
 mod memory;
+mod peer_conn;
+mod progress;
 pub(crate) mod query_loop;
 
 use replica_core::SyncBatch;
@@ -19,4 +21,11 @@ pub(crate) use memory::rss_bytes;
 pub enum ActorMsg {
     /// A delta from another actor of this node (or, fanned out, from a remote server).
     Sync(SyncBatch),
+}
+
+/// Requests from operators to the gateway (through a query actor's client port).
+#[derive(Debug)]
+pub enum AdminMsg {
+    /// `CLUSTER FORGET id`: remove a server from the cluster.
+    Forget(String),
 }
