@@ -261,19 +261,8 @@ fn piped_input_plays_without_a_terminal_and_without_colour() {
 
 #[test]
 fn a_password_protected_server_wants_the_password() {
-    use replica_node::{ClientOptions, Node, NodeConfig, Password};
     use std::io::Write;
-    let config = NodeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        actors: 1,
-        clients: ClientOptions {
-            requirepass: Some(Password::new(b"s3cret").unwrap()),
-            ..ClientOptions::default()
-        },
-        ..NodeConfig::default()
-    };
-    let node = Node::start(&config).unwrap();
+    let node = replica_node::testkit::node_with_password(1, "s3cret");
     let addr = node.description().client_addrs()[0].to_string();
     let play = |env: Option<&str>| {
         let mut cmd = Command::new(CMUD);

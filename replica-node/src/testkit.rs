@@ -196,6 +196,19 @@ fn free_base(actors: usize) -> u16 {
     }
 }
 
+/// A node of `actors` actors on loopback (OS-chosen ports) whose clients must give `password`.
+pub fn node_with_password(actors: usize, password: &str) -> Node {
+    let requirepass = Some(crate::Password::new(password.as_bytes()).expect("a non-empty password"));
+    let config = NodeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        actors,
+        clients: crate::ClientOptions { requirepass, ..crate::ClientOptions::default() },
+        ..NodeConfig::default()
+    };
+    Node::start(&config).expect("node starts")
+}
+
 /// One client per actor of `node`, in actor order, each pinned to its actor's port.
 pub fn clients(node: &Node) -> Vec<Client> {
     node.description().client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect()

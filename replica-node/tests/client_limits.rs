@@ -8,15 +8,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use replica_node::client::{Client, ClientError, Fixed};
-use replica_node::testkit::{Flood, temp_dir};
-use replica_node::{ClientOptions, Description, Node, NodeConfig, Password};
+use replica_node::testkit::{Flood, node_with_password, temp_dir};
+use replica_node::{ClientOptions, Node, NodeConfig, Password};
 
 fn node_with(actors: usize, host: &str, clients: ClientOptions) -> Node {
     let config = NodeConfig { host: host.into(), port: 0, actors, clients, ..NodeConfig::default() };
@@ -40,8 +40,7 @@ fn redis_cli(addr: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> (String,
 
 #[test]
 fn a_password_keeps_strangers_out_and_standard_tools_get_in() {
-    let node =
-        node_with(2, "127.0.0.1", ClientOptions { requirepass: password("s3cret"), ..Default::default() });
+    let node = node_with_password(2, "s3cret");
     let addr = node.description().client_addrs()[0];
 
     // redis-cli: without the password, with a wrong one, with -a, with REDISCLI_AUTH.
@@ -180,38 +179,21 @@ fn idle_connections_are_closed_after_the_timeout_and_busy_ones_kept() {
 
 /// `replica-node` as a process of its own, so its memory is its own.
 struct Process {
-    child: Child,
-    desc: Description,
+    node: NodeProcess,
     _dir: replica_node::testkit::TempDir,
 }
 
 impl Process {
     fn start(args: &[&str]) -> Process {
         let dir = temp_dir("limits");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-            .args(["--port", "0", "--cluster-dir"])
-            .arg(dir.path().join("cluster"))
-            .args(args)
-            .env_remove("REPLICA_NODE_REQUIREPASS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let desc = Description::parse(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        Process { child, desc, _dir: dir }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+        cmd.args(["--port", "0", "--cluster-dir"]).arg(dir.path().join("cluster")).args(args);
+        cmd.env_remove("REPLICA_NODE_REQUIREPASS");
+        Process { node: NodeProcess::spawn(cmd), _dir: dir }
     }
 
     fn rss(&self, client: &Client) -> u64 {
         info_field(client, "used_memory_rss")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -224,7 +206,7 @@ fn mget(key: &str, times: usize) -> Vec<String> {
 fn the_mget_attack_is_refused_at_the_output_limit_and_others_are_served() {
     const MIB: u64 = 1024 * 1024;
     let node = Process::start(&["--actors", "1", "--client-output-limit", "64m"]);
-    let addr = node.desc.client_addrs()[0];
+    let addr = node.node.desc.client_addrs()[0];
     let client = Client::new(Fixed(addr));
     let value = vec![b'x'; 8 * 1024 * 1024];
     client.put("big", &value).unwrap();
@@ -270,7 +252,7 @@ fn the_mget_attack_is_refused_at_the_output_limit_and_others_are_served() {
 fn bulk_headers_reserve_nothing_before_their_bytes_arrive() {
     const MIB: u64 = 1024 * 1024;
     let node = Process::start(&["--actors", "1"]);
-    let addr = node.desc.client_addrs()[0];
+    let addr = node.node.desc.client_addrs()[0];
     let client = Client::new(Fixed(addr));
     let before = node.rss(&client);
     // 64 connections each announce a 16 000 000-byte value and send two bytes of it: reserved

@@ -36,29 +36,24 @@ pub trait Router: Send + Sync + fmt::Debug {
     }
 }
 
-impl<R: Router + ?Sized> Router for Arc<R> {
-    fn next(&self) -> SocketAddr {
-        (**self).next()
-    }
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn failed(&self, addr: SocketAddr) {
-        (**self).failed(addr)
-    }
+/// A shared or boxed router routes as the router inside it.
+macro_rules! forward_router {
+    ($($pointer:ident),*) => {$(
+        impl<R: Router + ?Sized> Router for $pointer<R> {
+            fn next(&self) -> SocketAddr {
+                (**self).next()
+            }
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn failed(&self, addr: SocketAddr) {
+                (**self).failed(addr)
+            }
+        }
+    )*};
 }
 
-impl<R: Router + ?Sized> Router for Box<R> {
-    fn next(&self) -> SocketAddr {
-        (**self).next()
-    }
-    fn len(&self) -> usize {
-        (**self).len()
-    }
-    fn failed(&self, addr: SocketAddr) {
-        (**self).failed(addr)
-    }
-}
+forward_router!(Arc, Box);
 
 /// Always the same address.
 ///

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 
-use replica_node::{ClientOptions, Node, NodeConfig, Password};
+use replica_node::testkit::node_with_password;
+use replica_node::{Node, NodeConfig};
 
 /// A real one-actor node on a free loopback port, and its client address.
 fn server() -> (Node, SocketAddr) {
@@ -136,17 +137,7 @@ fn prompt_reads_commands_and_survives_errors() {
 
 #[test]
 fn a_password_from_the_environment_or_the_flag() {
-    let config = NodeConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        actors: 1,
-        clients: ClientOptions {
-            requirepass: Some(Password::new(b"s3cret").unwrap()),
-            ..ClientOptions::default()
-        },
-        ..NodeConfig::default()
-    };
-    let node = Node::start(&config).expect("node starts");
+    let node = node_with_password(1, "s3cret");
     let s = [node.description().client_addrs()[0]];
     let out = kv(&s, &["put", "k", "v"], None);
     assert_eq!(out.status.code(), Some(2));
