@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// never, for tests whose links run through relays that only the newer server's dials
     /// use. Default 5 s.
     pub redial_newer: Option<Duration>,
+    /// The most writes queued for a server that cannot be reached; beyond it they are dropped
+    /// and digest repair catches that server up when it is back (default
+    /// [`replica_core::gateway::MAX_PENDING_WHILE_DOWN`]).
+    pub peer_pending_limit: usize,
 }
 
 impl Default for NodeConfig {
@@ -51,6 +55,7 @@ impl Default for NodeConfig {
             peer_idle_timeout: EndpointOptions::default().idle_timeout,
             advertise: None,
             redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
+            peer_pending_limit: replica_core::gateway::MAX_PENDING_WHILE_DOWN,
         }
     }
 }

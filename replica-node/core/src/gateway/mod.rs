@@ -103,6 +103,9 @@ pub struct GatewayConfig {
     /// unreachable this long (`None`: never; for tests whose links run through relays that
     /// only the newer server's dials use). See [`DEFAULT_REDIAL_NEWER_MS`].
     pub redial_newer_ms: Option<u64>,
+    /// The most entries kept for an unreachable member ([`MAX_PENDING_WHILE_DOWN`] by
+    /// default); beyond it they are dropped and repair catches the member up when it is back.
+    pub pending_limit: usize,
 }
 
 /// By default a newer member is dialled once it has been unreachable this long.
@@ -400,6 +403,7 @@ pub struct Gateway {
     started_ms: u64,
     incarnation: u64,
     redial_newer_ms: Option<u64>,
+    pending_limit: usize,
     /// The gateway's index among the node's sync participants (after the query actors).
     index: usize,
     actors: usize,
@@ -438,6 +442,7 @@ impl Gateway {
             started_ms: config.started_ms,
             incarnation: config.incarnation,
             redial_newer_ms: config.redial_newer_ms,
+            pending_limit: config.pending_limit,
             index: config.actors,
             actors: config.actors,
             replica,
@@ -637,7 +642,9 @@ impl Gateway {
         let digest = &mut self.digest;
         let stats = self.replica.merge_with(delta, |k, old, e| {
             digest.replace(k, old, e, now.mono_ms);
-            for m in members.values_mut().filter(|m| m.is_active()) {
+            // A member whose queue was dropped gets nothing more until it is back: repair then
+            // finds everything it missed.
+            for m in members.values_mut().filter(|m| m.is_active() && !m.deltas.lost) {
                 m.deltas.pending.record(k.clone(), e.clone());
             }
         });
@@ -645,7 +652,7 @@ impl Gateway {
         if stats.changed > 0 {
             for (peer, m) in &mut self.members {
                 if matches!(m.phase, Phase::Down(_)) && m.is_active() && !m.deltas.lost {
-                    m.deltas.bound_while_down();
+                    m.deltas.bound_while_down(self.pending_limit);
                     if m.deltas.lost {
                         self.out.push_back(Transmit::Notice(Notice::Dropped { peer: peer.clone() }));
                     }
