@@ -145,9 +145,8 @@ fn writes_dropped_for_an_unreachable_server_reach_it_through_repair() {
     c.add(2);
     c.wait_connected(Duration::from_secs(10));
     c.relays[0].cut();
-    let apart = eventually(Duration::from_secs(5), || {
-        (0..2).all(|i| stat(&c.nodes[i], |s| &s.peers_connected) == 0)
-    });
+    let apart =
+        eventually(Duration::from_secs(5), || (0..2).all(|i| stat(&c.nodes[i], |s| &s.peers_connected) == 0));
     assert!(apart.is_some(), "the cut did not end the connection");
     // More writes than a server keeps for an unreachable peer: dropped, left to repair.
     let (a, b) = (c.client(0), c.client(1));

@@ -27,7 +27,8 @@
 //!   resumed after a failure until complete ([`fill`]); the chunks reach the actors as one
 //!   batch when it ends.
 //! - **Repair.** Digests of the replicas are compared and what differs is exchanged
-//!   ([`repair`]), so replicas that diverged for any reason converge without new writes.
+//!   ([`repair`]): only the entries that differ travel, so replicas that diverged for any
+//!   reason converge without new writes.
 
 mod fill;
 mod link;
@@ -68,7 +69,7 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 
 /// How often each live peer is told the membership again, changed or not: a list lost or
 /// refused on the way (or an update that crossed a connection going down) is made good.
-pub const GOSSIP_INTERVAL_MS: u64 = 10_000;
+pub const GOSSIP_INTERVAL_MS: u64 = 30_000;
 
 /// A connection, as the driver names it (unique among the process's connections).
 pub type ConnId = u64;
@@ -602,9 +603,7 @@ impl Gateway {
         let Some(m) = self.members.get_mut(peer) else { return Ok(None) };
         let Some(live) = m.phase.live_mut().filter(|l| l.conn == conn) else { return Ok(None) };
         if live.repair.wants_bulk() {
-            let n = live.repair.next_chunk(&self.replica, &self.digest, CHUNK_BYTES, now.mono_ms, |r| {
-                sink(BulkRef::Repair(r))
-            })?;
+            let n = live.repair.next_chunk(&self.replica, &self.digest, CHUNK_BYTES, now.mono_ms, sink)?;
             self.stats.repair_entries_sent += n as u64;
             return Ok(Some(n));
         }
@@ -853,12 +852,24 @@ impl Gateway {
                     l.repair.on_buckets(round, &buckets, &self.digest, now.mono_ms);
                 }
             }
-            PeerMsg::RepairEntries { round, buckets, entries, last } => {
+            PeerMsg::RepairSummary { round, buckets, fingerprints, last } => {
                 if let Some(l) = m.phase.live_mut() {
-                    l.repair.on_entries(round, &buckets, last, now.mono_ms);
+                    l.repair.on_summary(round, &buckets, &fingerprints, last, &self.replica, &self.digest);
                 }
+            }
+            PeerMsg::RepairWant { round, fingerprints, last } => {
+                if let Some(l) = m.phase.live_mut() {
+                    l.repair.on_want(round, &fingerprints, last);
+                }
+            }
+            PeerMsg::RepairEntries { round, entries, last } => {
                 self.stats.repair_entries_received += entries.entry_count() as u64;
                 self.on_remote(&entries, now);
+                if let Some(m) = self.members.get_mut(&peer)
+                    && let Some(l) = m.phase.live_mut()
+                {
+                    l.repair.on_entries(round, last, now.mono_ms);
+                }
             }
         }
     }
