@@ -41,6 +41,9 @@ pub struct Cluster {
     /// The configuration each server was started with, in start order (its ports are fixed,
     /// so [`Cluster::restart`] brings it back at the same addresses).
     pub configs: Vec<NodeConfig>,
+    /// The most writes queued for an unreachable server, for servers started from now on (see
+    /// [`NodeConfig::peer_pending_limit`]).
+    pub peer_pending_limit: usize,
 }
 
 impl Cluster {
@@ -63,6 +66,7 @@ impl Cluster {
             dir: temp_dir(tag),
             peer_idle_timeout: NodeConfig::default().peer_idle_timeout,
             configs: Vec::new(),
+            peer_pending_limit: NodeConfig::default().peer_pending_limit,
         }
     }
 
@@ -97,6 +101,7 @@ impl Cluster {
             peer_idle_timeout: self.peer_idle_timeout,
             // Links run through relays that only the joining server's dials use.
             redial_newer: if self.link.is_some() { None } else { NodeConfig::default().redial_newer },
+            peer_pending_limit: self.peer_pending_limit,
             ..NodeConfig::default()
         };
         let (node, config) = start_on_free_ports(config);

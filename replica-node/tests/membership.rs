@@ -137,6 +137,69 @@ fn a_join_cut_short_by_a_failed_link_resumes_until_complete() {
 }
 
 #[test]
+fn writes_dropped_for_an_unreachable_server_reach_it_through_repair() {
+    let mut c = Cluster::with_delay("repair", Duration::from_millis(20));
+    c.peer_idle_timeout = Duration::from_millis(1_500);
+    c.peer_pending_limit = 100;
+    c.add(2);
+    c.add(2);
+    c.wait_connected(Duration::from_secs(10));
+    c.relays[0].cut();
+    let apart =
+        eventually(Duration::from_secs(5), || (0..2).all(|i| stat(&c.nodes[i], |s| &s.peers_connected) == 0));
+    assert!(apart.is_some(), "the cut did not end the connection");
+    // More writes than a server keeps for an unreachable peer: dropped, left to repair.
+    let (a, b) = (c.client(0), c.client(1));
+    for i in 0..500 {
+        a.put(format!("r:a{i:03}"), "x").unwrap();
+    }
+    for i in 0..50 {
+        b.put(format!("r:b{i:03}"), "y").unwrap();
+    }
+    let before: u64 = (0..2).map(|i| stat(&c.nodes[i], |s| &s.repair_entries_received)).sum();
+    assert_eq!(before, 0);
+    c.relays[0].heal();
+    let healed = all_hold(&c, "r:", 550, Duration::from_secs(30));
+    assert!(healed.is_some(), "repair did not bring the servers together");
+    eprintln!("repaired {healed:?} after the heal");
+    let received = stat(&c.nodes[1], |s| &s.repair_entries_received);
+    assert!(received >= 400, "server 1 got {received} entries through repair");
+    let rounds: u64 = (0..2).map(|i| stat(&c.nodes[i], |s| &s.repair_rounds)).sum();
+    assert!(rounds >= 1);
+    // In sync, repair goes quiet.
+    std::thread::sleep(Duration::from_secs(3));
+    let settled: u64 = (0..2).map(|i| stat(&c.nodes[i], |s| &s.repair_rounds)).sum();
+    std::thread::sleep(Duration::from_secs(5));
+    let later: u64 = (0..2).map(|i| stat(&c.nodes[i], |s| &s.repair_rounds)).sum();
+    assert_eq!(settled, later, "no rounds while replicas agree");
+}
+
+#[test]
+fn an_advertised_host_is_what_others_dial() {
+    let dir = temp_dir("advertise");
+    let first = replica_node::Node::start(&NodeConfig {
+        port: 0,
+        actors: 1,
+        advertise: Some("localhost".into()),
+        cluster_dir: Some(dir.path().to_owned()),
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let d = first.description().clone();
+    assert!(d.peer.starts_with("localhost:") && d.clients[0].starts_with("localhost:"), "{d:?}");
+    let second = replica_node::Node::start(&NodeConfig {
+        port: 0,
+        actors: 1,
+        cluster_dir: Some(dir.path().to_owned()),
+        join: vec![d],
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let ok = eventually(Duration::from_secs(10), || NodeStats::get(&second.stats().peers_connected) == 1);
+    assert!(ok.is_some(), "the joiner could not reach the advertised host");
+}
+
+#[test]
 fn a_server_joined_through_one_member_connects_to_all_of_them() {
     let mut c = Cluster::new("partial");
     c.add(1);

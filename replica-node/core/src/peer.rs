@@ -184,14 +184,34 @@ pub enum PeerMsg {
         /// The buckets.
         buckets: Vec<BucketDigest>,
     },
-    /// Entries of the buckets a round found different: the initiator sends all of its own,
-    /// the responder then sends back those the initiator lacked or held older.
+    /// The initiator's fingerprints of its entries in the buckets a round found different (the
+    /// list of buckets is the same in every chunk of a round).
+    RepairSummary {
+        /// The round.
+        round: u64,
+        /// The buckets concerned.
+        buckets: Vec<u16>,
+        /// A 64-bit fingerprint of each entry (key, timestamp, value).
+        fingerprints: Vec<u64>,
+        /// Whether this is the last chunk of the summary.
+        last: bool,
+    },
+    /// The responder asks for the initiator's entries with these fingerprints (it has no such
+    /// entry).
+    RepairWant {
+        /// The round.
+        round: u64,
+        /// Fingerprints of the entries wanted.
+        fingerprints: Vec<u64>,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// Entries of a round: from the responder, those whose fingerprints the initiator lacked;
+    /// from the initiator, those the responder asked for.
     RepairEntries {
         /// The round.
         round: u64,
-        /// The buckets concerned (the same list in every chunk of a round).
-        buckets: Vec<u16>,
-        /// Entries of those buckets.
+        /// The entries.
         entries: BytesMap,
         /// Whether this is the sender's last chunk for the round.
         last: bool,
@@ -262,8 +282,6 @@ impl Serialize for SnapshotChunkRef<'_> {
 pub struct RepairEntriesRef<'a> {
     /// As [`PeerMsg::RepairEntries`]'s `round`.
     pub round: u64,
-    /// As [`PeerMsg::RepairEntries`]'s `buckets`.
-    pub buckets: &'a [u16],
     /// The entries, in strictly increasing key order.
     pub entries: &'a [(&'a Bytes, &'a Entry<Bytes>)],
     /// As [`PeerMsg::RepairEntries`]'s `last`.
@@ -271,14 +289,13 @@ pub struct RepairEntriesRef<'a> {
 }
 
 /// The variant index of `RepairEntries` in [`PeerMsg`].
-const REPAIR_ENTRIES_VARIANT: u32 = 8;
+const REPAIR_ENTRIES_VARIANT: u32 = 10;
 
 impl RepairEntriesRef<'_> {
     /// The owned message with the same encoding.
     pub fn to_msg(&self) -> PeerMsg {
         PeerMsg::RepairEntries {
             round: self.round,
-            buckets: self.buckets.to_vec(),
             entries: self.entries.iter().map(|(k, e)| ((*k).clone(), (*e).clone())).collect(),
             last: self.last,
         }
@@ -288,9 +305,8 @@ impl RepairEntriesRef<'_> {
 impl Serialize for RepairEntriesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut v =
-            serializer.serialize_struct_variant("PeerMsg", REPAIR_ENTRIES_VARIANT, "RepairEntries", 4)?;
+            serializer.serialize_struct_variant("PeerMsg", REPAIR_ENTRIES_VARIANT, "RepairEntries", 3)?;
         v.serialize_field("round", &self.round)?;
-        v.serialize_field("buckets", self.buckets)?;
         v.serialize_field("entries", &Pairs(self.entries))?;
         v.serialize_field("last", &self.last)?;
         v.end()
@@ -298,13 +314,16 @@ impl Serialize for RepairEntriesRef<'_> {
 }
 
 /// What the gateway hands its driver for a connection's low-priority stream: entries borrowed
-/// from its replica, framed by the driver without copying them into a map first.
+/// from its replica (framed by the driver without copying them into a map first), or a
+/// message of fingerprints.
 #[derive(Debug, Clone, Copy)]
 pub enum BulkRef<'a> {
     /// The next chunk of a snapshot.
     Chunk(SnapshotChunkRef<'a>),
     /// The next chunk of a repair round's entries.
     Repair(RepairEntriesRef<'a>),
+    /// Any other message (repair summaries and wants).
+    Msg(&'a PeerMsg),
 }
 
 impl BulkRef<'_> {
@@ -313,6 +332,7 @@ impl BulkRef<'_> {
         match self {
             BulkRef::Chunk(c) => c.to_msg(),
             BulkRef::Repair(r) => r.to_msg(),
+            BulkRef::Msg(m) => (*m).clone(),
         }
     }
 
@@ -321,6 +341,7 @@ impl BulkRef<'_> {
         match self {
             BulkRef::Chunk(c) => c.entries.len(),
             BulkRef::Repair(r) => r.entries.len(),
+            BulkRef::Msg(_) => 0,
         }
     }
 }
@@ -330,6 +351,7 @@ impl Serialize for BulkRef<'_> {
         match self {
             BulkRef::Chunk(c) => c.serialize(serializer),
             BulkRef::Repair(r) => r.serialize(serializer),
+            BulkRef::Msg(m) => m.serialize(serializer),
         }
     }
 }
@@ -387,7 +409,14 @@ mod tests {
             }]),
             PeerMsg::RepairGroups { round: 1, groups: vec![root; crate::digest::GROUPS] },
             PeerMsg::RepairBuckets { round: 2, buckets: vec![BucketDigest { index: 4095, digest: root }] },
-            PeerMsg::RepairEntries { round: 3, buckets: vec![0, 7], entries: m, last: false },
+            PeerMsg::RepairSummary {
+                round: 3,
+                buckets: vec![0, 7],
+                fingerprints: vec![1, u64::MAX],
+                last: true,
+            },
+            PeerMsg::RepairWant { round: 3, fingerprints: vec![9], last: false },
+            PeerMsg::RepairEntries { round: 3, entries: m, last: false },
         ] {
             assert_eq!(roundtrip(&msg), msg);
         }
@@ -433,9 +462,8 @@ mod tests {
         m.delete(Bytes::from_static(b"b"), Timestamp::new(2, 0, 1));
         for map in [BytesMap::new(), m] {
             let pairs: Vec<_> = map.entries().collect();
-            let r = RepairEntriesRef { round: 5, buckets: &[3, 4095], entries: &pairs, last: true };
-            let msg =
-                PeerMsg::RepairEntries { round: 5, buckets: vec![3, 4095], entries: map.clone(), last: true };
+            let r = RepairEntriesRef { round: 5, entries: &pairs, last: true };
+            let msg = PeerMsg::RepairEntries { round: 5, entries: map.clone(), last: true };
             assert_eq!(encode(&BulkRef::Repair(r)), encode(&msg));
             assert_eq!(r.to_msg(), msg);
         }

@@ -50,6 +50,9 @@ pub struct Scenario {
     pub quiet_ms: u64,
     /// The faults.
     pub faults: Faults,
+    /// The most writes a gateway queues for an unreachable server before it drops them and
+    /// leaves them to repair (small, so partitions exercise it).
+    pub pending_limit: usize,
     /// Print what happens (to stderr), to study a failing seed.
     pub trace: bool,
 }
@@ -112,6 +115,7 @@ impl Default for Scenario {
             fault_ms: 30_000,
             quiet_ms: 60_000,
             faults: Faults::ALL,
+            pending_limit: 20,
             trace: false,
         }
     }
@@ -339,6 +343,7 @@ impl Sim {
             digest_key: *b"simulation-key!!",
             joins,
             redial_newer_ms: Some(crate::gateway::DEFAULT_REDIAL_NEWER_MS),
+            pending_limit: self.scenario.pending_limit,
         };
         let now = self.clock();
         let gateway = Gateway::new(config, BytesMap::new(), now);
@@ -949,6 +954,7 @@ pub fn feed_gateway(msg: PeerMsg) {
         digest_key: *b"simulation-key!!",
         joins: Vec::new(),
         redial_newer_ms: Some(crate::gateway::DEFAULT_REDIAL_NEWER_MS),
+        pending_limit: crate::gateway::MAX_PENDING_WHILE_DOWN,
     };
     let mut now = Now { wall_ms: EPOCH_MS, mono_ms: 0 };
     let mut g = Gateway::new(config, data, now);

@@ -156,7 +156,14 @@ fn a_gateway_takes_any_message_a_peer_may_send() {
             round: 1,
             buckets: vec![BucketDigest { index: u16::MAX, digest: Fingerprint(0, 1) }],
         },
-        PeerMsg::RepairEntries { round: 1, buckets: vec![u16::MAX, 0, 0], entries: m.clone(), last: true },
+        PeerMsg::RepairSummary {
+            round: 1,
+            buckets: vec![u16::MAX, 0, 0],
+            fingerprints: vec![0, 1],
+            last: true,
+        },
+        PeerMsg::RepairWant { round: 1, fingerprints: vec![u64::MAX], last: true },
+        PeerMsg::RepairEntries { round: 1, entries: m.clone(), last: true },
         PeerMsg::SnapshotRequest { id: 0, after: Some(Bytes::from_static(b"\xff\xff")) },
         PeerMsg::SnapshotChunk { id: 99, entries: m.clone(), total: u64::MAX, last: true },
         PeerMsg::Members(vec![MemberInfo {

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// never, for tests whose links run through relays that only the newer server's dials
     /// use. Default 5 s.
     pub redial_newer: Option<Duration>,
+    /// The most writes queued for a server that cannot be reached; beyond it they are dropped
+    /// and digest repair catches that server up when it is back (default
+    /// [`replica_core::gateway::MAX_PENDING_WHILE_DOWN`]).
+    pub peer_pending_limit: usize,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +59,7 @@ impl Default for NodeConfig {
             clients: ClientOptions::default(),
             advertise: None,
             redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
+            peer_pending_limit: replica_core::gateway::MAX_PENDING_WHILE_DOWN,
         }
     }
 }

@@ -153,6 +153,7 @@ impl Node {
             digest_key: cluster.shared_key("replica digest")[..16].try_into().expect("16 of 32 bytes"),
             joins,
             redial_newer_ms: config.redial_newer.map(|d| d.as_millis() as u64),
+            pending_limit: config.peer_pending_limit,
         };
         let gateway_start = GatewayStart {
             runtime,

@@ -154,12 +154,10 @@ impl Deltas {
         self.unacked.len()
     }
 
-    /// The link is down and holds more than [`MAX_PENDING_WHILE_DOWN`] entries: drops them
-    /// (and the unacknowledged deltas) and remembers to repair.
-    pub fn bound_while_down(&mut self) {
-        if self.pending.len() + self.unacked.iter().map(|(_, b)| b.entry_count()).sum::<usize>()
-            > MAX_PENDING_WHILE_DOWN
-        {
+    /// The link is down and holds more than `limit` entries: drops them (and the
+    /// unacknowledged deltas) and remembers to repair.
+    pub fn bound_while_down(&mut self, limit: usize) {
+        if self.pending.len() + self.unacked.iter().map(|(_, b)| b.entry_count()).sum::<usize>() > limit {
             self.pending = DeltaBuffer::new();
             self.unacked.clear();
             self.lost = true;

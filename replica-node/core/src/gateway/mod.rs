@@ -27,7 +27,8 @@
 //!   resumed after a failure until complete ([`fill`]); the chunks reach the actors as one
 //!   batch when it ends.
 //! - **Repair.** Digests of the replicas are compared and what differs is exchanged
-//!   ([`repair`]), so replicas that diverged for any reason converge without new writes.
+//!   ([`repair`]): only the entries that differ travel, so replicas that diverged for any
+//!   reason converge without new writes.
 
 mod fill;
 mod link;
@@ -68,7 +69,7 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 
 /// How often each live peer is told the membership again, changed or not: a list lost or
 /// refused on the way (or an update that crossed a connection going down) is made good.
-pub const GOSSIP_INTERVAL_MS: u64 = 10_000;
+pub const GOSSIP_INTERVAL_MS: u64 = 30_000;
 
 /// A connection, as the driver names it (unique among the process's connections).
 pub type ConnId = u64;
@@ -103,6 +104,9 @@ pub struct GatewayConfig {
     /// unreachable this long (`None`: never; for tests whose links run through relays that
     /// only the newer server's dials use). See [`DEFAULT_REDIAL_NEWER_MS`].
     pub redial_newer_ms: Option<u64>,
+    /// The most entries kept for an unreachable member ([`MAX_PENDING_WHILE_DOWN`] by
+    /// default); beyond it they are dropped and repair catches the member up when it is back.
+    pub pending_limit: usize,
 }
 
 /// By default a newer member is dialled once it has been unreachable this long.
@@ -400,6 +404,7 @@ pub struct Gateway {
     started_ms: u64,
     incarnation: u64,
     redial_newer_ms: Option<u64>,
+    pending_limit: usize,
     /// The gateway's index among the node's sync participants (after the query actors).
     index: usize,
     actors: usize,
@@ -438,6 +443,7 @@ impl Gateway {
             started_ms: config.started_ms,
             incarnation: config.incarnation,
             redial_newer_ms: config.redial_newer_ms,
+            pending_limit: config.pending_limit,
             index: config.actors,
             actors: config.actors,
             replica,
@@ -597,9 +603,7 @@ impl Gateway {
         let Some(m) = self.members.get_mut(peer) else { return Ok(None) };
         let Some(live) = m.phase.live_mut().filter(|l| l.conn == conn) else { return Ok(None) };
         if live.repair.wants_bulk() {
-            let n = live.repair.next_chunk(&self.replica, &self.digest, CHUNK_BYTES, now.mono_ms, |r| {
-                sink(BulkRef::Repair(r))
-            })?;
+            let n = live.repair.next_chunk(&self.replica, &self.digest, CHUNK_BYTES, now.mono_ms, sink)?;
             self.stats.repair_entries_sent += n as u64;
             return Ok(Some(n));
         }
@@ -637,7 +641,9 @@ impl Gateway {
         let digest = &mut self.digest;
         let stats = self.replica.merge_with(delta, |k, old, e| {
             digest.replace(k, old, e, now.mono_ms);
-            for m in members.values_mut().filter(|m| m.is_active()) {
+            // A member whose queue was dropped gets nothing more until it is back: repair then
+            // finds everything it missed.
+            for m in members.values_mut().filter(|m| m.is_active() && !m.deltas.lost) {
                 m.deltas.pending.record(k.clone(), e.clone());
             }
         });
@@ -645,7 +651,7 @@ impl Gateway {
         if stats.changed > 0 {
             for (peer, m) in &mut self.members {
                 if matches!(m.phase, Phase::Down(_)) && m.is_active() && !m.deltas.lost {
-                    m.deltas.bound_while_down();
+                    m.deltas.bound_while_down(self.pending_limit);
                     if m.deltas.lost {
                         self.out.push_back(Transmit::Notice(Notice::Dropped { peer: peer.clone() }));
                     }
@@ -846,12 +852,24 @@ impl Gateway {
                     l.repair.on_buckets(round, &buckets, &self.digest, now.mono_ms);
                 }
             }
-            PeerMsg::RepairEntries { round, buckets, entries, last } => {
+            PeerMsg::RepairSummary { round, buckets, fingerprints, last } => {
                 if let Some(l) = m.phase.live_mut() {
-                    l.repair.on_entries(round, &buckets, last, now.mono_ms);
+                    l.repair.on_summary(round, &buckets, &fingerprints, last, &self.replica, &self.digest);
                 }
+            }
+            PeerMsg::RepairWant { round, fingerprints, last } => {
+                if let Some(l) = m.phase.live_mut() {
+                    l.repair.on_want(round, &fingerprints, last);
+                }
+            }
+            PeerMsg::RepairEntries { round, entries, last } => {
                 self.stats.repair_entries_received += entries.entry_count() as u64;
                 self.on_remote(&entries, now);
+                if let Some(m) = self.members.get_mut(&peer)
+                    && let Some(l) = m.phase.live_mut()
+                {
+                    l.repair.on_entries(round, last, now.mono_ms);
+                }
             }
         }
     }
