@@ -209,6 +209,26 @@ impl<K: Key, V> LwwMap<K, V> {
         self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|(s, e)| (&s.key, e))
     }
 
+    /// Removes the entry of `key` if it is the tombstone written at `ts` (a newer write of the
+    /// key is kept); returns whether it did.
+    ///
+    /// Only safe once every replica holds that tombstone: a write older than it that arrives
+    /// later would otherwise bring the key back. Deciding when is the caller's business.
+    pub fn remove_tombstone<Q>(&mut self, key: &Q, ts: Timestamp) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let probe = Query::new(key);
+        let matches =
+            self.entries.get(&probe as &dyn Probe<Q>).is_some_and(|e| e.is_tombstone() && e.ts == ts);
+        if matches {
+            self.entries.remove(&probe as &dyn Probe<Q>);
+            self.tombstones -= 1;
+        }
+        matches
+    }
+
     /// Removes tombstones older than `horizon` and returns how many were removed.
     ///
     /// Only safe once every replica has seen every write older than `horizon`: a write older
@@ -467,6 +487,21 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_tombstone_is_removed_only_if_it_is_the_one_named() {
+        let mut m = LwwMap::new();
+        m.delete(b("gone"), ts(5, 1));
+        m.put(b("live"), b("v"), ts(5, 1));
+        m.delete(b("newer"), ts(9, 1));
+        assert!(!m.remove_tombstone(&b"live"[..], ts(5, 1)), "not a tombstone");
+        assert!(!m.remove_tombstone(&b"newer"[..], ts(5, 1)), "another write");
+        assert!(!m.remove_tombstone(&b"absent"[..], ts(5, 1)));
+        assert_eq!(m.tombstones(), 2);
+        assert!(m.remove_tombstone(&b"gone"[..], ts(5, 1)));
+        assert_eq!((m.tombstones(), m.entry_count()), (1, 2));
+        assert!(m.get_entry(&b"gone"[..]).is_none());
     }
 
     #[test]

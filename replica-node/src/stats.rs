@@ -52,6 +52,21 @@ pub struct NodeStats {
     pub fill_received: AtomicU64,
     /// The number of entries the snapshot's sender held.
     pub fill_total: AtomicU64,
+    /// The largest measured offset to a connected peer's clock, either way (ms).
+    pub clock_offset_max_ms: AtomicU64,
+    /// How far the actors move the wall clock up when stamping writes: this server's clock is
+    /// behind most of its peers' by that much (ms).
+    pub clock_correction_ms: AtomicU64,
+    /// When not 0, client writes are refused: this server's clock is ahead of most of its
+    /// peers' by this much (ms).
+    pub clock_ahead_ms: AtomicU64,
+    /// When not 0, client writes are refused: this server's clock is behind a peer's by this
+    /// much (ms) and too few servers can tell which clock is right.
+    pub clock_disputed_ms: AtomicU64,
+    /// Entries refused for being stamped too far ahead of this server's clock.
+    pub sync_entries_future: AtomicU64,
+    /// Tombstones collected.
+    pub tombstones_collected: AtomicU64,
     /// The cluster as the gateway sees it, for `CLUSTER NODES`.
     members: Mutex<Arc<Vec<MemberView>>>,
 }
@@ -90,7 +105,24 @@ impl NodeStats {
         store(&self.loading, u64::from(now.loading));
         store(&self.fill_received, now.fill_received);
         store(&self.fill_total, now.fill_total);
+        store(&self.clock_offset_max_ms, now.clock.max_offset_ms);
+        store(&self.clock_correction_ms, now.clock.correction_ms);
+        store(&self.clock_ahead_ms, now.clock.ahead_ms.unwrap_or(0));
+        store(&self.clock_disputed_ms, now.clock.disputed_ms.unwrap_or(0));
+        store(&self.sync_entries_future, now.entries_future);
+        store(&self.tombstones_collected, now.tombstones_collected);
         *published = *now;
+    }
+
+    /// Why client writes are refused for this server's clock, if they are (`-CLOCKSKEW`).
+    pub fn clock_refusal(&self) -> Option<String> {
+        match (Self::get(&self.clock_ahead_ms), Self::get(&self.clock_disputed_ms)) {
+            (0, 0) => None,
+            (ahead, 0) => Some(format!("clock ahead of the cluster by {ahead} ms")),
+            (_, behind) => Some(format!(
+                "clock behind a peer by {behind} ms, and too few servers to tell which clock is right"
+            )),
+        }
     }
 
     /// Publishes the cluster membership for `CLUSTER NODES`.

@@ -44,6 +44,10 @@ pub struct Cluster {
     /// The most writes queued for an unreachable server, for servers started from now on (see
     /// [`NodeConfig::peer_pending_limit`]).
     pub peer_pending_limit: usize,
+    /// The tombstone grace of servers started from now on (see [`NodeConfig::tombstone_grace`]).
+    pub tombstone_grace: Duration,
+    /// How far off the clock of the next server started is (see [`NodeConfig::clock_skew_ms`]).
+    pub next_clock_skew_ms: i64,
 }
 
 impl Cluster {
@@ -67,6 +71,8 @@ impl Cluster {
             peer_idle_timeout: NodeConfig::default().peer_idle_timeout,
             configs: Vec::new(),
             peer_pending_limit: NodeConfig::default().peer_pending_limit,
+            tombstone_grace: NodeConfig::default().tombstone_grace,
+            next_clock_skew_ms: 0,
         }
     }
 
@@ -102,6 +108,8 @@ impl Cluster {
             // Links run through relays that only the joining server's dials use.
             redial_newer: if self.link.is_some() { None } else { NodeConfig::default().redial_newer },
             peer_pending_limit: self.peer_pending_limit,
+            tombstone_grace: self.tombstone_grace,
+            clock_skew_ms: std::mem::take(&mut self.next_clock_skew_ms),
             ..NodeConfig::default()
         };
         let (node, config) = start_on_free_ports(config);

@@ -31,7 +31,8 @@ pub const BUCKETS_PER_GROUP: usize = 64;
 /// Groups per replica digest.
 pub const GROUPS: usize = BUCKETS / BUCKETS_PER_GROUP;
 
-const _: () = assert!(BUCKETS.is_power_of_two() && GROUPS * BUCKETS_PER_GROUP == BUCKETS);
+// Groups fit one 64-bit mask on the wire (`RepairBuckets::equal_groups`).
+const _: () = assert!(BUCKETS.is_power_of_two() && GROUPS * BUCKETS_PER_GROUP == BUCKETS && GROUPS == 64);
 
 /// The digest of one replica (see the module documentation).
 #[derive(Clone)]
@@ -142,6 +143,11 @@ impl Digest {
     /// The digest of bucket `b`.
     pub fn bucket(&self, b: usize) -> u128 {
         self.buckets[b]
+    }
+
+    /// When bucket `b` last changed (monotonic ms).
+    pub fn changed_at(&self, b: usize) -> u64 {
+        self.changed_at[b]
     }
 
     /// Whether bucket `b` has not changed for `quiet_ms` before `mono_ms`.

@@ -19,7 +19,7 @@
 //! - [`PeerMsg::Members`] spreads what each server knows of the cluster's membership.
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, Entry};
+use lww_crdt::{BytesMap, Entry, Timestamp};
 use serde::ser::{SerializeSeq, SerializeStructVariant, Serializer};
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +181,8 @@ pub enum PeerMsg {
     RepairBuckets {
         /// The round.
         round: u64,
+        /// Bit `g` set: group `g` was the same on both sides.
+        equal_groups: u64,
         /// The buckets.
         buckets: Vec<BucketDigest>,
     },
@@ -205,6 +207,29 @@ pub enum PeerMsg {
         fingerprints: Vec<u64>,
         /// Whether this is the last chunk.
         last: bool,
+    },
+    /// A measurement of the receiver's clock: the sender's wall-clock time (ms). Answered at
+    /// once with [`PeerMsg::ClockReply`].
+    ClockProbe {
+        /// The sender's wall-clock time when it sent the probe.
+        t0: u64,
+    },
+    /// The answer to a [`PeerMsg::ClockProbe`].
+    ClockReply {
+        /// The probe's `t0`.
+        t0: u64,
+        /// The answering node's wall-clock time when the probe arrived.
+        t1: u64,
+        /// Whether the answering node refuses client writes for its clock: then its time is
+        /// not the cluster's, and nobody moves its clock up to it.
+        refusing: bool,
+    },
+    /// The sender collected these tombstones (key and timestamp): it found every member of
+    /// the cluster holding them, so the receiver may collect them too (each only if it holds
+    /// that very tombstone).
+    Collected {
+        /// The tombstones.
+        tombstones: Vec<(Bytes, Timestamp)>,
     },
     /// Entries of a round: from the responder, those whose fingerprints the initiator lacked;
     /// from the initiator, those the responder asked for.
@@ -289,7 +314,7 @@ pub struct RepairEntriesRef<'a> {
 }
 
 /// The variant index of `RepairEntries` in [`PeerMsg`].
-const REPAIR_ENTRIES_VARIANT: u32 = 10;
+const REPAIR_ENTRIES_VARIANT: u32 = 13;
 
 impl RepairEntriesRef<'_> {
     /// The owned message with the same encoding.
@@ -359,7 +384,6 @@ impl Serialize for BulkRef<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lww_crdt::Timestamp;
 
     /// The payload of a frame, encoded as the frame codec encodes it (rmp-serde's defaults).
     fn encode<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
@@ -408,7 +432,14 @@ mod tests {
                 state: MemberState::Replaced,
             }]),
             PeerMsg::RepairGroups { round: 1, groups: vec![root; crate::digest::GROUPS] },
-            PeerMsg::RepairBuckets { round: 2, buckets: vec![BucketDigest { index: 4095, digest: root }] },
+            PeerMsg::RepairBuckets {
+                round: 2,
+                equal_groups: 1 << 63,
+                buckets: vec![BucketDigest { index: 4095, digest: root }],
+            },
+            PeerMsg::ClockProbe { t0: 17 },
+            PeerMsg::Collected { tombstones: vec![(Bytes::from_static(b"k"), Timestamp::new(1, 2, 3))] },
+            PeerMsg::ClockReply { t0: 17, t1: u64::MAX, refusing: true },
             PeerMsg::RepairSummary {
                 round: 3,
                 buckets: vec![0, 7],

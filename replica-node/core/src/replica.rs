@@ -16,11 +16,21 @@ use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, ReplicaId, Timesta
 use crate::pacer::Pacer;
 use crate::stats::SyncStats;
 
-/// How far ahead of our own wall clock a received timestamp may be before we stop letting it
-/// drag our clock along. A peer with a broken clock could otherwise push every later write of
-/// ours into the far future. Entries are still merged (the data is not lost); only the clock
-/// ignores them.
-pub const MAX_CLOCK_DRIFT_MS: u64 = 60_000;
+/// How far ahead of this node's clock a merged timestamp may pull the replica's clock by
+/// default ([`Replica::with_max_clock_offset`]); the gateway refuses entries stamped further
+/// ahead than that (design 4.9).
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
+
+/// A write that lost: the key holds an entry stamped later than this replica's clock can
+/// reach (a write from a server whose clock is ahead, by less than the bound). The write
+/// changes nothing, so the client must be told rather than answered `+OK`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// The timestamp the write got.
+    pub ts: Timestamp,
+    /// The entry it lost to.
+    pub newer: Timestamp,
+}
 
 /// A reading of the two clocks the state machine needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +65,8 @@ pub struct Replica {
     stats: SyncStats,
     /// Merges whose newest timestamp was too far ahead for the clock to follow.
     future_timestamps_ignored: u64,
+    /// How far ahead of the wall clock a merged timestamp may pull the clock.
+    max_ahead_ms: u64,
 }
 
 impl Replica {
@@ -70,7 +82,15 @@ impl Replica {
             recipients,
             stats: SyncStats::default(),
             future_timestamps_ignored: 0,
+            max_ahead_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
         }
+    }
+
+    /// The same replica, letting merged timestamps pull its clock at most `ms` ahead of the
+    /// wall clock (the node's `--max-clock-offset`).
+    pub fn with_max_clock_offset(mut self, ms: u64) -> Self {
+        self.max_ahead_ms = ms;
+        self
     }
 
     /// This actor's index on its node.
@@ -89,23 +109,27 @@ impl Replica {
     }
 
     /// A client write: `Some(value)` puts, `None` deletes. Returns the write's timestamp. The
-    /// clock is past everything this replica has merged except entries stamped more than
-    /// [`MAX_CLOCK_DRIFT_MS`] ahead of the wall clock, which it refuses to follow: a write to a
-    /// key holding such an entry loses to it, so nothing is applied or sent.
-    pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Timestamp {
+    /// clock is past everything this replica has merged, so the write wins, except over an
+    /// entry stamped further ahead of the wall clock than the clock may follow (see
+    /// [`Replica::with_max_clock_offset`]): then nothing is applied or sent, and the write is
+    /// [`Lost`].
+    pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Result<Timestamp, Lost> {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
         if self.map.apply(key.clone(), entry.clone()) {
             self.pending.record(key, entry);
+            Ok(ts)
+        } else {
+            let newer = self.map.get_entry(&key[..]).map_or(ts, |e| e.ts);
+            Err(Lost { ts, newer })
         }
-        ts
     }
 
     /// A client delete; returns whether the key had a live value here before.
-    pub fn delete(&mut self, key: Bytes, now: Now) -> bool {
+    pub fn delete(&mut self, key: Bytes, now: Now) -> Result<bool, Lost> {
         let existed = self.map.contains_key(&key[..]);
-        self.write(key, None, now);
-        existed
+        self.write(key, None, now)?;
+        Ok(existed)
     }
 
     /// Merges a delta from a peer. Entries learned this way are not re-forwarded: their
@@ -117,11 +141,20 @@ impl Replica {
         stats
     }
 
-    /// Moves the clock past `ts` unless `ts` is implausibly far in the future.
+    /// Removes tombstones the gateway collected (each only if this replica still holds that very
+    /// tombstone; a newer write of the key stays); returns how many.
+    pub fn collect(&mut self, tombstones: &[(Bytes, Timestamp)]) -> usize {
+        tombstones.iter().filter(|(k, ts)| self.map.remove_tombstone(&k[..], *ts)).count()
+    }
+
+    /// Moves the clock past `ts`, but never further than the bound ahead of the wall clock: an
+    /// entry stamped by a clock far ahead must not drag every later write of ours ahead too.
     fn observe(&mut self, ts: Timestamp, now: Now) {
-        if ts.wall_ms <= now.wall_ms.saturating_add(MAX_CLOCK_DRIFT_MS) {
+        let limit = now.wall_ms.saturating_add(self.max_ahead_ms);
+        if ts.wall_ms <= limit {
             self.clock.observe(ts);
         } else {
+            self.clock.observe(Timestamp::new(limit, 0, 0));
             self.future_timestamps_ignored += 1;
         }
     }
@@ -175,18 +208,18 @@ mod tests {
     fn an_isolated_write_and_the_start_of_a_burst_go_out_at_once_the_rest_is_batched() {
         use crate::pacer::{BURST, BURST_SPAN_MS};
         let mut r = Replica::new(0, 1, 2);
-        r.write(b("a"), Some(b("1")), now(1_000));
+        r.write(b("a"), Some(b("1")), now(1_000)).unwrap();
         let first = r.poll_sync(now(1_000)).expect("isolated write is sent immediately");
         assert_eq!(first.delta.entry_count(), 1);
         // The next writes of a burst go out one by one, each at once, until the burst is spent.
         for i in 1..BURST as u64 {
-            r.write(b(&format!("b{i}")), Some(b("v")), now(1_000 + i));
+            r.write(b(&format!("b{i}")), Some(b("v")), now(1_000 + i)).unwrap();
             assert!(r.next_sync_at().is_some_and(|at| at <= 1_000 + i), "the pacer still allows a send");
             assert_eq!(r.poll_sync(now(1_000 + i)).expect("within the burst").delta.entry_count(), 1);
         }
         for i in 0..50 {
             let t = 1_000 + BURST as u64 + i;
-            r.write(b(&format!("k{i}")), Some(b("v")), now(t));
+            r.write(b(&format!("k{i}")), Some(b("v")), now(t)).unwrap();
             assert!(r.poll_sync(now(t)).is_none(), "burst spent: paced");
         }
         assert_eq!(r.next_sync_at(), Some(1_000 + BURST_SPAN_MS), "exactly when the burst's span has passed");
@@ -201,7 +234,7 @@ mod tests {
     fn entries_learned_from_peers_are_not_reforwarded() {
         let mut a = Replica::new(0, 1, 1);
         let mut c = Replica::new(1, 2, 1);
-        a.write(b("k"), Some(b("v")), now(10));
+        a.write(b("k"), Some(b("v")), now(10)).unwrap();
         let batch = a.poll_sync(now(10)).unwrap();
         let stats = c.on_sync(&batch, now(11));
         assert_eq!(stats.changed, 1);
@@ -213,13 +246,29 @@ mod tests {
     fn a_write_after_a_merge_wins_even_with_a_clock_behind() {
         let mut ahead = Replica::new(0, 1, 1);
         let mut behind = Replica::new(1, 2, 1);
-        ahead.write(b("k"), Some(b("future")), now(10_000));
-        let batch = ahead.poll_sync(now(10_000)).unwrap();
+        ahead.write(b("k"), Some(b("future")), now(DEFAULT_MAX_CLOCK_OFFSET_MS)).unwrap();
+        let batch = ahead.poll_sync(now(DEFAULT_MAX_CLOCK_OFFSET_MS)).unwrap();
         behind.on_sync(&batch, now(0));
-        behind.write(b("k"), Some(b("later")), now(0));
+        behind.write(b("k"), Some(b("later")), now(0)).expect("the clock followed the merge");
         let reply = behind.poll_sync(now(0)).unwrap();
-        ahead.on_sync(&reply, now(10_001));
+        ahead.on_sync(&reply, now(DEFAULT_MAX_CLOCK_OFFSET_MS + 1));
         assert_eq!(ahead.map().get(&b"k"[..]), Some(&b("later")));
+    }
+
+    #[test]
+    fn a_write_to_a_key_stamped_beyond_the_bound_is_lost_and_says_so() {
+        let mut r = Replica::new(0, 1, 1).with_max_clock_offset(100);
+        let mut ahead = BytesMap::new();
+        ahead.put(b("k"), b("v"), Timestamp::new(now(0).wall_ms + 5_000, 0, 9));
+        r.on_sync(&SyncBatch { from: 1, delta: Arc::new(ahead) }, now(0));
+        let lost = r.write(b("k"), Some(b("mine")), now(1)).unwrap_err();
+        assert_eq!(lost.newer.wall_ms, now(0).wall_ms + 5_000);
+        assert_eq!(r.map().get(&b"k"[..]), Some(&b("v")), "nothing applied");
+        assert!(r.poll_sync(now(2)).is_none(), "nothing sent");
+        // The clock went as far as it may, no further.
+        let ts = r.write(b("other"), Some(b("x")), now(2)).unwrap();
+        assert_eq!(ts.wall_ms, now(0).wall_ms + 100);
+        assert!(r.delete(b("k"), now(3)).is_err_and(|l| l.newer == lost.newer && l.ts > ts));
     }
 
     #[test]
@@ -227,7 +276,7 @@ mod tests {
         let mut r = Replica::new(0, 1, 3);
         let mut sent = Vec::new();
         for ms in (0..5_000).step_by(10) {
-            r.write(b(&format!("k{ms}")), Some(b("v")), now(ms));
+            r.write(b(&format!("k{ms}")), Some(b("v")), now(ms)).unwrap();
             if r.poll_sync(now(ms)).is_some() {
                 sent.push(ms);
             }
@@ -247,9 +296,8 @@ mod tests {
         evil.put(b("k"), b("v"), Timestamp::new(u64::MAX - 1, 0, 9));
         r.on_sync(&SyncBatch { from: 1, delta: Arc::new(evil) }, now(0));
         assert_eq!(r.map().get(&b"k"[..]), Some(&b("v")), "the entry is kept");
-        r.write(b("other"), Some(b("x")), now(1));
-        let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
-        assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");
+        let ts = r.write(b("other"), Some(b("x")), now(1)).unwrap();
+        assert!(ts.wall_ms <= now(0).wall_ms + DEFAULT_MAX_CLOCK_OFFSET_MS, "our clock stayed sane: {ts}");
         assert_eq!(r.future_timestamps_ignored(), 1);
     }
 
@@ -258,10 +306,10 @@ mod tests {
         use crate::pacer::BURST;
         let mut r = Replica::new(0, 1, 1);
         for i in 0..BURST as u64 {
-            r.write(b(&format!("b{i}")), Some(b("v")), now(0));
+            r.write(b(&format!("b{i}")), Some(b("v")), now(0)).unwrap();
             assert!(r.poll_sync(now(0)).is_some());
         }
-        r.write(b("last"), Some(b("v")), now(0));
+        r.write(b("last"), Some(b("v")), now(0)).unwrap();
         assert!(r.poll_sync(now(0)).is_none(), "burst spent: paced");
         let last = r.poll_sync_final(now(0)).expect("sent regardless of pacing");
         assert_eq!(last.delta.entry_count(), 1);

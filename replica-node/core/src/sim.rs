@@ -53,6 +53,11 @@ pub struct Scenario {
     /// The most writes a gateway queues for an unreachable server before it drops them and
     /// leaves them to repair (small, so partitions exercise it).
     pub pending_limit: usize,
+    /// How far ahead of a server's clock an entry may be stamped.
+    pub max_clock_offset_ms: u64,
+    /// Tombstones older than this are collected once every server has them (short, so runs
+    /// exercise it; the quiet phase must leave time for it).
+    pub tombstone_grace_ms: u64,
     /// Print what happens (to stderr), to study a failing seed.
     pub trace: bool,
 }
@@ -76,6 +81,13 @@ pub struct Faults {
     pub conn_kills_per_sec: f64,
     /// Server crashes per virtual second (each restarts without its data a while later).
     pub crashes_per_sec: f64,
+    /// Each server's wall clock is off by up to this much either way (ms), drawn at start.
+    pub clock_spread_ms: u64,
+    /// Probability that a server's clock is off by 2 to 6 s instead (either way): far beyond
+    /// the bound. Such servers stay a minority of the cluster.
+    pub clock_outlier: f64,
+    /// Each server's clock runs fast or slow by up to this many parts per million.
+    pub drift_ppm: u64,
 }
 
 impl Faults {
@@ -89,6 +101,9 @@ impl Faults {
         partitions_per_sec: 0.0,
         conn_kills_per_sec: 0.0,
         crashes_per_sec: 0.0,
+        clock_spread_ms: 0,
+        clock_outlier: 0.0,
+        drift_ppm: 0,
     };
 
     /// Everything at once.
@@ -101,6 +116,9 @@ impl Faults {
         partitions_per_sec: 0.1,
         conn_kills_per_sec: 0.1,
         crashes_per_sec: 0.03,
+        clock_spread_ms: 200,
+        clock_outlier: 0.2,
+        drift_ppm: 2_000,
     };
 }
 
@@ -116,6 +134,8 @@ impl Default for Scenario {
             quiet_ms: 60_000,
             faults: Faults::ALL,
             pending_limit: 20,
+            max_clock_offset_ms: 500,
+            tombstone_grace_ms: 5_000,
             trace: false,
         }
     }
@@ -140,6 +160,13 @@ pub struct Report {
     pub repair_rounds: u64,
     /// Entries received through repair, all servers together (live processes at the end).
     pub repair_entries: u64,
+    /// Client writes refused for clocks: their server's clock was too far off, or the key held
+    /// a write stamped further ahead than the server's clock may follow.
+    pub refused_skewed: usize,
+    /// Entries refused for being stamped too far in the future (live processes at the end).
+    pub entries_future: u64,
+    /// Tombstones collected (live processes at the end).
+    pub tombstones_collected: u64,
 }
 
 /// A tampering with messages in flight, to check that the checks catch a broken protocol.
@@ -204,6 +231,9 @@ const BULK_WINDOW: usize = 2;
 #[derive(Debug)]
 struct Server {
     node: String,
+    /// How far its wall clock is off (ms), and how fast it drifts (parts per million).
+    offset_ms: i64,
+    drift_ppm: i64,
     /// Tells processes at one address apart, so a message for a crashed process is not
     /// delivered to its successor.
     epoch: u32,
@@ -219,6 +249,8 @@ struct Server {
 enum Mail {
     /// To actor `to`.
     Actor { to: usize, batch: SyncBatch },
+    /// To actor `to`: remove these collected tombstones.
+    Collect { to: usize, tombstones: Arc<Vec<(Bytes, Timestamp)>> },
     /// To the gateway.
     Gateway(Arc<BytesMap>),
 }
@@ -250,6 +282,13 @@ struct InFlight {
 struct Write {
     key: Bytes,
     ts: Timestamp,
+    /// Whether it deleted the key.
+    delete: bool,
+    /// When it was acknowledged (virtual ms: the real time of the simulation).
+    at: u64,
+    /// Whether its server had measured at least one peer's clock (before that, a server with
+    /// a clock far off cannot know it).
+    guarded: bool,
 }
 
 struct Sim {
@@ -317,8 +356,21 @@ impl Sim {
         }
     }
 
-    fn clock(&self) -> Now {
-        Now { wall_ms: EPOCH_MS + self.now, mono_ms: self.now }
+    /// The clocks of server `i`: its wall clock is off and drifts; its monotonic clock is
+    /// simply virtual time (only differences matter).
+    fn clock_of(&self, i: usize) -> Now {
+        let (offset, drift) = self.servers[i].as_ref().map_or((0, 0), |s| (s.offset_ms, s.drift_ppm));
+        let wall = EPOCH_MS as i64 + self.now as i64 + offset + self.now as i64 * drift / 1_000_000;
+        Now { wall_ms: wall as u64, mono_ms: self.now }
+    }
+
+    /// Server `i`'s clocks as its query actors read them: moved up as its peers' clocks say.
+    fn actor_clock(&self, i: usize) -> Now {
+        let mut now = self.clock_of(i);
+        if let Some(s) = &self.servers[i] {
+            now.wall_ms += s.gateway.clock().correction_ms;
+        }
+        now
     }
 
     /// Starts server `i` (without data), joining the servers started before it, as their
@@ -334,23 +386,55 @@ impl Sim {
                 Some(JoinTarget { node: self.first_ids.get(j)?.clone(), addr: self.addrs[j].clone() })
             })
             .collect();
+        let f = self.scenario.faults;
+        // Clocks far off stay a minority (with most clocks wrong, the cluster's time is theirs,
+        // and "correct" means nothing a server could check).
+        let outliers =
+            self.servers.iter().flatten().filter(|s| s.offset_ms.unsigned_abs() > f.clock_spread_ms).count();
+        let may_be_outlier = (outliers + 1) * 2 < self.scenario.servers;
+        let offset_ms = if may_be_outlier && self.rng.chance(f.clock_outlier) {
+            let off = self.rng.range(2_000, 6_000) as i64;
+            if self.rng.chance(0.5) { off } else { -off }
+        } else {
+            self.rng.range(0, 2 * f.clock_spread_ms) as i64 - f.clock_spread_ms as i64
+        };
+        let drift_ppm = self.rng.range(0, 2 * f.drift_ppm) as i64 - f.drift_ppm as i64;
+        let wall = EPOCH_MS as i64 + self.now as i64 + offset_ms + self.now as i64 * drift_ppm / 1_000_000;
         let config = GatewayConfig {
             node: node.clone(),
             advertised: self.addrs[i].clone(),
             actors: self.scenario.actors,
             incarnation: self.rng.next() | 1,
-            started_ms: EPOCH_MS + self.now,
+            started_ms: wall as u64,
             digest_key: *b"simulation-key!!",
             joins,
             redial_newer_ms: Some(crate::gateway::DEFAULT_REDIAL_NEWER_MS),
             pending_limit: self.scenario.pending_limit,
+            max_clock_offset_ms: self.scenario.max_clock_offset_ms,
+            tombstone_grace_ms: self.scenario.tombstone_grace_ms,
         };
-        let now = self.clock();
+        let now = Now { wall_ms: wall as u64, mono_ms: self.now };
         let gateway = Gateway::new(config, BytesMap::new(), now);
         let actors = (0..self.scenario.actors)
-            .map(|a| Replica::new(a, (num << 16) | a as u64, self.scenario.actors))
+            .map(|a| {
+                Replica::new(a, (num << 16) | a as u64, self.scenario.actors)
+                    .with_max_clock_offset(self.scenario.max_clock_offset_ms)
+            })
             .collect();
-        Server { node, epoch, gateway, actors, mail: VecDeque::new(), dialing: BTreeMap::new() }
+        self.trace(
+            i,
+            &format!("{node} starts with its clock off by {offset_ms} ms, drifting {drift_ppm} ppm"),
+        );
+        Server {
+            node,
+            offset_ms,
+            drift_ppm,
+            epoch,
+            gateway,
+            actors,
+            mail: VecDeque::new(),
+            dialing: BTreeMap::new(),
+        }
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -501,20 +585,24 @@ impl Sim {
 
     /// Runs server `i`'s machines once; whether anything happened.
     fn run_server(&mut self, i: usize) -> bool {
-        let now = self.clock();
+        let now = self.clock_of(i);
+        let actor_now = self.actor_clock(i);
         let Some(s) = self.servers[i].as_mut() else { return false };
         let mut did = false;
         while let Some(mail) = s.mail.pop_front() {
             did = true;
             match mail {
                 Mail::Actor { to, batch } => {
-                    s.actors[to].on_sync(&batch, now);
+                    s.actors[to].on_sync(&batch, actor_now);
+                }
+                Mail::Collect { to, tombstones } => {
+                    s.actors[to].collect(&tombstones);
                 }
                 Mail::Gateway(delta) => s.gateway.handle(Event::Local(delta), now),
             }
         }
         for a in 0..s.actors.len() {
-            if let Some(batch) = s.actors[a].poll_sync(now) {
+            if let Some(batch) = s.actors[a].poll_sync(actor_now) {
                 did = true;
                 for to in (0..s.actors.len()).filter(|&t| t != a) {
                     s.mail.push_back(Mail::Actor { to, batch: batch.clone() });
@@ -579,6 +667,21 @@ impl Sim {
                 if let Some(s) = self.servers[i].as_mut() {
                     for to in 0..s.actors.len() {
                         s.mail.push_back(Mail::Actor { to, batch: batch.clone() });
+                    }
+                }
+            }
+            Transmit::Collect(tombstones) => {
+                if let Ok(watch) = std::env::var("SIM_WATCH")
+                    && tombstones.iter().any(|(k, _)| k.as_ref() == watch.as_bytes())
+                {
+                    let why = self.servers[i]
+                        .as_ref()
+                        .map(|s| s.gateway.explain_gc(watch.as_bytes(), self.clock_of(i)));
+                    self.trace(i, &format!("collects {watch}: {why:?}"));
+                }
+                if let Some(s) = self.servers[i].as_mut() {
+                    for to in 0..s.actors.len() {
+                        s.mail.push_back(Mail::Collect { to, tombstones: tombstones.clone() });
                     }
                 }
             }
@@ -681,12 +784,32 @@ impl Sim {
     }
 
     fn deliver(&mut self, m: InFlight) {
+        if self.scenario.trace
+            && let Wire::Msg { msg: PeerMsg::Members(list), .. } = &m.wire
+            && std::env::var("SIM_MEMBERS").is_ok()
+        {
+            let names: Vec<String> = list.iter().map(|i| format!("{}:{:?}", i.node, i.state)).collect();
+            self.trace(m.to.0, &format!("members {names:?}"));
+        }
+        if self.scenario.trace
+            && let Wire::Msg { msg, conn, .. } = &m.wire
+            && let Some(watch) = std::env::var("SIM_WATCH").ok()
+            && let PeerMsg::Delta { entries, .. }
+            | PeerMsg::SnapshotChunk { entries, .. }
+            | PeerMsg::RepairEntries { entries, .. } = msg
+            && let Some(e) = entries.get_entry(watch.as_bytes())
+        {
+            self.trace(m.to.0, &format!("receives {watch}={e:?} on {conn}"));
+        }
+        let now = match self.servers.get(m.to.0) {
+            Some(Some(_)) => self.clock_of(m.to.0),
+            _ => Now { wall_ms: 0, mono_ms: self.now },
+        };
         if let Wire::Msg { conn, bulk: true, from, .. } = &m.wire
             && let Some(c) = self.conns.get_mut(conn)
         {
             c.bulk_in_flight[*from] = c.bulk_in_flight[*from].saturating_sub(1);
         }
-        let now = self.clock();
         let (srv, epoch) = m.to;
         if self.servers.get(srv).and_then(Option::as_ref).is_none_or(|s| s.epoch != epoch) {
             // For a process that crashed.
@@ -749,14 +872,30 @@ impl Sim {
         let key = Bytes::from(format!("k{:03}", self.rng.below(u64::from(self.scenario.keys))));
         let delete = self.rng.chance(self.scenario.delete_ratio);
         let value = (!delete).then(|| Bytes::from(format!("v{}", self.history.len())));
-        let now = self.clock();
+        let now = self.actor_clock(i);
+        let at = self.now;
         let s = self.servers[i].as_mut().expect("live");
-        let ts = s.actors[a].write(key.clone(), value, now);
-        // Only a write the replica took is acknowledged as taking effect (a write to a key
-        // holding an entry from the future loses at once; none occur here).
-        if s.actors[a].map().get_entry(&key).is_some_and(|e| e.ts == ts) {
-            self.history.push(Write { key, ts });
+        let clock = s.gateway.clock();
+        if clock.refusal().is_some() {
+            // -CLOCKSKEW: the server's clock is too far ahead of the cluster's.
+            self.report.refused_skewed += 1;
+            return;
         }
+        let Ok(ts) = s.actors[a].write(key.clone(), value, now) else {
+            // The key holds a write stamped further ahead than this server's clock may follow:
+            // the client is told (an error), not acknowledged.
+            self.report.refused_skewed += 1;
+            return;
+        };
+        let guarded = clock.peers_measured > 0 || self.scenario.servers == 1;
+        if self.scenario.trace
+            && guarded
+            && ts.wall_ms.abs_diff(EPOCH_MS + at) > self.scenario.max_clock_offset_ms
+        {
+            let off = ts.wall_ms as i64 - (EPOCH_MS + at) as i64;
+            self.trace(i, &format!("took write {key:?} at {ts}, {off} ms off real time: {clock:?}"));
+        }
+        self.history.push(Write { key, ts, delete, at, guarded });
     }
 
     fn partition(&mut self) {
@@ -880,6 +1019,17 @@ impl Sim {
                 .chain(s.actors.iter().enumerate().map(|(a, r)| (format!("actor {a}"), r.map())))
             {
                 if *map != reference {
+                    if self.scenario.trace {
+                        let odd = reference
+                            .entries()
+                            .filter(|(k, e)| map.get_entry(*k) != Some(*e))
+                            .chain(map.entries().filter(|(k, _)| reference.get_entry(*k).is_none()));
+                        for (k, _) in odd.take(1) {
+                            for o in &live {
+                                eprintln!("{}: {}", o.node, o.gateway.explain_gc(k, self.clock_of(0)));
+                            }
+                        }
+                    }
                     let diff = differences(&reference, map);
                     return Err(format!(
                         "{} {who} differs from {} gateway after the quiet phase: {diff}",
@@ -909,16 +1059,18 @@ impl Sim {
                 }
             }
         }
-        for (w, write) in self.history.iter().enumerate() {
-            if self.lost.contains(&w) {
-                continue;
-            }
-            match reference.get_entry(&write.key) {
-                Some(e) if e.ts >= write.ts => {}
-                other => {
+        self.check_writes(&reference)?;
+        // With a grace well within the quiet phase, every tombstone is gone by its end.
+        let collects = self.scenario.tombstone_grace_ms < self.scenario.quiet_ms / 2;
+        for s in live.iter().filter(|_| collects) {
+            for (who, map) in std::iter::once(("gateway".to_string(), s.gateway.replica()))
+                .chain(s.actors.iter().enumerate().map(|(a, r)| (format!("actor {a}"), r.map())))
+            {
+                if map.tombstones() > 0 {
                     return Err(format!(
-                        "acknowledged write {w} ({:?} at {}) is neither visible nor overwritten: {other:?}",
-                        write.key, write.ts
+                        "{} {who} still holds {} tombstones after the quiet phase",
+                        s.node,
+                        map.tombstones()
                     ));
                 }
             }
@@ -929,6 +1081,59 @@ impl Sim {
             let st = s.gateway.stats();
             self.report.repair_rounds += st.repair_rounds;
             self.report.repair_entries += st.repair_entries_received;
+            self.report.entries_future += st.entries_future;
+            self.report.tombstones_collected += st.tombstones_collected;
+        }
+        Ok(())
+    }
+
+    /// The Jepsen set check, key by key, and the clock check.
+    ///
+    /// Every acknowledged write (not lost with a crashed server) is visible or overwritten by
+    /// a later one: the final entry of its key is at least as new, or, for a key no replica
+    /// holds any more, the newest write of the key was a delete (its tombstone was collected;
+    /// an older value that came back would be a resurrection).
+    ///
+    /// And no write accepted while its server's clock was checked against its peers' wins
+    /// over a write accepted more than the bound (plus two network delays) later in real time:
+    /// a server far ahead refuses writes, and a server behind moves its clock up.
+    fn check_writes(&self, reference: &BytesMap) -> Result<(), String> {
+        let mut by_key: BTreeMap<&Bytes, Vec<&Write>> = BTreeMap::new();
+        for (w, write) in self.history.iter().enumerate() {
+            if !self.lost.contains(&w) {
+                by_key.entry(&write.key).or_default().push(write);
+            }
+        }
+        let slack = self.scenario.max_clock_offset_ms + 2 * self.scenario.faults.delay_ms.1;
+        for (key, writes) in by_key {
+            let newest = writes.iter().max_by_key(|w| w.ts).expect("at least one write");
+            let final_ts = match reference.get_entry(key) {
+                Some(e) if e.ts >= newest.ts => e.ts,
+                None if newest.delete => newest.ts,
+                other => {
+                    return Err(format!(
+                        "acknowledged write to {key:?} at {} (real time {} ms, delete: {}) is neither visible nor \
+                         overwritten: the replicas hold {other:?}",
+                        newest.ts, newest.at, newest.delete
+                    ));
+                }
+            };
+            // The write that won, if a client's (an entry can only come from one).
+            let Some(winner) = self.history.iter().find(|w| w.key == *key && w.ts == final_ts) else {
+                continue;
+            };
+            if !winner.guarded {
+                continue;
+            }
+            if let Some(later) = writes.iter().find(|w| w.guarded && w.at > winner.at + slack) {
+                return Err(format!(
+                    "{key:?}: the write at real time {} ms ({}) wins over one acknowledged {} ms later ({})",
+                    winner.at,
+                    winner.ts,
+                    later.at - winner.at,
+                    later.ts
+                ));
+            }
         }
         Ok(())
     }
@@ -946,6 +1151,8 @@ pub fn feed_gateway(msg: PeerMsg) {
         );
     }
     let config = GatewayConfig {
+        max_clock_offset_ms: crate::gateway::DEFAULT_MAX_CLOCK_OFFSET_MS,
+        tombstone_grace_ms: 1_000,
         node: "aa".into(),
         advertised: "10.0.0.1:6000".into(),
         actors: 2,
@@ -978,6 +1185,16 @@ pub fn feed_gateway(msg: PeerMsg) {
     g.handle(event, now);
     for step in 0..50 {
         now.mono_ms = step * 1_000;
+        if step == 25 {
+            // Bring the peer's agreements to bear on collection.
+            g.handle(
+                Event::Message {
+                    conn: 1,
+                    msg: PeerMsg::Ack { ack: crate::peer::Ack::default(), root: g.root().into() },
+                },
+                now,
+            );
+        }
         now.wall_ms = EPOCH_MS + now.mono_ms;
         while g.poll_transmit(now).is_some() {}
         while g.wants_bulk(1) {

@@ -56,4 +56,10 @@ pub struct GatewayStats {
     pub fill_received: u64,
     /// The number of entries the snapshot's sender held.
     pub fill_total: u64,
+    /// Entries refused for being stamped too far ahead of this node's clock.
+    pub entries_future: u64,
+    /// Tombstones collected.
+    pub tombstones_collected: u64,
+    /// What the peers' clocks say.
+    pub clock: crate::gateway::ClockView,
 }

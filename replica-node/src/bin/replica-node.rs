@@ -86,6 +86,20 @@ struct Args {
     /// 30s, 10m, 1h). 0 never closes them.
     #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_duration)]
     timeout: Duration,
+    /// How far ahead of this server's clock a write from another server may be stamped: later
+    /// ones are refused (counted in INFO sync_entries_future) until they no longer are, and a
+    /// server whose clock is ahead of most of its peers by more refuses client writes with
+    /// -CLOCKSKEW (reads go on). A number with a unit (500ms, 2s) or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    max_clock_offset: Duration,
+    /// How long a delete is remembered (as a tombstone) before it may be forgotten, once every
+    /// server of the cluster has it; a server cut off for longer holds forgetting back. A
+    /// number with a unit (30s, 10m, 1h) or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    tombstone_grace: Duration,
+    /// For tests of clock skew: pretend the system clock is off by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    test_clock_skew_ms: i64,
 }
 
 fn parse_description(arg: &str) -> Result<Description, String> {
@@ -201,6 +215,9 @@ fn main() -> ExitCode {
             output_limit: args.client_output_limit,
             idle_timeout: Some(args.timeout).filter(|t| !t.is_zero()),
         },
+        max_clock_offset: args.max_clock_offset,
+        tombstone_grace: args.tombstone_grace,
+        clock_skew_ms: args.test_clock_skew_ms,
         ..NodeConfig::default()
     };
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);

@@ -65,7 +65,8 @@ pub(super) fn info(c: &mut Ctx<'_>) {
              sync_messages_sent:{}\r\nsync_entries_sent:{}\r\nsync_entries_received:{}\r\n\
              sync_entries_redundant:{}\r\nremote_bytes_sent:{}\r\nremote_bytes_received:{}\r\n\
              peers_connected:{}\r\nloading:{}\r\nrepair_rounds:{}\r\nrepair_entries_sent:{}\r\n\
-             repair_entries_received:{}\r\n",
+             repair_entries_received:{}\r\ntombstones_collected:{}\r\nclock_offset_max_ms:{}\r\n\
+             clock_correction_ms:{}\r\nclock_refusing_writes:{}\r\nsync_entries_future:{}\r\n",
             replica.index(),
             info.node,
             replica.map().len(),
@@ -82,6 +83,11 @@ pub(super) fn info(c: &mut Ctx<'_>) {
             g(&stats.repair_rounds),
             g(&stats.repair_entries_sent),
             g(&stats.repair_entries_received),
+            g(&stats.tombstones_collected),
+            g(&stats.clock_offset_max_ms),
+            g(&stats.clock_correction_ms),
+            u8::from(stats.clock_refusal().is_some()),
+            g(&stats.sync_entries_future),
         );
     }
     c.out.bulk(text.as_bytes());

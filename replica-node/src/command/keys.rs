@@ -23,10 +23,31 @@ pub(super) fn set(c: &mut Ctx<'_>) {
     if value.len() > MAX_VALUE {
         return c.error(&format!("ERR value too large: {} bytes (the limit is {MAX_VALUE})", value.len()));
     }
+    if clock_refuses(c) {
+        return;
+    }
     // Copy out of the connection's read buffer: a slice of it would pin the whole buffer for
     // as long as the value is stored.
-    c.actor.replica.write(Bytes::copy_from_slice(key), Some(Bytes::copy_from_slice(value)), c.now);
-    c.ok();
+    match c.actor.replica.write(Bytes::copy_from_slice(key), Some(Bytes::copy_from_slice(value)), c.now) {
+        Ok(_) => c.ok(),
+        Err(lost) => c.error(&format!(
+            "CLOCKSKEW the key holds a write stamped {} ms ahead of this server's clock; this write was not applied",
+            lost.newer.wall_ms.saturating_sub(c.now.wall_ms)
+        )),
+    }
+}
+
+/// Refuses a write with `-CLOCKSKEW` while this server's clock is too far from its peers'
+/// (design 4.9): ahead of most of them, or apart from one with too few others to tell which
+/// clock is right. Reads are still served.
+fn clock_refuses(c: &mut Ctx<'_>) -> bool {
+    match c.actor.info.stats.clock_refusal() {
+        Some(why) => {
+            c.error(&format!("CLOCKSKEW {why}"));
+            true
+        }
+        None => false,
+    }
 }
 
 pub(super) fn del(c: &mut Ctx<'_>) {
@@ -35,9 +56,21 @@ pub(super) fn del(c: &mut Ctx<'_>) {
         key_ok(c, k);
         return;
     }
+    if clock_refuses(c) {
+        return;
+    }
     let mut existed = 0;
+    let mut lost = 0;
     for k in keys {
-        existed += i64::from(c.actor.replica.delete(Bytes::copy_from_slice(k), c.now));
+        match c.actor.replica.delete(Bytes::copy_from_slice(k), c.now) {
+            Ok(was) => existed += i64::from(was),
+            Err(_) => lost += 1,
+        }
+    }
+    if lost > 0 {
+        return c.error(&format!(
+            "CLOCKSKEW {lost} of the keys hold writes stamped ahead of this server's clock and were not deleted"
+        ));
     }
     c.integer(existed);
 }

@@ -44,6 +44,16 @@ pub struct NodeConfig {
     /// and digest repair catches that server up when it is back (default
     /// [`replica_core::gateway::MAX_PENDING_WHILE_DOWN`]).
     pub peer_pending_limit: usize,
+    /// Entries stamped more than this far ahead of this server's clock are refused, and a
+    /// server ahead of most of its peers by more refuses client writes (`--max-clock-offset`,
+    /// default 500 ms).
+    pub max_clock_offset: Duration,
+    /// Tombstones older than this are collected once every server has them
+    /// (`--tombstone-grace`, default 10 minutes).
+    pub tombstone_grace: Duration,
+    /// Added to the system's wall clock: a server with a wrong clock, for tests of clock skew
+    /// (`--test-clock-skew-ms`, hidden). 0 in production.
+    pub clock_skew_ms: i64,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +70,9 @@ impl Default for NodeConfig {
             advertise: None,
             redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
             peer_pending_limit: replica_core::gateway::MAX_PENDING_WHILE_DOWN,
+            max_clock_offset: Duration::from_millis(replica_core::gateway::DEFAULT_MAX_CLOCK_OFFSET_MS),
+            tombstone_grace: Duration::from_millis(replica_core::gateway::DEFAULT_TOMBSTONE_GRACE_MS),
+            clock_skew_ms: 0,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
@@ -49,7 +50,7 @@ impl Node {
         let (ip, joins) = validate(config)?;
         let node_num = random_u64() >> 16;
         let node = format!("{:012x}", node_num);
-        let clock = Clock::default();
+        let clock = Clock::with_skew(config.clock_skew_ms);
         let (runtime, endpoint, cluster, private_cluster) = bind_peer(config, ip, &node)?;
         if cluster.created() && !joins.is_empty() {
             return Err(StartError::Cluster(format!(
@@ -116,7 +117,8 @@ impl Node {
                 .collect();
             let replica_id = (node_num << 16) | i as u64;
             let start = ActorStart {
-                replica: Replica::new(i, replica_id, recipients.len()),
+                replica: Replica::new(i, replica_id, recipients.len())
+                    .with_max_clock_offset(config.max_clock_offset.as_millis() as u64),
                 listener,
                 poll,
                 mailbox,
@@ -154,6 +156,8 @@ impl Node {
             joins,
             redial_newer_ms: config.redial_newer.map(|d| d.as_millis() as u64),
             pending_limit: config.peer_pending_limit,
+            max_clock_offset_ms: config.max_clock_offset.as_millis() as u64,
+            tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
         };
         let gateway_start = GatewayStart {
             runtime,
@@ -235,6 +239,18 @@ fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError
     }
     if config.clients.maxclients == 0 {
         return Err(StartError::Config("--maxclients must be at least 1".into()));
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&config.max_clock_offset) {
+        return Err(StartError::Config(
+            "--max-clock-offset must be between 10ms and 1h: clocks are never that close, nor that far apart"
+                .into(),
+        ));
+    }
+    if config.tombstone_grace < Duration::from_secs(1) {
+        return Err(StartError::Config(
+            "--tombstone-grace must be at least 1s (deletes must outlive the time they take to reach every server)"
+                .into(),
+        ));
     }
     if config.clients.output_limit < MIN_OUTPUT_LIMIT {
         return Err(StartError::Config(format!(

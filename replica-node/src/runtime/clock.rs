@@ -9,19 +9,29 @@ use replica_core::Now;
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     origin: Instant,
+    /// Added to the system's wall clock: a server with a wrong clock, for tests.
+    skew_ms: i64,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { origin: Instant::now() }
+        Clock { origin: Instant::now(), skew_ms: 0 }
     }
 }
 
 impl Clock {
+    /// Clocks whose wall clock reads `skew_ms` off the system's (for tests of clock skew).
+    pub fn with_skew(skew_ms: i64) -> Self {
+        Clock { skew_ms, ..Clock::default() }
+    }
+
     /// Reads both clocks.
     pub fn now(&self) -> Now {
         let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Now { wall_ms, mono_ms: self.origin.elapsed().as_millis() as u64 }
+        Now {
+            wall_ms: wall_ms.saturating_add_signed(self.skew_ms),
+            mono_ms: self.origin.elapsed().as_millis() as u64,
+        }
     }
 }
 

@@ -172,6 +172,8 @@ impl Driver {
                 Ok(ActorMsg::Sync(batch)) => {
                     self.gateway.handle(Event::Local(batch.delta), self.clock.now());
                 }
+                // Only the gateway sends these.
+                Ok(ActorMsg::Collect(_)) => {}
                 Err(why) => return why,
             }
         }
@@ -237,6 +239,12 @@ impl Driver {
                 Transmit::FanOut(batch) => {
                     for a in &self.actors {
                         let _ = a.send(ActorMsg::Sync(batch.clone()));
+                    }
+                }
+                Transmit::Collect(tombstones) => {
+                    tracing::debug!(count = tombstones.len(), "collecting tombstones every server holds");
+                    for a in &self.actors {
+                        let _ = a.send(ActorMsg::Collect(tombstones.clone()));
                     }
                 }
                 Transmit::Notice(notice) => log(&notice),
@@ -428,6 +436,25 @@ fn log(notice: &Notice) {
             tracing::warn!(%peer, "snapshot transfer interrupted; it will resume from another connection")
         }
         Notice::Filled { peer, entries } => tracing::info!(%peer, entries, "snapshot received"),
+        Notice::ClockOffset { peer, offset_ms, bound_ms } => tracing::warn!(
+            %peer,
+            offset_ms,
+            "the peer's clock is {} ms {} ours (the bound is {bound_ms} ms): check NTP on both servers",
+            offset_ms.unsigned_abs(),
+            if *offset_ms > 0 { "ahead of" } else { "behind" },
+        ),
+        Notice::FutureEntries { peer, count, ahead_ms } => tracing::warn!(
+            %peer,
+            count,
+            ahead_ms,
+            "refused entries stamped too far ahead of this server's clock; they come back through repair once they are not"
+        ),
+        Notice::Skewed { refusal: Some(why) } => {
+            tracing::error!("refusing client writes (-CLOCKSKEW): {why}; check NTP on the servers")
+        }
+        Notice::Skewed { refusal: None } => {
+            tracing::warn!("clock back in line with the cluster: taking writes again")
+        }
         Notice::Dropped { peer } => tracing::warn!(
             %peer,
             "server unreachable for long: dropped the writes queued for it; repair will catch it up when it is back"

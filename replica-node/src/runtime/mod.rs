@@ -21,6 +21,9 @@ pub(crate) use memory::rss_bytes;
 pub enum ActorMsg {
     /// A delta from another actor of this node (or, fanned out, from a remote server).
     Sync(SyncBatch),
+    /// Tombstones every server of the cluster holds, older than the grace: remove them (each
+    /// only if the replica holds that very tombstone).
+    Collect(std::sync::Arc<Vec<(bytes::Bytes, lww_crdt::Timestamp)>>),
 }
 
 /// Requests from operators to the gateway (through a query actor's client port).

@@ -27,6 +27,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::stats::NodeStats;
+use replica_core::Now;
 use replica_core::stats::SyncStats;
 use replica_core::{Replica, SyncBatch};
 
@@ -161,6 +162,15 @@ pub fn run(start: ActorStart) {
 }
 
 impl Actor {
+    /// The clocks the replica runs on: the wall clock moved up as far as the gateway found
+    /// this server's clock behind its peers' (design 4.9), so its writes are not stamped in
+    /// the past of the cluster and silently lost.
+    fn now(&self) -> Now {
+        let mut now = self.clock.now();
+        now.wall_ms += NodeStats::get(&self.state.info.stats.clock_correction_ms);
+        now
+    }
+
     /// How long the loop may sleep: not at all while connections have work, else until the
     /// next sync or idle check is due.
     fn poll_timeout(&self) -> Option<Duration> {
@@ -257,9 +267,9 @@ impl Actor {
     /// One turn of a connection: write what is pending, run buffered commands, read (if
     /// `read`) and run more, within the budgets, then write.
     fn turn(&mut self, slot: usize, read: bool) -> Turn {
+        let now = self.now();
         let Some(Some(client)) = self.clients.get_mut(slot) else { return Turn::Wait };
         let Client { stream, conn, peer, .. } = client;
-        let now = self.clock.now();
         if conn.wants_write() && conn.write_to(stream, now.mono_ms).is_err() {
             return Turn::Close;
         }
@@ -327,8 +337,11 @@ impl Actor {
         loop {
             match mailbox.try_recv() {
                 Ok(ActorMsg::Sync(batch)) => {
-                    let now = self.clock.now();
+                    let now = self.now();
                     self.state.replica.on_sync(&batch, now);
+                }
+                Ok(ActorMsg::Collect(tombstones)) => {
+                    self.state.replica.collect(&tombstones);
                 }
                 Err(Empty::Empty | Empty::Closed) => return,
             }
@@ -356,7 +369,7 @@ impl Actor {
             }
         }
         // Sent regardless of pacing: this is the actor's last message.
-        let last = self.state.replica.poll_sync_final(self.clock.now());
+        let last = self.state.replica.poll_sync_final(self.now());
         self.send(last);
     }
 
@@ -372,7 +385,7 @@ impl Actor {
     }
 
     fn sync(&mut self) {
-        let batch = self.state.replica.poll_sync(self.clock.now());
+        let batch = self.state.replica.poll_sync(self.now());
         self.send(batch);
     }
 

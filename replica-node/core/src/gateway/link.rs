@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use lww_crdt::{BytesMap, DeltaBuffer};
 
+use super::clock::PeerClock;
 use super::repair::Repair;
 use super::{ConnId, SnapshotWalk};
 use crate::pacer::Pacer;
@@ -73,6 +74,8 @@ pub(crate) struct Live {
     pub outgoing: Option<SnapshotWalk>,
     /// When the membership is next told to this peer unprompted (monotonic ms).
     pub gossip_at: u64,
+    /// What we know of the peer's clock.
+    pub clock: PeerClock,
 }
 
 impl Phase {
@@ -137,10 +140,16 @@ pub(crate) struct Deltas {
 
 impl Deltas {
     /// Queues every unacknowledged delta for sending again. The peer may have merged some of
-    /// them; a duplicate changes nothing there.
-    pub fn requeue_unacked(&mut self) {
+    /// them; a duplicate changes nothing there. Entries the replica has since replaced are not
+    /// sent again: this node never sends an entry older than its own, so an old value cannot
+    /// come back after every server has collected the tombstone that replaced it.
+    pub fn requeue_unacked(&mut self, replica: &BytesMap) {
         for (_, batch) in self.unacked.drain(..) {
-            self.pending.absorb(batch);
+            for (k, e) in batch.into_entries() {
+                if replica.get_entry(&k) == Some(&e) {
+                    self.pending.record(k, e);
+                }
+            }
         }
     }
 
@@ -167,9 +176,9 @@ impl Deltas {
     /// The peer announced incarnation `incarnation` (its `Hello`). A new one after another is
     /// a restarted process: it has merged nothing we sent its predecessor (so what is
     /// unacknowledged is sent again) and numbers its deltas afresh.
-    pub fn on_hello(&mut self, incarnation: u64) {
+    pub fn on_hello(&mut self, incarnation: u64, replica: &BytesMap) {
         if self.peer_incarnation.is_some_and(|known| known != incarnation) {
-            self.requeue_unacked();
+            self.requeue_unacked(replica);
             self.received = 0;
             self.ack_owed_since = None;
         }

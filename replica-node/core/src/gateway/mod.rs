@@ -30,6 +30,7 @@
 //!   ([`repair`]): only the entries that differ travel, so replicas that diverged for any
 //!   reason converge without new writes.
 
+mod clock;
 mod fill;
 mod link;
 mod repair;
@@ -41,9 +42,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, DeltaBuffer, MergeStats};
+use lww_crdt::{BytesMap, DeltaBuffer, MergeStats, Timestamp};
 
-use crate::digest::Digest;
+use crate::digest::{BUCKETS, BUCKETS_PER_GROUP, Digest};
 use crate::pacer::Pacer;
 use crate::peer::{
     BulkRef, CHUNK_BYTES, Hello, MAX_MEMBERS, MemberInfo, MemberState, PROTOCOL_VERSION, PeerMsg,
@@ -52,10 +53,12 @@ use crate::replica::{Now, SyncBatch};
 use crate::snapshot::SnapshotWalk;
 use crate::stats::GatewayStats;
 
+pub use clock::{ClockView, PROBE_INTERVAL_MS};
 pub use fill::FILL_RETRY_MS;
 pub use link::{ACK_DELAY_MS, MAX_PENDING_WHILE_DOWN, MAX_UNACKED, ROOT_INTERVAL_MS};
 pub use repair::{MAX_ROUND_INTERVAL_MS, MIN_ROUND_INTERVAL_MS, QUIET_MS, REPAIR_AFTER_MS, ROUND_TIMEOUT_MS};
 
+use clock::PeerClock;
 use fill::Filling;
 use link::{Deltas, Down, Greeting, Live, Phase};
 use repair::Repair;
@@ -70,6 +73,27 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// How often each live peer is told the membership again, changed or not: a list lost or
 /// refused on the way (or an update that crossed a connection going down) is made good.
 pub const GOSSIP_INTERVAL_MS: u64 = 30_000;
+
+/// Default bound on how far ahead of this node's clock an entry may be stamped (design 4.9).
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
+
+/// Default age past which a tombstone may be collected, once every server has it (design 4.9).
+pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 10 * 60 * 1_000;
+
+/// How often the gateway looks for tombstones to collect.
+pub const GC_INTERVAL_MS: u64 = 10_000;
+
+/// An agreement with a peer counts for collecting tombstones once the peer has been heard from,
+/// in the same run, this long after it: long enough for a peer with a data directory to have
+/// made what it held durable (its commit window is 100 ms).
+pub const DURABLE_AFTER_MS: u64 = 1_000;
+
+/// A collected tombstone is remembered this long (its key and timestamp only), so that a
+/// server that has not collected it yet cannot hand it back through repair meanwhile.
+pub const GHOST_TTL_MS: u64 = 120_000;
+
+/// Notices about a peer's clock or its entries from the future are repeated at most this often.
+const NOTICE_EVERY_MS: u64 = 10_000;
 
 /// A connection, as the driver names it (unique among the process's connections).
 pub type ConnId = u64;
@@ -107,6 +131,12 @@ pub struct GatewayConfig {
     /// The most entries kept for an unreachable member ([`MAX_PENDING_WHILE_DOWN`] by
     /// default); beyond it they are dropped and repair catches the member up when it is back.
     pub pending_limit: usize,
+    /// Entries stamped more than this far ahead of this node's clock are refused
+    /// ([`DEFAULT_MAX_CLOCK_OFFSET_MS`]); a node ahead of most peers by more refuses writes.
+    pub max_clock_offset_ms: u64,
+    /// Tombstones older than this are collected once every member has them
+    /// ([`DEFAULT_TOMBSTONE_GRACE_MS`]).
+    pub tombstone_grace_ms: u64,
 }
 
 /// By default a newer member is dialled once it has been unreachable this long.
@@ -185,6 +215,9 @@ pub enum Transmit {
     },
     /// Deliver this batch to every local query actor.
     FanOut(SyncBatch),
+    /// Every local query actor removes these tombstones (each only if it still holds that very
+    /// tombstone): every server of the cluster has them, and they are older than the grace.
+    Collect(Arc<Vec<(Bytes, Timestamp)>>),
     /// Something an operator should know (the driver logs it).
     Notice(Notice),
 }
@@ -291,6 +324,30 @@ pub enum Notice {
         /// The member.
         peer: String,
     },
+    /// A peer's clock is off from ours by more than half the bound.
+    ClockOffset {
+        /// The peer.
+        peer: String,
+        /// How far its clock is ahead of ours (ms; negative: behind).
+        offset_ms: i64,
+        /// The bound.
+        bound_ms: u64,
+    },
+    /// Entries stamped too far in the future were refused.
+    FutureEntries {
+        /// Who sent them.
+        peer: String,
+        /// How many since the last notice.
+        count: u64,
+        /// How far ahead of our clock the furthest was (ms).
+        ahead_ms: u64,
+    },
+    /// This node's clock is too far from its peers' (ahead of most of them, or apart from its
+    /// only peer) by more than the bound: client writes are refused until it is not.
+    Skewed {
+        /// Why writes are refused, or `None`: no longer.
+        refusal: Option<String>,
+    },
 }
 
 /// A received snapshot chunk and a second copy of its tree (keys and values shared, not
@@ -359,6 +416,22 @@ struct Member {
     entries: u64,
     phase: Phase,
     deltas: Deltas,
+    /// When (monotonic ms) its replica was seen to agree with ours: whole (the current stretch
+    /// of equal roots, and the latest moment of agreement already confirmed durable), and
+    /// bucket by bucket (empty until a round reports buckets). Reset when its process changes.
+    root_agreeing: Option<(u64, u64)>,
+    /// The last stretch of equal roots that ended, kept until it is confirmed durable.
+    root_ended: Option<(u64, u64)>,
+    root_durable: u64,
+    agreed: Vec<u64>,
+    /// Tombstones it handed back that were collected here: it is told so.
+    collected_for: Vec<(Bytes, Timestamp)>,
+    /// A fingerprint of the membership as it last told it (its list and itself): tombstones
+    /// are collected only while every member sees the same cluster.
+    view: Option<u64>,
+    /// Entries from the future it sent since the last notice, and the furthest ahead.
+    future: (u64, u64),
+    future_noticed_at: Option<u64>,
 }
 
 impl Member {
@@ -372,6 +445,71 @@ impl Member {
             entries: 0,
             phase: Phase::Down(Down { since: now }),
             deltas: Deltas::default(),
+            root_agreeing: None,
+            root_ended: None,
+            root_durable: 0,
+            agreed: Vec::new(),
+            collected_for: Vec::new(),
+            view: None,
+            future: (0, 0),
+            future_noticed_at: None,
+        }
+    }
+
+    /// The latest moment its replica agreed with ours in bucket `b` that is confirmed durable:
+    /// the member was heard from, in the same run, [`DURABLE_AFTER_MS`] after it (0: none).
+    fn durable_agreement(&self, b: usize) -> u64 {
+        let heard = self.last_contact.map_or(0, |c| c.saturating_sub(DURABLE_AFTER_MS));
+        let bucket = self.agreed.get(b).copied().filter(|&t| t <= heard).unwrap_or(0);
+        bucket.max(self.root_durable_at(heard))
+    }
+
+    /// The latest confirmed moment of whole agreement, given the member was heard from after
+    /// `heard` + [`DURABLE_AFTER_MS`].
+    fn root_durable_at(&self, heard: u64) -> u64 {
+        // Any moment of a stretch counts: the latest one heard from after.
+        let confirmed = |stretch: Option<(u64, u64)>| match stretch {
+            Some((since, until)) if since <= heard => until.min(heard),
+            _ => 0,
+        };
+        self.root_durable.max(confirmed(self.root_agreeing)).max(confirmed(self.root_ended))
+    }
+
+    /// Roots compared at `now`: equal or not.
+    fn root_check(&mut self, equal: bool, now: u64) {
+        match (self.root_agreeing, equal) {
+            (Some((since, _)), true) => self.root_agreeing = Some((since, now)),
+            (None, true) => self.root_agreeing = Some((now, now)),
+            (Some(stretch), false) => {
+                // The stretch ends: what of the one before is confirmed by now is kept, and
+                // this one waits to be confirmed by later contact.
+                let heard = self.last_contact.map_or(0, |c| c.saturating_sub(DURABLE_AFTER_MS));
+                self.root_durable = self.root_durable_at(heard);
+                self.root_ended = Some(stretch);
+                self.root_agreeing = None;
+            }
+            (None, false) => {}
+        }
+    }
+
+    /// Its replica agreed with ours at `now` in every bucket of the groups in `mask`, and in
+    /// `buckets`.
+    fn agree(&mut self, mask: u64, buckets: &[u16], now: u64) {
+        if mask == 0 && buckets.is_empty() {
+            return;
+        }
+        if self.agreed.is_empty() {
+            self.agreed = vec![0; BUCKETS];
+        }
+        for g in (0..64).filter(|g| mask & (1 << g) != 0) {
+            for a in &mut self.agreed[g * BUCKETS_PER_GROUP..(g + 1) * BUCKETS_PER_GROUP] {
+                *a = (*a).max(now);
+            }
+        }
+        for &b in buckets {
+            if let Some(a) = self.agreed.get_mut(usize::from(b)) {
+                *a = (*a).max(now);
+            }
         }
     }
 
@@ -405,6 +543,15 @@ pub struct Gateway {
     incarnation: u64,
     redial_newer_ms: Option<u64>,
     pending_limit: usize,
+    max_clock_offset_ms: u64,
+    tombstone_grace_ms: u64,
+    /// What the clocks of the live peers say (recomputed after every event).
+    clock: ClockView,
+    /// When the next tombstone collection is due (monotonic ms).
+    gc_at: u64,
+    /// Tombstones collected lately: key, timestamp, and until when they are remembered
+    /// (monotonic ms).
+    ghosts: BTreeMap<Bytes, (Timestamp, u64)>,
     /// The gateway's index among the node's sync participants (after the query actors).
     index: usize,
     actors: usize,
@@ -444,6 +591,11 @@ impl Gateway {
             incarnation: config.incarnation,
             redial_newer_ms: config.redial_newer_ms,
             pending_limit: config.pending_limit,
+            max_clock_offset_ms: config.max_clock_offset_ms,
+            tombstone_grace_ms: config.tombstone_grace_ms,
+            clock: ClockView::default(),
+            gc_at: now.mono_ms + GC_INTERVAL_MS,
+            ghosts: BTreeMap::new(),
             index: config.actors,
             actors: config.actors,
             replica,
@@ -495,6 +647,12 @@ impl Gateway {
     /// The digest root of the replica.
     pub fn root(&self) -> u128 {
         self.digest.root()
+    }
+
+    /// What the clocks of the live peers say: how far to move this node's clock up when
+    /// stamping writes, and whether it is too far ahead to take writes at all.
+    pub fn clock(&self) -> ClockView {
+        self.clock
     }
 
     /// Whether a snapshot this node needs is incomplete (design 4.7: `INFO loading`).
@@ -573,15 +731,23 @@ impl Gateway {
         let held = self.held_at.map(|t| t + SNAPSHOT_STALL_MS);
         let links =
             self.members.values().filter_map(|m| m.phase.live().map(|l| (m, l))).flat_map(|(m, l)| {
-                [m.deltas.next_due(root), l.repair.next_due(), Some(l.gossip_at)].into_iter().flatten()
+                [m.deltas.next_due(root), l.repair.next_due(), Some(l.gossip_at), Some(l.clock.next_probe_at)]
+                    .into_iter()
+                    .flatten()
             });
+        let gc = (self.replica.tombstones() > 0 || !self.ghosts.is_empty()).then_some(self.gc_at);
         let greetings = self
             .conns
             .iter()
             .filter(|(c, _)| self.live_on(**c).is_none())
             .map(|(_, i)| i.since + HELLO_TIMEOUT_MS);
         let redial = self.next_redial();
-        [fanout, held, self.fill.stall_at(), redial].into_iter().flatten().chain(links).chain(greetings).min()
+        [fanout, held, self.fill.stall_at(), redial, gc]
+            .into_iter()
+            .flatten()
+            .chain(links)
+            .chain(greetings)
+            .min()
     }
 
     /// Whether connection `conn` has something for its low-priority stream.
@@ -667,12 +833,78 @@ impl Gateway {
     fn on_remote(&mut self, delta: &BytesMap, now: Now) -> MergeStats {
         let inbound = &mut self.inbound;
         let digest = &mut self.digest;
+        let members = &mut self.members;
         let stats = self.replica.merge_with(delta, |k, old, e| {
             digest.replace(k, old, e, now.mono_ms);
             inbound.record(k.clone(), e.clone());
+            // A local write still queued for a member and now replaced goes as the newer entry:
+            // this node never sends an entry older than its own (see `Deltas::requeue_unacked`).
+            for m in members.values_mut() {
+                if m.deltas.pending.pending().get_entry(k).is_some() {
+                    m.deltas.pending.record(k.clone(), e.clone());
+                }
+            }
         });
         self.stats.sync.received(&stats);
         stats
+    }
+
+    /// The entries of `delta` from `peer` that are not stamped more than the bound ahead of
+    /// this node's clock (its wall clock, moved up as its peers' clocks say): entries from
+    /// the future are refused, counted and reported (design 4.9), so a peer with a clock far
+    /// ahead cannot stamp writes that beat every later one. They are not lost: the peer keeps
+    /// them, and repair brings them once they are no longer in the future.
+    fn admit<'d>(&mut self, peer: &str, delta: &'d BytesMap, now: Now) -> std::borrow::Cow<'d, BytesMap> {
+        // Our clock as our peers' clocks say it should read; while too few of them can tell
+        // whether ours is behind, the one ahead of us is given the benefit of the doubt
+        // rather than losing what it took (it refuses writes itself if its clock is the one
+        // that is off).
+        let ours = now.wall_ms + self.clock.correction_ms + self.clock.disputed_ms.unwrap_or(0);
+        let limit = ours.saturating_add(self.max_clock_offset_ms);
+        let newest = delta.max_timestamp().map_or(0, |ts| ts.wall_ms);
+        let ghosts = &self.ghosts;
+        let is_ghost = |k: &Bytes, e: &lww_crdt::Entry<Bytes>| {
+            e.is_tombstone() && ghosts.get(k).is_some_and(|(ts, _)| *ts == e.ts)
+        };
+        if !ghosts.is_empty() && delta.entries().any(|(k, e)| is_ghost(k, e)) {
+            // A tombstone collected here, handed back by a server that has not collected it
+            // yet: it stays collected, and that server is told it may collect it too.
+            let back: Vec<(Bytes, Timestamp)> =
+                delta.entries().filter(|(k, e)| is_ghost(k, e)).map(|(k, e)| (k.clone(), e.ts)).collect();
+            let kept: BytesMap = delta
+                .entries()
+                .filter(|(k, e)| !is_ghost(k, e))
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            if let Some(m) = self.members.get_mut(peer) {
+                m.collected_for.extend(back);
+            }
+            return std::borrow::Cow::Owned(self.admit(peer, &kept, now).into_owned());
+        }
+        if newest <= limit {
+            return std::borrow::Cow::Borrowed(delta);
+        }
+        let admitted: BytesMap = delta
+            .entries()
+            .filter(|(_, e)| e.ts.wall_ms <= limit)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let refused = (delta.entry_count() - admitted.entry_count()) as u64;
+        self.stats.entries_future += refused;
+        if let Some(m) = self.members.get_mut(peer) {
+            m.future.0 += refused;
+            m.future.1 = m.future.1.max(newest - now.wall_ms);
+            if m.future_noticed_at.is_none_or(|at| now.mono_ms >= at + NOTICE_EVERY_MS) {
+                let (count, ahead_ms) = std::mem::take(&mut m.future);
+                m.future_noticed_at = Some(now.mono_ms);
+                self.out.push_back(Transmit::Notice(Notice::FutureEntries {
+                    peer: peer.to_owned(),
+                    count,
+                    ahead_ms,
+                }));
+            }
+        }
+        std::borrow::Cow::Owned(admitted)
     }
 
     fn on_connected(&mut self, conn: ConnId, peer: String, dialed: Option<String>, now: Now) {
@@ -754,7 +986,7 @@ impl Gateway {
         let was_live = m.phase.live().is_some();
         m.last_contact = Some(now.mono_ms);
         m.phase = Phase::Down(Down { since: now.mono_ms });
-        m.deltas.requeue_unacked();
+        m.deltas.requeue_unacked(&self.replica);
         // A second connection to the same peer, still greeting, takes over.
         if let Some((&other, info)) = self.conns.iter().find(|(_, c)| c.peer == peer) {
             m.phase = Phase::Greeting(Greeting { conn: other, dialed: info.dialed });
@@ -801,6 +1033,11 @@ impl Gateway {
             self.on_hello(conn, &peer, hello, now);
             return;
         }
+        if let PeerMsg::Members(list) = msg {
+            // From a proven peer, whichever of its connections it came on.
+            self.on_members(conn, &peer, list, now);
+            return;
+        }
         if m.phase.live().is_none_or(|l| l.conn != conn) {
             // Before its Hello, or on a connection being replaced: the protocol state (acks,
             // rounds) belongs to the live connection, but entries are good data from a proven
@@ -809,7 +1046,8 @@ impl Gateway {
             | PeerMsg::SnapshotChunk { entries, .. }
             | PeerMsg::RepairEntries { entries, .. } = &msg
             {
-                self.on_remote(entries, now);
+                let entries = self.admit(&peer, entries, now).into_owned();
+                self.on_remote(&entries, now);
             }
             return;
         }
@@ -821,6 +1059,7 @@ impl Gateway {
                 if let Some(l) = m.phase.live_mut() {
                     l.repair.on_root(root);
                 }
+                let entries = self.admit(&peer, &entries, now).into_owned();
                 self.on_remote(&entries, now);
             }
             PeerMsg::Ack { ack, root } => {
@@ -840,21 +1079,66 @@ impl Gateway {
             PeerMsg::SnapshotChunk { id, entries, total, last } => {
                 self.on_chunk(conn, id, SnapshotPiece::new(entries), total, last, now);
             }
-            PeerMsg::Members(list) => self.on_members(conn, &peer, list, now),
+            PeerMsg::Members(_) => unreachable!("handled above"),
             PeerMsg::RepairGroups { round, groups } => {
                 if let Some(l) = m.phase.live_mut() {
                     let reply = l.repair.on_groups(round, &groups, &self.digest, now.mono_ms);
+                    if let PeerMsg::RepairBuckets { equal_groups, .. } = &reply {
+                        m.agree(*equal_groups, &[], now.mono_ms);
+                    }
                     self.out.push_back(Transmit::Send { conn, msg: reply });
                 }
             }
-            PeerMsg::RepairBuckets { round, buckets } => {
+            PeerMsg::RepairBuckets { round, equal_groups, buckets } => {
                 if let Some(l) = m.phase.live_mut() {
-                    l.repair.on_buckets(round, &buckets, &self.digest, now.mono_ms);
+                    let (equal, started) = l.repair.on_buckets(round, &buckets, &self.digest, now.mono_ms);
+                    // The responder compared the groups with what we held when the round
+                    // started, and the buckets with what we hold now.
+                    if let Some(started) = started {
+                        m.agree(equal_groups, &[], started);
+                    }
+                    m.agree(0, &equal, now.mono_ms);
+                }
+            }
+            PeerMsg::Collected { tombstones } => self.remove_tombstones(tombstones, now),
+            PeerMsg::ClockProbe { t0 } => {
+                let refusing = self.clock.refusal().is_some();
+                self.out.push_back(Transmit::Send {
+                    conn,
+                    msg: PeerMsg::ClockReply { t0, t1: now.wall_ms, refusing },
+                });
+            }
+            PeerMsg::ClockReply { t0, t1, refusing } => {
+                if let Some(l) = m.phase.live_mut() {
+                    l.clock.on_reply(t0, t1, refusing, now.mono_ms);
+                    if let Some(offset_ms) = l.clock.offset() {
+                        let bound_ms = self.max_clock_offset_ms;
+                        let worth_telling = offset_ms.unsigned_abs() > bound_ms / 2
+                            && l.clock.reported.is_none_or(|r| r.abs_diff(offset_ms) > bound_ms / 2);
+                        if worth_telling {
+                            l.clock.reported = Some(offset_ms);
+                            self.out.push_back(Transmit::Notice(Notice::ClockOffset {
+                                peer,
+                                offset_ms,
+                                bound_ms,
+                            }));
+                        }
+                    }
                 }
             }
             PeerMsg::RepairSummary { round, buckets, fingerprints, last } => {
                 if let Some(l) = m.phase.live_mut() {
-                    l.repair.on_summary(round, &buckets, &fingerprints, last, &self.replica, &self.digest);
+                    let ghosts = self.ghosts.iter().map(|(k, (ts, _))| (k, lww_crdt::Entry::tombstone(*ts)));
+                    let collected = l.repair.on_summary(
+                        round,
+                        &buckets,
+                        &fingerprints,
+                        last,
+                        &self.replica,
+                        &self.digest,
+                        ghosts,
+                    );
+                    m.collected_for.extend(collected);
                 }
             }
             PeerMsg::RepairWant { round, fingerprints, last } => {
@@ -864,6 +1148,7 @@ impl Gateway {
             }
             PeerMsg::RepairEntries { round, entries, last } => {
                 self.stats.repair_entries_received += entries.entry_count() as u64;
+                let entries = self.admit(&peer, &entries, now).into_owned();
                 self.on_remote(&entries, now);
                 if let Some(m) = self.members.get_mut(&peer)
                     && let Some(l) = m.phase.live_mut()
@@ -912,13 +1197,20 @@ impl Gateway {
             }
             self.conns.remove(&current);
             self.out.push_back(Transmit::Close { conn: current, why: CloseWhy::Replaced });
-            m.deltas.requeue_unacked();
+            m.deltas.requeue_unacked(&self.replica);
             if self.fill.uses(current) {
                 self.fill.interrupted();
                 fill_interrupted = true;
             }
         }
-        m.deltas.on_hello(hello.incarnation);
+        if m.deltas.peer_incarnation.is_some_and(|i| i != hello.incarnation) {
+            // Another run of the peer: what it held before says nothing of what it holds now.
+            m.root_agreeing = None;
+            m.root_ended = None;
+            m.root_durable = 0;
+            m.agreed.clear();
+        }
+        m.deltas.on_hello(hello.incarnation, &self.replica);
         m.started_ms = hello.started_ms;
         m.entries = hello.entries;
         if m.advertised.as_deref() != Some(&hello.peer) {
@@ -935,6 +1227,7 @@ impl Gateway {
             repair: Repair::new(i_am_smaller, hello.root.into(), force),
             outgoing: None,
             gossip_at: now.mono_ms + GOSSIP_INTERVAL_MS,
+            clock: PeerClock::default(),
         }));
         self.out.push_back(Transmit::Notice(Notice::Up { peer: peer.to_owned(), addr: hello.peer.clone() }));
         // Another active member advertised at this address is gone: this node took its place.
@@ -973,11 +1266,16 @@ impl Gateway {
         if !self.fill.is_current(conn, id) {
             // A chunk of a transfer given up on, or on a connection being replaced: still good
             // data.
-            self.on_remote(&piece.entries, now);
+            let entries = self.admit(&peer, &piece.entries, now).into_owned();
+            self.on_remote(&entries, now);
             return;
         }
         let n = piece.entry_count() as u64;
         let last_key = piece.entries.entries().next_back().map(|(k, _)| k.clone());
+        let piece = match self.admit(&peer, &piece.entries, now) {
+            std::borrow::Cow::Borrowed(_) => piece,
+            std::borrow::Cow::Owned(admitted) => SnapshotPiece::new(admitted),
+        };
         self.merge_chunk(piece, now);
         if self.fill.on_chunk(n, last_key, total, last, now.mono_ms) {
             self.release_held();
@@ -1056,6 +1354,10 @@ impl Gateway {
             self.out.push_back(Transmit::Notice(Notice::BadMembers { peer: peer.to_owned() }));
             return;
         }
+        let view = self.view_fingerprint(peer, list.iter().map(|i| (i.node.as_str(), i.state)));
+        if let Some(m) = self.members.get_mut(peer) {
+            m.view = Some(view);
+        }
         for info in list {
             if info.node == self.me
                 || !plausible_id(&info.node)
@@ -1100,6 +1402,26 @@ impl Gateway {
                 },
             }
         }
+    }
+
+    /// A fingerprint of a view of the membership: `owner` (active) and `others`, in any order.
+    fn view_fingerprint<'a>(
+        &self,
+        owner: &'a str,
+        others: impl Iterator<Item = (&'a str, MemberState)>,
+    ) -> u64 {
+        let mut all: Vec<(&str, MemberState)> = others.chain([(owner, MemberState::Active)]).collect();
+        all.sort_unstable();
+        all.dedup();
+        let text: String = all.iter().map(|(id, st)| format!("{id}:{st:?};")).collect();
+        self.digest.entry_hash(text.as_bytes(), &lww_crdt::Entry::tombstone(Timestamp::ZERO)) as u64
+    }
+
+    /// The fingerprint of this node's view of the membership, as its peers compute it from
+    /// what it tells them.
+    fn own_view(&self) -> u64 {
+        let list = self.member_list();
+        self.view_fingerprint(&self.me, list.iter().map(|i| (i.node.as_str(), i.state)))
     }
 
     /// A member newly heard of, started at `started_ms` and advertised at `addr`, replaces any
@@ -1179,6 +1501,17 @@ impl Gateway {
                 }
             }
         }
+        let measured: Vec<(i64, bool)> = self
+            .members
+            .values()
+            .filter_map(|m| m.phase.live().and_then(|l| Some((l.clock.offset()?, l.clock.refusing))))
+            .collect();
+        let clock = ClockView::from_offsets(measured, self.max_clock_offset_ms);
+        if clock.refusal().is_some() != self.clock.refusal().is_some() {
+            self.out.push_back(Transmit::Notice(Notice::Skewed { refusal: clock.refusal() }));
+        }
+        self.clock = clock;
+        self.stats.clock = clock;
         self.stats.peers_connected =
             self.members.values().filter(|m| m.phase.live().is_some()).count() as u64;
         self.stats.loading = self.loading();
@@ -1247,10 +1580,21 @@ impl Gateway {
         for m in self.members.values_mut() {
             let Phase::Live(live) = &mut m.phase else { continue };
             let conn = live.conn;
-            live.repair.check(root, t);
+            let equal = live.repair.check(root, t);
+            if let Some(t0) = live.clock.poll_probe(now.wall_ms, t) {
+                self.out.push_back(Transmit::Send { conn, msg: PeerMsg::ClockProbe { t0 } });
+            }
             if let Some(msg) = live.repair.on_time(&self.digest, t) {
                 self.stats.repair_rounds += 1;
                 self.out.push_back(Transmit::Send { conn, msg });
+            }
+            m.root_check(equal, t);
+            if !m.collected_for.is_empty() {
+                let back = std::mem::take(&mut m.collected_for);
+                for piece in collected_pieces(&back) {
+                    self.out
+                        .push_back(Transmit::Send { conn, msg: PeerMsg::Collected { tombstones: piece } });
+                }
             }
             for msg in m.deltas.take(root, t, true, &mut self.stats.sync) {
                 self.out.push_back(Transmit::Send { conn, msg });
@@ -1268,6 +1612,10 @@ impl Gateway {
                 self.out.push_back(Transmit::Send { conn, msg: PeerMsg::Members(list.clone()) });
             }
         }
+        if t >= self.gc_at {
+            self.gc_at = t + GC_INTERVAL_MS;
+            self.collect_tombstones(now);
+        }
         if !self.inbound.is_empty() && self.fanout.allows(t) {
             let delta = Arc::new(self.inbound.flush());
             let n = self.actors as u64;
@@ -1277,10 +1625,126 @@ impl Gateway {
         self.update(now);
     }
 
+    /// Collects the tombstones older than the grace that every member holds (design 4.9).
+    ///
+    /// The proof that a member holds tombstone X of bucket b: its replica agreed with ours in
+    /// b (whole roots equal, or b's digests equal in a repair round) at some time `t` at or
+    /// after b last changed here. X entered our replica no later than that last change (its
+    /// merge changed b), so we held X at `t`, and the member held what we held. A member counts
+    /// only once heard from, in the same run, [`DURABLE_AFTER_MS`] after that agreement, so
+    /// a member with a data directory had X on disk; a restarted member starts without
+    /// agreements. Forgotten and replaced members hold nothing back; a member that is down
+    /// holds collection back until it agrees again. With every member holding X and this node
+    /// never sending an entry older than its own, no older write of the key can arrive here
+    /// afterwards, so the key stays deleted.
+    fn collect_tombstones(&mut self, now: Now) {
+        self.ghosts.retain(|_, (_, until)| *until > now.mono_ms);
+        if self.replica.tombstones() == 0 {
+            return;
+        }
+        // Only while every member is connected and sees the same cluster as this node: a member
+        // this node has not heard of yet could hold anything.
+        let view = self.own_view();
+        let settled = self
+            .members
+            .values()
+            .filter(|m| m.is_active())
+            .all(|m| m.phase.live().is_some() && m.view == Some(view));
+        if !settled {
+            return;
+        }
+        let horizon =
+            now.wall_ms.saturating_add(self.clock.correction_ms).saturating_sub(self.tombstone_grace_ms);
+        let held_by_all = |b: usize| {
+            let changed = self.digest.changed_at(b);
+            self.members.values().filter(|m| m.is_active()).all(|m| m.durable_agreement(b) >= changed)
+        };
+        let doomed: Vec<(Bytes, Timestamp)> = self
+            .replica
+            .entries()
+            .filter(|(_, e)| e.is_tombstone() && e.ts.wall_ms < horizon)
+            .filter(|(k, _)| held_by_all(self.digest.bucket_of(k)))
+            .map(|(k, e)| (k.clone(), e.ts))
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        self.remove_tombstones(doomed, now);
+    }
+
+    /// Removes collected tombstones (each only if the replica holds that very one), remembers
+    /// them for [`GHOST_TTL_MS`], has the local actors remove them, and tells every live peer:
+    /// the proof that every member holds them holds for the peers too, and a peer that lacked
+    /// the same evidence could otherwise never collect them (its replica and ours would never
+    /// agree in their bucket again).
+    fn remove_tombstones(&mut self, tombstones: Vec<(Bytes, Timestamp)>, now: Now) {
+        let until = now.mono_ms + GHOST_TTL_MS;
+        let removed: Vec<(Bytes, Timestamp)> = tombstones
+            .into_iter()
+            .filter(|(k, ts)| {
+                let gone = self.replica.remove_tombstone(k, *ts);
+                if gone {
+                    self.digest.remove(k, &lww_crdt::Entry::tombstone(*ts), now.mono_ms);
+                    self.ghosts.insert(k.clone(), (*ts, until));
+                }
+                gone
+            })
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        self.stats.tombstones_collected += removed.len() as u64;
+        for m in self.members.values() {
+            if let Some(l) = m.phase.live() {
+                for piece in collected_pieces(&removed) {
+                    self.out.push_back(Transmit::Send {
+                        conn: l.conn,
+                        msg: PeerMsg::Collected { tombstones: piece },
+                    });
+                }
+            }
+        }
+        self.out.push_back(Transmit::Collect(Arc::new(removed)));
+    }
+
+    /// Why the tombstone of `key` is or is not collectable (for studying a simulation run).
+    #[cfg(feature = "sim")]
+    pub fn explain_gc(&self, key: &[u8], now: Now) -> String {
+        let b = self.digest.bucket_of(key);
+        let mut out = format!("bucket {b} changed at {} (now {}):", self.digest.changed_at(b), now.mono_ms);
+        for (id, m) in &self.members {
+            out.push_str(&format!(
+                " {id} {:?} durable {} agreeing {:?} ended {:?} bucket {:?} contact {:?};",
+                m.state,
+                m.durable_agreement(b),
+                m.root_agreeing,
+                m.root_ended,
+                m.agreed.get(b),
+                m.last_contact
+            ));
+        }
+        out
+    }
+
     fn live_on(&self, conn: ConnId) -> Option<&Live> {
         let ConnInfo { peer, .. } = self.conns.get(&conn)?;
         self.members.get(peer)?.phase.live().filter(|l| l.conn == conn)
     }
+}
+
+/// `tombstones` in pieces of at most about [`CHUNK_BYTES`] of keys.
+fn collected_pieces(tombstones: &[(Bytes, Timestamp)]) -> Vec<Vec<(Bytes, Timestamp)>> {
+    let mut pieces = vec![Vec::new()];
+    let mut bytes = 0;
+    for t in tombstones {
+        if bytes + t.0.len() + 32 > CHUNK_BYTES && !pieces.last().is_none_or(Vec::is_empty) {
+            pieces.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += t.0.len() + 32;
+        pieces.last_mut().expect("never empty").push(t.clone());
+    }
+    pieces
 }
 
 /// Whether a node id heard from a peer could be one: a DNS label of letters, digits and '-'.

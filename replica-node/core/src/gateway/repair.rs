@@ -34,7 +34,7 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, Entry};
+use lww_crdt::{BytesMap, Entry, Timestamp};
 
 use crate::digest::{BUCKETS, BUCKETS_PER_GROUP, Digest, GROUPS};
 use crate::peer::{BucketDigest, BulkRef, Fingerprint, PeerMsg, RepairEntriesRef};
@@ -195,12 +195,15 @@ impl Repair {
         self.peer_root = Some(root.into());
     }
 
-    /// Compares roots at `now`.
-    pub fn check(&mut self, root: u128, now: u64) {
+    /// Compares roots at `now`; returns whether they agree (the peer held, when it sent its
+    /// root, exactly what we hold now).
+    pub fn check(&mut self, root: u128, now: u64) -> bool {
         if self.peer_root == Some(root) {
             self.mismatch_since = None;
+            true
         } else {
             self.mismatch_since.get_or_insert(now);
+            false
         }
     }
 
@@ -235,12 +238,14 @@ impl Repair {
     }
 
     /// Responder: the initiator's group digests. Returns our digests of the quiet buckets of
-    /// every group that differs.
+    /// every group that differs, and which groups agree.
     pub fn on_groups(&mut self, round: u64, groups: &[Fingerprint], digest: &Digest, now: u64) -> PeerMsg {
         let mut buckets = Vec::new();
+        let mut equal_groups = 0u64;
         if groups.len() == GROUPS {
             for (g, theirs) in groups.iter().enumerate() {
                 if u128::from(*theirs) == digest.group(g) {
+                    equal_groups |= 1 << g;
                     continue;
                 }
                 for b in g * BUCKETS_PER_GROUP..(g + 1) * BUCKETS_PER_GROUP {
@@ -251,15 +256,31 @@ impl Repair {
             }
         }
         self.round = Some(Round::new(round, Stage::AwaitSummary, now));
-        PeerMsg::RepairBuckets { round, buckets }
+        PeerMsg::RepairBuckets { round, equal_groups, buckets }
     }
 
     /// Initiator: the responder's bucket digests. Picks the buckets that differ and are quiet on
-    /// both sides and starts sending the summary of ours; with none, the round is over.
-    pub fn on_buckets(&mut self, round: u64, buckets: &[BucketDigest], digest: &Digest, now: u64) {
+    /// both sides and starts sending the summary of ours; with none, the round is over. Returns
+    /// the buckets found equal on both sides (the responder held what we hold now), and when
+    /// the round started: the groups the responder found equal agreed with what we held then.
+    pub fn on_buckets(
+        &mut self,
+        round: u64,
+        buckets: &[BucketDigest],
+        digest: &Digest,
+        now: u64,
+    ) -> (Vec<u16>, Option<u64>) {
         let Some(r) = self.round.as_mut().filter(|r| r.id == round && r.stage == Stage::AwaitBuckets) else {
-            return;
+            return (Vec::new(), None);
         };
+        let started = Some(r.since);
+        let equal: Vec<u16> = buckets
+            .iter()
+            .filter(|b| {
+                usize::from(b.index) < BUCKETS && u128::from(b.digest) == digest.bucket(usize::from(b.index))
+            })
+            .map(|b| b.index)
+            .collect();
         let differ: Vec<u16> = buckets
             .iter()
             .filter(|b| usize::from(b.index) < BUCKETS)
@@ -270,16 +291,18 @@ impl Repair {
         if differ.is_empty() {
             // Only buckets still changing (or nothing at all) differ: try again later.
             self.finish(false, now);
-            return;
+            return (equal, started);
         }
         r.buckets = Buckets::new(differ);
         r.stage = Stage::Summarising;
         r.fingerprints_out = Some(Walk::default());
+        (equal, started)
     }
 
     /// Responder: a chunk of the initiator's summary. With the last one, works out which of our
     /// entries to send and which of its to ask for (one walk over the replica).
-    pub fn on_summary(
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_summary<'g>(
         &mut self,
         round: u64,
         buckets: &[u16],
@@ -287,21 +310,26 @@ impl Repair {
         last: bool,
         replica: &BytesMap,
         digest: &Digest,
-    ) {
+        ghosts: impl Iterator<Item = (&'g Bytes, Entry<Bytes>)>,
+    ) -> Vec<(Bytes, Timestamp)> {
         let Some(r) = self.round.as_mut().filter(|r| r.id == round && r.stage == Stage::AwaitSummary) else {
-            return;
+            return Vec::new();
         };
         if r.buckets.list.is_empty() {
             r.buckets = Buckets::new(buckets.to_vec());
         }
         r.fingerprints_in.extend_from_slice(fingerprints);
         if !last {
-            return;
+            return Vec::new();
         }
         r.fingerprints_in.sort_unstable();
         r.fingerprints_in.dedup();
+        // Tombstones collected here lately count as held: asking for them back would undo
+        // the collection.
+        let ghosts: Vec<(&Bytes, Entry<Bytes>)> = ghosts.collect();
         let mut ours: Vec<u64> = replica
             .entries()
+            .chain(ghosts.iter().map(|(k, e)| (*k, e)))
             .filter(|(k, _)| r.buckets.contains(digest.bucket_of(k)))
             .map(|(k, e)| fingerprint(digest, k, e))
             .collect();
@@ -310,6 +338,15 @@ impl Repair {
         r.wants_sent = Some(0);
         r.entries_out = Some(Walk::default());
         r.stage = Stage::Answering;
+        // The initiator still holds tombstones collected here: it is told it may collect them.
+        ghosts
+            .into_iter()
+            .filter(|(k, e)| {
+                r.buckets.contains(digest.bucket_of(k))
+                    && r.fingerprints_in.binary_search(&fingerprint(digest, k, e)).is_ok()
+            })
+            .map(|(k, e)| (k.clone(), e.ts))
+            .collect()
     }
 
     /// Initiator: a chunk of the responder's wants. With the last one, starts sending the

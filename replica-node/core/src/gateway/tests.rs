@@ -26,6 +26,8 @@ fn config(node: &str, joins: &[(&str, &str)]) -> GatewayConfig {
         joins: joins.iter().map(|(n, a)| JoinTarget { node: (*n).into(), addr: (*a).into() }).collect(),
         redial_newer_ms: Some(DEFAULT_REDIAL_NEWER_MS),
         pending_limit: MAX_PENDING_WHILE_DOWN,
+        max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
+        tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
     }
 }
 
