@@ -5,7 +5,8 @@
 //! relaxed atomics: figures for operators and tests, never used to make decisions, so no
 //! ordering between them is promised.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use replica_core::stats::{GatewayStats, SyncStats};
 
@@ -32,6 +33,20 @@ pub struct NodeStats {
     pub clients_connected: AtomicU64,
     /// Client commands executed, all actors together.
     pub commands_processed: AtomicU64,
+    /// The node has a data directory (INFO shows the `persistence` section).
+    pub persist_enabled: AtomicBool,
+    /// Bytes of log segments on disk.
+    pub persist_log_bytes: AtomicU64,
+    /// When the log was last synced (monotonic ms of the node's clock).
+    pub persist_last_fsync_mono_ms: AtomicU64,
+    /// Snapshots written by compaction since the node started.
+    pub persist_snapshots_written: AtomicU64,
+    /// Entries (tombstones included) recovered from the data directory at start.
+    pub persist_recovered_entries: AtomicU64,
+    /// Set while the disk refuses the log: client writes get `-MISCONF` (reason below).
+    pub persist_refusing: AtomicBool,
+    /// Why the disk refuses the log, while it does.
+    pub persist_refusal: Mutex<String>,
 }
 
 impl NodeStats {
@@ -59,6 +74,15 @@ impl NodeStats {
         self.publish_sync(&mut published.sync, &now.sync);
         self.peers_connected.store(now.peers_connected, Ordering::Relaxed);
         published.peers_connected = now.peers_connected;
+    }
+
+    /// Why writes are refused (`-MISCONF <reason>`), if they are: the disk refuses the log.
+    pub fn misconf(&self) -> Option<String> {
+        if !self.persist_refusing.load(Ordering::Acquire) {
+            return None;
+        }
+        let reason = self.persist_refusal.lock().map(|r| r.clone()).unwrap_or_default();
+        Some(reason)
     }
 
     /// Reads a counter.

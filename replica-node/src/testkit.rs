@@ -80,6 +80,7 @@ impl Cluster {
             join,
             progress: false,
             peer_idle_timeout: self.peer_idle_timeout,
+            ..NodeConfig::default()
         };
         self.nodes.push(Node::start(&config).expect("node starts"));
         self.nodes.last().expect("just pushed")
@@ -159,5 +160,23 @@ pub fn eventually_every(
             return None;
         }
         std::thread::sleep(every);
+    }
+}
+
+/// Faults a test injects into a node ([`NodeConfig::faults`]): a failing disk under its data
+/// directory, a panic in one of its actors. Shared: set them while the node runs.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The data directory's disk: [`replica_persist::Fault::Full`] makes the log refuse
+    /// writes, [`replica_persist::Fault::Device`] fail for good.
+    pub disk: replica_persist::Faults,
+    /// Set to `i + 1` to make query actor `i` panic at its next round.
+    pub panic_actor: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Faults {
+    /// Whether actor `index` is to panic now.
+    pub(crate) fn actor_panics(&self, index: usize) -> bool {
+        self.panic_actor.load(std::sync::atomic::Ordering::Relaxed) == index + 1
     }
 }

@@ -167,6 +167,11 @@ impl Gateway {
         }
     }
 
+    /// A gateway whose replica starts as `replica` (the state a node recovered from its disk).
+    pub fn with_replica(actors: usize, incarnation: u64, replica: BytesMap) -> Self {
+        Gateway { replica, ..Gateway::new(actors, incarnation) }
+    }
+
     /// What the gateway sent and received, and how many servers it is connected to.
     pub fn stats(&self) -> &GatewayStats {
         &self.stats

@@ -55,6 +55,10 @@ pub struct Replica {
     stats: SyncStats,
     /// Merges whose newest timestamp was too far ahead for the clock to follow.
     future_timestamps_ignored: u64,
+    /// With persistence: every client write that changed the replica since the driver last
+    /// took them, unpaced (see [`Replica::take_durable`]).
+    durable: Vec<(Bytes, Entry<Bytes>)>,
+    keep_durable: bool,
 }
 
 impl Replica {
@@ -70,7 +74,30 @@ impl Replica {
             recipients,
             stats: SyncStats::default(),
             future_timestamps_ignored: 0,
+            durable: Vec::new(),
+            keep_durable: false,
         }
+    }
+
+    /// Starts from state recovered from disk: `map`, whose newest timestamp is `newest`. The
+    /// clock moves past it, so every write from now on wins over everything recovered, and
+    /// nothing recovered is sent to anyone (every recipient recovers the same state).
+    pub fn restore(&mut self, map: BytesMap, newest: Timestamp) {
+        self.map = map;
+        self.clock.observe(newest);
+    }
+
+    /// Keeps every client write that changes the replica for [`Replica::take_durable`] as well
+    /// as for the paced sync: the persistence actor must not wait for the pacer.
+    pub fn keep_durable(&mut self) {
+        self.keep_durable = true;
+    }
+
+    /// The client writes that changed the replica since the last call, oldest first (none
+    /// unless [`Replica::keep_durable`] was called). The driver hands them to the persistence
+    /// actor at the end of every round, however the pacer holds the same writes back.
+    pub fn take_durable(&mut self) -> std::vec::Drain<'_, (Bytes, Entry<Bytes>)> {
+        self.durable.drain(..)
     }
 
     /// This actor's index on its node.
@@ -96,6 +123,9 @@ impl Replica {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
         if self.map.apply(key.clone(), entry.clone()) {
+            if self.keep_durable {
+                self.durable.push((key.clone(), entry.clone()));
+            }
             self.pending.record(key, entry);
         }
         ts
@@ -251,6 +281,28 @@ mod tests {
         let ts = r.map().get_entry(&b"other"[..]).unwrap().ts;
         assert!(ts.wall_ms < u64::MAX / 2, "our clock stayed sane: {ts}");
         assert_eq!(r.future_timestamps_ignored(), 1);
+    }
+
+    #[test]
+    fn durable_writes_are_kept_unpaced_and_restored_state_is_not_sent() {
+        use crate::pacer::BURST;
+        let mut r = Replica::new(0, 1, 1);
+        let mut recovered = BytesMap::new();
+        recovered.put(b("old"), b("v"), Timestamp::new(now(5_000).wall_ms, 7, 9));
+        r.restore(recovered, Timestamp::new(now(5_000).wall_ms, 7, 9));
+        assert!(r.poll_sync(now(0)).is_none(), "recovered state is not sent");
+        let ts = r.write(b("old"), Some(b("new")), now(0));
+        assert!(ts > Timestamp::new(now(5_000).wall_ms, 7, 9), "the clock is past what was recovered");
+        assert_eq!(r.take_durable().count(), 0, "nothing kept unless asked");
+        r.keep_durable();
+        for i in 0..BURST as u64 + 5 {
+            r.write(b(&format!("k{i}")), Some(b("v")), now(0));
+            r.poll_sync(now(0));
+        }
+        assert!(r.poll_sync(now(0)).is_none(), "the pacer holds writes back");
+        let durable: Vec<_> = r.take_durable().collect();
+        assert_eq!(durable.len(), BURST + 5, "every write, unpaced");
+        assert_eq!(r.take_durable().count(), 0);
     }
 
     #[test]

@@ -216,6 +216,18 @@ impl DataDir {
         }
     }
 
+    /// Appends a record holding `payload`, an entries payload encoded elsewhere (by a
+    /// [`BatchEncoder`], e.g. on the thread that took the writes). Empty payloads are skipped.
+    pub fn append_payload(&mut self, payload: &[u8]) {
+        self.end_batch();
+        if !payload.is_empty() && payload.len() <= codec::MAX_PAYLOAD {
+            codec::push_record(&mut self.tail, payload);
+        } else if !payload.is_empty() {
+            // The encoders cut batches at TARGET_PAYLOAD; one entry is at most 8 MiB + 64 KiB.
+            tracing::error!(bytes = payload.len(), "a batch too large for one record was not logged");
+        }
+    }
+
     /// Closes the current batch into a record. Records are the unit of recovery: a torn tail
     /// loses the last record whole, never part of one.
     pub fn end_batch(&mut self) {

@@ -92,6 +92,13 @@ pub fn execute(
     };
     let cmd = Cmd { args, out, proto: session.proto };
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if (is("SET") || is("DEL") || is("UNLINK"))
+        && let Some(reason) = info.stats.misconf()
+    {
+        // The disk refuses the log: a write acknowledged now could be lost (design 4.3).
+        resp::error(out, &format!("MISCONF {reason}"));
+        return Flow::Continue;
+    }
     if is("GET") {
         cmd.run(2, 2, "get", |c| get(c, replica));
     } else if is("SET") {
@@ -584,6 +591,18 @@ fn info_cmd(c: Cmd<'_>, replica: &Replica, info: &NodeInfo, now: Now) {
             g(&stats.remote_bytes_sent),
             g(&stats.remote_bytes_received),
             g(&stats.peers_connected),
+        );
+    }
+    if want("persistence") && stats.persist_enabled.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = write!(
+            text,
+            "\r\n# Persistence\r\nlog_bytes:{}\r\nlast_fsync_ms_ago:{}\r\nsnapshots_written:{}\r\n\
+             recovered_entries:{}\r\nmisconf:{}\r\n",
+            g(&stats.persist_log_bytes),
+            now.mono_ms.saturating_sub(g(&stats.persist_last_fsync_mono_ms)),
+            g(&stats.persist_snapshots_written),
+            g(&stats.persist_recovered_entries),
+            u8::from(stats.persist_refusing.load(std::sync::atomic::Ordering::Relaxed)),
         );
     }
     resp::bulk(c.out, text.as_bytes());

@@ -29,6 +29,12 @@ pub struct NodeConfig {
     /// A peer connection with no packet from the other side for this long is dead (keep-alive
     /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
     pub peer_idle_timeout: Duration,
+    /// The data directory (`--data-dir`): with one the node is durable and keeps its id across
+    /// restarts; without, it is memory-only and relies on its peers after a restart.
+    pub data_dir: Option<PathBuf>,
+    /// Faults to inject (tests only).
+    #[cfg(feature = "testkit")]
+    pub faults: crate::testkit::Faults,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +47,9 @@ impl Default for NodeConfig {
             join: Vec::new(),
             progress: false,
             peer_idle_timeout: EndpointOptions::default().idle_timeout,
+            data_dir: None,
+            #[cfg(feature = "testkit")]
+            faults: crate::testkit::Faults::default(),
         }
     }
 }
@@ -70,6 +79,9 @@ pub enum StartError {
     /// The cluster identity (CA, node certificate) could not be set up.
     #[error("cluster identity: {0}")]
     Cluster(String),
+    /// The data directory could not be opened (in use, damaged, unwritable).
+    #[error("{0}")]
+    DataDir(#[from] replica_persist::OpenError),
     /// Any other OS failure while starting.
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),

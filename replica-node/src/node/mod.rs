@@ -1,10 +1,17 @@
-//! Starting and stopping a whole node: bind every port, start one thread per query actor,
-//! describe the node, shut down cleanly.
+//! Starting and stopping a whole node: recover its data directory, bind every port, start one
+//! thread per query actor, the gateway and the persistence actor, describe the node, shut
+//! down cleanly, and report at once when a thread it cannot do without dies.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use lww_crdt::{BytesMap, Timestamp};
+use replica_persist::{DataDir, Options};
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
@@ -15,6 +22,7 @@ use replica_core::gateway::Gateway;
 use crate::command::NodeInfo;
 use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
+use crate::runtime::persist_loop::{self, Doorbell, PersistMsg, PersistStart};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
 use crate::runtime::{ActorMsg, Clock, random_u64};
 use crate::stats::NodeStats;
@@ -35,17 +43,41 @@ pub struct Node {
     gateway: Option<JoinHandle<()>>,
     /// Wakes the gateway so it sees its mailbox closed once the actors have exited.
     gateway_mail: Arc<tokio::sync::Notify>,
+    /// The persistence actor, with a data directory: its thread, the address the node asks
+    /// it to sync through, and its doorbell.
+    persist: Option<JoinHandle<()>>,
+    persist_control: Option<Address<PersistMsg>>,
+    persist_ring: Option<Sender<()>>,
+    /// Why a thread the node cannot do without died (see [`Node::failed`]).
+    failures: Receiver<String>,
     stats: Arc<NodeStats>,
     /// A private cluster directory, removed when the node is dropped.
     _private_cluster: Option<tempfile::TempDir>,
 }
 
 impl Node {
-    /// Binds every port and starts the actors. When this returns, the node serves clients.
+    /// Recovers the data directory (if any), binds every port and starts the actors. When this
+    /// returns, the node serves clients, every actor holding the recovered state.
     pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
         let (ip, joins) = validate(config)?;
-        let node_num = random_u64() >> 16;
-        let node = format!("{:012x}", node_num);
+        // The data directory first: it holds the node's id, and a second process on it must be
+        // refused before anything is bound.
+        let mut data = match &config.data_dir {
+            Some(path) => Some(open_data_dir(path, config)?),
+            None => None,
+        };
+        let node = match &data {
+            Some(d) => d.dir.node().to_owned(),
+            None => format!("{:012x}", random_u64() >> 16),
+        };
+        let node_num =
+            u64::from_str_radix(&node, 16).ok().filter(|n| node.len() == 12 && *n < 1 << 48).ok_or_else(
+                || StartError::Config(format!("the data directory names node {node:?}, not 12 hex digits")),
+            )?;
+        let (recovered, newest): (BytesMap, Timestamp) = match &mut data {
+            Some(d) => (std::mem::take(&mut d.recovered.map), d.recovered.newest),
+            None => (BytesMap::new(), Timestamp::ZERO),
+        };
         let (runtime, endpoint, private_cluster) = bind_peer(config, ip, &node)?;
         let peer_addr = endpoint.local_addr()?;
         let listeners = bind_clients(config, ip)?;
@@ -58,9 +90,11 @@ impl Node {
         };
 
         let stats = Arc::new(NodeStats::default());
+        stats.persist_recovered_entries.store(recovered.entry_count() as u64, Ordering::Relaxed);
         let shutdown = Arc::new(AtomicBool::new(false));
         let clock = Clock::default();
         let started = clock.now().mono_ms;
+        let (fail_tx, failures) = crossbeam_channel::unbounded();
 
         let mut polls = Vec::new();
         let mut wakers = Vec::new();
@@ -79,7 +113,29 @@ impl Node {
         let (gateway_addr, gateway_mailbox) =
             Mailbox::with_notify(Notify::new(TokioWake(gateway_mail.clone())));
 
+        // The persistence actor: client writes from the actors (unpaced), remote writes from
+        // the gateway's fan-out, as a local peer gets them.
+        let mut persist_parts = None;
+        if let Some(d) = data {
+            let (ring, doorbell) = crossbeam_channel::bounded(1);
+            let notify = Notify::new(Doorbell(ring.clone()));
+            let (writes_addr, writes) = Mailbox::with_notify(notify.clone());
+            let (fanout_addr, fanout) = Mailbox::with_notify(notify);
+            let start = PersistStart {
+                dir: d.dir,
+                writes,
+                fanout,
+                doorbell,
+                ring: ring.clone(),
+                clock,
+                stats: stats.clone(),
+            };
+            persist_parts = Some((start, writes_addr, fanout_addr, ring));
+        }
+        let persist_writes = persist_parts.as_ref().map(|(_, w, _, _)| w.clone());
+
         let mut threads = Vec::new();
+        let mut recovered = Some(recovered);
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
             let recipients: Vec<_> = addresses
                 .iter()
@@ -89,8 +145,13 @@ impl Node {
                 .chain([gateway_addr.clone()])
                 .collect();
             let replica_id = (node_num << 16) | i as u64;
+            let mut replica = Replica::new(i, replica_id, recipients.len());
+            if let Some(map) = &recovered {
+                // Clones share every key and value: only the tree is copied.
+                replica.restore(map.clone(), newest);
+            }
             let start = ActorStart {
-                replica: Replica::new(i, replica_id, recipients.len()),
+                replica,
                 listener,
                 poll,
                 mailbox,
@@ -105,30 +166,51 @@ impl Node {
                 },
                 shutdown: shutdown.clone(),
                 clock,
+                persist: persist_writes.clone(),
+                #[cfg(feature = "testkit")]
+                faults: config.faults.clone(),
             };
-            let t = std::thread::Builder::new()
-                .name(format!("actor-{i}"))
-                .spawn(move || query_loop::run(start))?;
-            threads.push(t);
+            threads.push(spawn_critical(format!("actor-{i}"), &shutdown, &fail_tx, move || {
+                query_loop::run(start);
+                Ok(())
+            })?);
         }
         drop(gateway_addr);
+        drop(persist_writes);
+        let mut fanout_to = addresses.clone();
+        let mut persist = None;
+        let mut persist_control = None;
+        let mut persist_ring = None;
+        if let Some((start, writes_addr, fanout_addr, ring)) = persist_parts {
+            fanout_to.push(fanout_addr);
+            persist_control = Some(writes_addr);
+            persist_ring = Some(ring);
+            persist = Some(spawn_critical("persist".into(), &shutdown, &fail_tx, move || {
+                persist_loop::run(start)
+            })?);
+        }
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
             // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
-            gateway: Gateway::new(config.actors, random_u64().max(1)),
+            gateway: Gateway::with_replica(
+                config.actors,
+                random_u64().max(1),
+                recovered.take().unwrap_or_default(),
+            ),
             mailbox: gateway_mailbox,
             mail: gateway_mail.clone(),
-            actors: addresses.clone(),
+            actors: fanout_to,
             joins,
             clock,
             stats: stats.clone(),
             advertised: peer_addr.to_string(),
             progress: config.progress,
         };
-        let gateway = std::thread::Builder::new()
-            .name("gateway".into())
-            .spawn(move || gateway_loop::run(gateway_start))?;
+        let gateway = spawn_critical("gateway".into(), &shutdown, &fail_tx, move || {
+            gateway_loop::run(gateway_start);
+            Ok(())
+        })?;
         drop(addresses);
         tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
         Ok(Node {
@@ -138,9 +220,21 @@ impl Node {
             threads,
             gateway: Some(gateway),
             gateway_mail,
+            persist,
+            persist_control,
+            persist_ring,
+            failures,
             stats,
             _private_cluster: private_cluster,
         })
+    }
+
+    /// Receives why, if a thread the node cannot do without (a query actor, the gateway, the
+    /// persistence actor) dies: a panic, an unrecoverable IO error. The node is then not whole
+    /// and must not go on serving (design 8, fail fast): `replica-node` exits non-zero at once
+    /// so that a supervisor restarts it, and recovery and its peers restore it.
+    pub fn failed(&self) -> &Receiver<String> {
+        &self.failures
     }
 
     /// The node's description (what it prints when ready).
@@ -164,17 +258,33 @@ impl Node {
             let _ = w.wake();
         }
         for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("an actor thread panicked");
+            let _ = t.join();
+        }
+        // The actors have handed the persistence actor their last writes: sync the log before
+        // the peer hand-off, which may take seconds.
+        if let Some(control) = self.persist_control.take() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if control.send(PersistMsg::Flush(tx)).is_ok() {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(())) => tracing::info!("log synced"),
+                    Ok(Err(why)) => tracing::error!("the log could not be synced: {why}"),
+                    Err(_) => tracing::error!("the persistence actor did not sync the log in time"),
+                }
             }
         }
         // The actors have sent the gateway their last writes and dropped their addresses: its
         // mailbox is closed, which ends it once it looks.
         self.gateway_mail.notify_one();
-        if let Some(g) = self.gateway.take()
-            && g.join().is_err()
-        {
-            tracing::error!("the gateway thread panicked");
+        if let Some(g) = self.gateway.take() {
+            let _ = g.join();
+        }
+        // Every address of the persistence actor is gone now: it syncs what the gateway fanned
+        // out last and ends once it looks.
+        if let Some(ring) = self.persist_ring.take() {
+            let _ = ring.try_send(());
+        }
+        if let Some(p) = self.persist.take() {
+            let _ = p.join();
         }
     }
 }
@@ -183,6 +293,56 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `f` on a thread named `name`; if it panics, fails, or returns while the node is not
+/// stopping, logs why and reports it on `failures` (see [`Node::failed`]).
+fn spawn_critical(
+    name: String,
+    shutdown: &Arc<AtomicBool>,
+    failures: &Sender<String>,
+    f: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (shutdown, failures) = (shutdown.clone(), failures.clone());
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) if shutdown.load(Ordering::Acquire) => return,
+            Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+            Ok(Err(e)) => e,
+            Err(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(s), _) => format!("panicked: {s}"),
+                (_, Some(s)) => format!("panicked: {s}"),
+                _ => "panicked".to_owned(),
+            },
+        };
+        tracing::error!(thread = %name, "{why}; the node cannot go on without it");
+        let _ = failures.send(format!("{name}: {why}"));
+    })
+}
+
+/// Opens the data directory and recovers its state, timing it for the logs.
+fn open_data_dir(path: &Path, config: &NodeConfig) -> Result<replica_persist::Opened, StartError> {
+    let t0 = Instant::now();
+    let new_id = || format!("{:012x}", random_u64() >> 16);
+    #[cfg(feature = "testkit")]
+    let opened = DataDir::open_faulty(path, Options::default(), config.faults.disk.clone(), new_id)?;
+    #[cfg(not(feature = "testkit"))]
+    let opened = {
+        let _ = config;
+        DataDir::open(path, Options::default(), new_id)?
+    };
+    let r = &opened.recovered;
+    tracing::info!(
+        dir = %path.display(),
+        entries = r.map.entry_count(),
+        snapshot_entries = r.snapshot.as_ref().map_or(0, |s| s.entries),
+        log_entries = r.log_entries,
+        segments = r.segments.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        new = opened.created,
+        "data directory recovered"
+    );
+    Ok(opened)
 }
 
 /// Checks the configuration: the actor count, the host, the join descriptions.

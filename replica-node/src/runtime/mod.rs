@@ -4,6 +4,7 @@
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
+pub(crate) mod persist_loop;
 pub(crate) mod query_loop;
 
 use replica_core::SyncBatch;

@@ -20,6 +20,7 @@ use replica_core::{Replica, SyncBatch};
 use resp::RequestParser;
 
 use super::mailbox::{Address, Empty, Mailbox};
+use super::persist_loop::PersistMsg;
 use super::{ActorMsg, Clock};
 use crate::command::{self, ActorState, Cursors, Flow, NodeInfo, Session};
 
@@ -42,6 +43,12 @@ pub struct ActorStart {
     pub shutdown: Arc<AtomicBool>,
     /// The node's clocks.
     pub clock: Clock,
+    /// The persistence actor, with a data directory: it gets every client write at the end
+    /// of the round that executed it, unpaced.
+    pub persist: Option<Address<PersistMsg>>,
+    /// Faults to inject (tests).
+    #[cfg(feature = "testkit")]
+    pub faults: crate::testkit::Faults,
 }
 
 const LISTENER: Token = Token(0);
@@ -88,11 +95,30 @@ struct Actor {
     future_logged: u64,
     /// Read buffer shared by the actor's connections (bytes are copied out per read).
     scratch: Vec<u8>,
+    persist: Option<Address<PersistMsg>>,
+    /// Encodes the writes for the persistence actor (on this thread, which holds them hot).
+    encoder: replica_persist::codec::BatchEncoder,
 }
 
 /// Runs a query actor until the node shuts down.
 pub fn run(start: ActorStart) {
-    let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, shutdown, clock } = start;
+    #[cfg(feature = "testkit")]
+    let faults = start.faults.clone();
+    let ActorStart {
+        mut replica,
+        mut listener,
+        mut poll,
+        mailbox,
+        recipients,
+        info,
+        shutdown,
+        clock,
+        persist,
+        ..
+    } = start;
+    if persist.is_some() {
+        replica.keep_durable();
+    }
     let mut actor = Actor {
         state: ActorState { replica, cursors: Cursors::default(), info },
         recipients,
@@ -103,6 +129,8 @@ pub fn run(start: ActorStart) {
         published: SyncStats::default(),
         future_logged: 0,
         scratch: vec![0; READ_CHUNK],
+        persist,
+        encoder: replica_persist::codec::BatchEncoder::new(),
     };
     if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
         tracing::error!(actor = actor.state.replica.index(), "cannot watch the client port: {e}");
@@ -124,6 +152,10 @@ pub fn run(start: ActorStart) {
         }
         if shutdown.load(Ordering::Acquire) {
             break;
+        }
+        #[cfg(feature = "testkit")]
+        if faults.actor_panics(actor.state.replica.index()) {
+            panic!("injected fault: actor {} panics", actor.state.replica.index());
         }
         for event in &events {
             match event.token() {
@@ -195,6 +227,25 @@ impl Actor {
         if !keep {
             self.close(slot, poll);
         }
+        self.persist_writes();
+    }
+
+    /// Hands the writes executed since the last call to the persistence actor (if any), at
+    /// once: this is what bounds the time an acknowledged write is only in memory.
+    fn persist_writes(&mut self) {
+        let Some(persist) = &self.persist else { return };
+        for (key, entry) in self.state.replica.take_durable() {
+            self.encoder.push(&key, entry.value.as_deref(), entry.ts);
+            if self.encoder.is_full()
+                && let Some(payload) = self.encoder.take_payload()
+            {
+                let _ = persist.send(PersistMsg::Batch(payload));
+            }
+        }
+        if let Some(payload) = self.encoder.take_payload() {
+            // A stopped persistence actor stops the node (fail fast): nothing to do here.
+            let _ = persist.send(PersistMsg::Batch(payload));
+        }
     }
 
     fn close(&mut self, slot: usize, poll: &Poll) {
@@ -243,12 +294,14 @@ impl Actor {
                 }
             }
         }
+        self.persist_writes();
         // Sent regardless of pacing: this is the actor's last message.
         let last = self.state.replica.poll_sync_final(self.clock.now());
         self.send(last);
     }
 
     fn sync(&mut self) {
+        self.persist_writes();
         let batch = self.state.replica.poll_sync(self.clock.now());
         self.send(batch);
     }
