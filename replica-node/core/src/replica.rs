@@ -93,6 +93,11 @@ impl Replica {
         self.keep_durable = true;
     }
 
+    /// How many writes [`Replica::take_durable`] would return.
+    pub fn durable_len(&self) -> usize {
+        self.durable.len()
+    }
+
     /// The client writes that changed the replica since the last call, oldest first (none
     /// unless [`Replica::keep_durable`] was called). The driver hands them to the persistence
     /// actor at the end of every round, however the pacer holds the same writes back.

@@ -66,6 +66,35 @@ pub struct DataDir {
     sealed: Vec<SegmentInfo>,
     compacting: bool,
     snapshots_written: u64,
+    /// A [`SyncRequest`] is out: the file must not be cut or replaced until it is back.
+    syncing: bool,
+}
+
+/// A sync of the log taken off the appending thread ([`DataDir::sync_request`]), so that
+/// handing new records to the OS never waits behind a slow `fsync`. Run it on any thread and
+/// give the outcome back to [`DataDir::sync_done`].
+#[derive(Debug)]
+pub struct SyncRequest {
+    file: File,
+    seq: u64,
+    upto: u64,
+    faults: Faults,
+}
+
+impl SyncRequest {
+    /// Syncs the segment's data (`fdatasync`).
+    pub fn run(self) -> SyncDone {
+        let result = self.faults.check("syncing the log").and_then(|()| self.file.sync_data());
+        SyncDone { seq: self.seq, upto: self.upto, result }
+    }
+}
+
+/// The outcome of a [`SyncRequest`].
+#[derive(Debug)]
+pub struct SyncDone {
+    seq: u64,
+    upto: u64,
+    result: io::Result<()>,
 }
 
 /// A data directory just opened, and what it held.
@@ -186,6 +215,7 @@ impl DataDir {
             sealed: recovered.segments.clone(),
             compacting: false,
             snapshots_written: 0,
+            syncing: false,
         };
         Ok(Opened { dir: data, recovered, created })
     }
@@ -244,6 +274,10 @@ impl DataDir {
     pub fn write_out(&mut self) -> Result<(), LogError> {
         self.end_batch();
         if self.broken {
+            if self.syncing {
+                // Cutting the file under a sync in flight would make its outcome meaningless.
+                return Err(LogError::from_io("rewriting the log", io::Error::other("a sync is in flight")));
+            }
             // Whatever the failed attempt left after the durable bytes is written again.
             self.faults
                 .check("truncating the log")
@@ -274,9 +308,64 @@ impl DataDir {
         Ok(())
     }
 
+    /// A sync of everything written out so far, to run on another thread while appending and
+    /// writing out go on; `None` if nothing written out waits for one, one is already out, or
+    /// the log must be rewritten first (then [`DataDir::commit`]).
+    pub fn sync_request(&mut self) -> Option<SyncRequest> {
+        if self.syncing || self.broken || self.written == 0 {
+            return None;
+        }
+        let file = self.file.try_clone().ok()?;
+        self.syncing = true;
+        Some(SyncRequest {
+            file,
+            seq: self.seq,
+            upto: self.durable + self.written as u64,
+            faults: self.faults.clone(),
+        })
+    }
+
+    /// Takes the outcome of a [`SyncRequest`]: on success the bytes it covered are durable and
+    /// leave memory; on failure they are written again by the next [`DataDir::commit`].
+    pub fn sync_done(&mut self, done: SyncDone) -> Result<(), LogError> {
+        self.syncing = false;
+        match done.result {
+            Ok(()) => {
+                let n = done.upto.saturating_sub(self.durable) as usize;
+                // The segment cannot have changed while the sync was out (no rotation, no
+                // rewrite); the check only guards the bookkeeping.
+                if done.seq == self.seq && n <= self.written {
+                    self.tail.drain(..n);
+                    self.written -= n;
+                    self.durable = done.upto;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(LogError::from_io("syncing the log", e))
+            }
+        }
+    }
+
+    /// Whether a [`SyncRequest`] is out.
+    pub fn syncing(&self) -> bool {
+        self.syncing
+    }
+
+    /// Whether the segment is full: the next [`DataDir::commit`] seals it.
+    pub fn rotation_due(&self) -> bool {
+        self.durable + self.tail.len() as u64 >= self.opts.segment_bytes
+    }
+
     /// Writes out and syncs everything appended; then seals the segment if it is full. On an
     /// error nothing appended is lost: it stays in memory for the next attempt.
+    ///
+    /// # Panics
+    ///
+    /// If a [`SyncRequest`] is out (wait for it and call [`DataDir::sync_done`] first).
     pub fn commit(&mut self) -> Result<(), LogError> {
+        assert!(!self.syncing, "commit while a sync request is out");
         self.write_out()?;
         if !self.tail.is_empty() {
             if let Err(e) = self.faults.check("syncing the log").and_then(|()| self.file.sync_data()) {
@@ -285,6 +374,11 @@ impl DataDir {
             }
             self.durable += self.tail.len() as u64;
             self.tail.clear();
+            if self.tail.capacity() > 16 << 20 {
+                // A burst (a join's snapshot, a backlog after a refusing disk) left a large
+                // buffer: do not keep it for the usual few milliseconds of writes.
+                self.tail.shrink_to(1 << 20);
+            }
             self.written = 0;
         }
         if self.durable >= self.opts.segment_bytes {

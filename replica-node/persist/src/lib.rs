@@ -82,7 +82,7 @@ pub mod recovery;
 pub mod scan;
 
 pub use compact::LogRun;
-pub use dir::{Compaction, DataDir, Opened, Options, SnapshotWriter, write_snapshot};
+pub use dir::{Compaction, DataDir, Opened, Options, SnapshotWriter, SyncDone, SyncRequest, write_snapshot};
 pub use error::{CompactError, LogError, MOVE_AWAY, OpenError, RecoverError};
 #[cfg(any(test, feature = "harness"))]
 pub use faults::Fault;

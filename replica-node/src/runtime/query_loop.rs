@@ -62,6 +62,8 @@ const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 /// Open client connections per actor; more are told so and closed.
 const MAX_CONNECTIONS: usize = 10_000;
 const READ_CHUNK: usize = 64 * 1024;
+/// Writes that make the actor hand its writes to the persistence actor before its round ends.
+pub const DURABLE_BATCH: usize = 4096;
 /// How long a stopping actor keeps trying to hand replies already computed to slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -227,7 +229,11 @@ impl Actor {
         if !keep {
             self.close(slot, poll);
         }
-        self.persist_writes();
+        // Normally once per round (in `sync`); a round that takes many writes hands them on
+        // before it ends, so a flood on one connection cannot hold them back.
+        if self.state.replica.durable_len() >= DURABLE_BATCH {
+            self.persist_writes();
+        }
     }
 
     /// Hands the writes executed since the last call to the persistence actor (if any), at
