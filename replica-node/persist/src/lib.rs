@@ -87,6 +87,6 @@ pub use error::{CompactError, LogError, MOVE_AWAY, OpenError, RecoverError};
 #[cfg(any(test, feature = "harness"))]
 pub use faults::Fault;
 pub use faults::Faults;
-pub use layout::{FileKind, LOCK_FILE, META_FILE};
+pub use layout::{FileKind, LOCK_FILE, META_FILE, segment_header, snapshot_header};
 pub use meta::Meta;
 pub use recovery::{Recovered, Repair, SegmentInfo, SnapshotInfo, recover, recover_in_memory};
