@@ -138,7 +138,7 @@ fn one_thread(
         let options = EndpointOptions::default();
         let ea = PeerEndpoint::bind(loopback(), a, &options)?;
         let eb = PeerEndpoint::bind(loopback(), b, &options)?;
-        let (dialled, accepted) = tokio::join!(ea.connect(eb.local_addr()?, eb.node_id()), eb.accept());
+        let (dialled, accepted) = tokio::join!(ea.connect(eb.local_addr()?, Some(eb.node_id())), eb.accept());
         let ab = dialled?;
         let ba = accepted.context("endpoint closed")??;
         let start = Instant::now();
@@ -173,7 +173,7 @@ fn two_threads(
     let (start, sent, _conn) = rt.block_on(async {
         let ea = PeerEndpoint::bind(loopback(), a, &EndpointOptions::default())?;
         let addr = addr_rx.recv().context("receiver thread failed")?;
-        let ab = ea.connect(addr, "b2").await?;
+        let ab = ea.connect(addr, Some("b2")).await?;
         let start = Instant::now();
         let sent = send(&ab, frames, frame).await;
         // The connection stays open until the receiver is done.

@@ -274,12 +274,17 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
             let mine = std::mem::replace(self, other.clone());
             return self.merge_smaller(mine, newest);
         }
-        self.merge_with(other, |_, _| {})
+        self.merge_with(other, |_, _, _| {})
     }
 
-    /// Merges `other` and calls `on_change` for every entry that changed `self`, e.g. to record
-    /// it in a [`crate::DeltaBuffer`] or a log.
-    pub fn merge_with(&mut self, other: &LwwMap<K, V>, mut on_change: impl FnMut(&K, &Entry<V>)) -> MergeStats
+    /// Merges `other` and calls `on_change` for every entry that changed `self`, with the entry
+    /// it replaced (`None` for a new key), e.g. to record it in a [`crate::DeltaBuffer`] or to
+    /// keep a digest of the map up to date without reading the map again.
+    pub fn merge_with(
+        &mut self,
+        other: &LwwMap<K, V>,
+        mut on_change: impl FnMut(&K, Option<&Entry<V>>, &Entry<V>),
+    ) -> MergeStats
     where
         K: Clone,
         V: Clone,
@@ -287,14 +292,27 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         let mut stats = MergeStats::default();
         for (slot, e) in &other.entries {
             stats.newest = stats.newest.max(e.ts);
-            if self.apply_ref(slot, e) {
-                stats.changed += 1;
-                on_change(&slot.key, e);
-            } else {
-                stats.redundant += 1;
+            // One search through the entry API, as for owned parts; the clones share buffers.
+            match self.apply_slot_replacing(slot.clone(), e.clone()) {
+                (Outcome::Inserted, _) => {
+                    stats.changed += 1;
+                    on_change(&slot.key, None, e);
+                }
+                (Outcome::Won, old) => {
+                    stats.changed += 1;
+                    on_change(&slot.key, old.as_ref(), e);
+                }
+                (Outcome::Tied | Outcome::Lost, _) => stats.redundant += 1,
             }
         }
         stats
+    }
+
+    /// Merges one entry; returns whether it changed the map and the entry it replaced (`None`
+    /// for a new key or when nothing changed).
+    pub fn apply_replacing(&mut self, key: K, entry: Entry<V>) -> (bool, Option<Entry<V>>) {
+        let (outcome, old) = self.apply_slot_replacing(Slot::new(key), entry);
+        (outcome.changed(), old)
     }
 
     /// Merges `other`, consuming it (no clones of keys or values).
@@ -339,11 +357,17 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 
     /// Merges one entry under an already built tree key.
     fn apply_slot(&mut self, slot: Slot<K>, entry: Entry<V>) -> Outcome {
+        self.apply_slot_replacing(slot, entry).0
+    }
+
+    /// Merges one entry under an already built tree key; on a win, also returns the entry it
+    /// replaced.
+    fn apply_slot_replacing(&mut self, slot: Slot<K>, entry: Entry<V>) -> (Outcome, Option<Entry<V>>) {
         match self.entries.entry(slot) {
             btree_map::Entry::Vacant(vacant) => {
                 self.tombstones += usize::from(entry.is_tombstone());
                 vacant.insert(entry);
-                Outcome::Inserted
+                (Outcome::Inserted, None)
             }
             btree_map::Entry::Occupied(mut occupied) => {
                 let current = occupied.get_mut();
@@ -351,24 +375,13 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
                     Ordering::Greater => {
                         self.tombstones += usize::from(entry.is_tombstone());
                         self.tombstones -= usize::from(current.is_tombstone());
-                        *current = entry;
-                        Outcome::Won
+                        (Outcome::Won, Some(std::mem::replace(current, entry)))
                     }
-                    Ordering::Equal => Outcome::Tied,
-                    Ordering::Less => Outcome::Lost,
+                    Ordering::Equal => (Outcome::Tied, None),
+                    Ordering::Less => (Outcome::Lost, None),
                 }
             }
         }
-    }
-
-    /// [`LwwMap::apply`] from borrowed parts.
-    fn apply_ref(&mut self, slot: &Slot<K>, entry: &Entry<V>) -> bool
-    where
-        K: Clone,
-        V: Clone,
-    {
-        // One search through the entry API, as for owned parts; the clones share buffers.
-        self.apply_slot(slot.clone(), entry.clone()).changed()
     }
 }
 
@@ -517,7 +530,7 @@ mod tests {
         d.put(b("y"), b("0"), ts(5, 2)); // older: redundant
         d.delete(b("z"), ts(30, 2)); // new key (tombstone): changes
         let mut changed = Vec::new();
-        let stats = a.merge_with(&d, |k, _| changed.push(k.clone()));
+        let stats = a.merge_with(&d, |k, _, _| changed.push(k.clone()));
         assert_eq!(stats, MergeStats { changed: 2, redundant: 1, newest: ts(30, 2) });
         assert_eq!(changed, vec![b("x"), b("z")]);
         assert_eq!(a.merge(&d).redundant, 3, "merging again changes nothing");

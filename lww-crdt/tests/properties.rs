@@ -116,7 +116,7 @@ impl DeltaChain {
         }
         self.receiver.merge(&delta);
         let relay_buffer = &mut self.relay_buffer;
-        self.relay.merge_with(&delta, |k, e| relay_buffer.record(k.clone(), e.clone()));
+        self.relay.merge_with(&delta, |k, _, e| relay_buffer.record(k.clone(), e.clone()));
         self.downstream.merge_owned(self.relay_buffer.flush());
         Ok(())
     }
@@ -391,7 +391,14 @@ proptest! {
     fn merge_stats_count_every_entry_and_exactly_the_changes(a in map(), d in map()) {
         let mut by_ref = a.clone();
         let mut reported = Vec::new();
-        let stats = by_ref.merge_with(&d, |k, e| reported.push((k.clone(), e.clone())));
+        let mut replaced = Vec::new();
+        let stats = by_ref.merge_with(&d, |k, old, e| {
+            reported.push((k.clone(), e.clone()));
+            replaced.push(old.cloned());
+        });
+        // The replaced entry is exactly what the map held before (None for a new key).
+        let held: Vec<Option<Entry<Bytes>>> = reported.iter().map(|(k, _)| a.get_entry(k).cloned()).collect();
+        prop_assert_eq!(&replaced, &held);
         let mut by_owned = a.clone();
         let stats_owned = by_owned.merge_owned(d.clone());
 
@@ -452,7 +459,7 @@ proptest! {
     ) {
         let mut plain = a.clone();
         let mut reported = 0;
-        let expected = plain.merge_with(&d, |_, _| reported += 1);
+        let expected = plain.merge_with(&d, |_, _, _| reported += 1);
         prop_assert_eq!(reported, expected.changed);
 
         let mut by_ref = a.clone();

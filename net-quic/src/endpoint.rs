@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::frame::{DEFAULT_MAX_FRAME, FrameError, FrameReceiver, FrameSender, StreamClass};
 use crate::identity::{
-    IdentityError, NodeIdentity, PeerIdError, node_dns_name, peer_node_id, validate_node_id,
+    ANY_NODE_NAME, IdentityError, NodeIdentity, PeerIdError, node_dns_name, peer_node_id, validate_node_id,
 };
 use crate::secret::EndpointSecret;
 
@@ -133,7 +133,20 @@ pub enum CloseReason {
     Replaced,
     /// This node is shutting down.
     Shutdown,
+    /// The peer is not (or no longer) a member of the cluster.
+    Refused,
+    /// The connection leads back to the node that dialled it.
+    Loop,
 }
+
+const CLOSE_REASONS: [CloseReason; 6] = [
+    CloseReason::Normal,
+    CloseReason::Protocol,
+    CloseReason::Replaced,
+    CloseReason::Shutdown,
+    CloseReason::Refused,
+    CloseReason::Loop,
+];
 
 impl CloseReason {
     /// The application error code on the wire.
@@ -143,6 +156,8 @@ impl CloseReason {
             CloseReason::Protocol => 1,
             CloseReason::Replaced => 2,
             CloseReason::Shutdown => 3,
+            CloseReason::Refused => 4,
+            CloseReason::Loop => 5,
         }
     }
 
@@ -153,17 +168,45 @@ impl CloseReason {
             CloseReason::Protocol => "protocol violation",
             CloseReason::Replaced => "replaced by a newer connection",
             CloseReason::Shutdown => "shutting down",
+            CloseReason::Refused => "not a member of the cluster",
+            CloseReason::Loop => "connected to itself",
         }
     }
 
     /// The reason a peer gave for closing, if it is one of ours.
-    pub fn from_error(error: &quinn::ConnectionError) -> Option<CloseReason> {
+    fn from_error(error: &quinn::ConnectionError) -> Option<CloseReason> {
         let quinn::ConnectionError::ApplicationClosed(close) = error else {
             return None;
         };
-        [CloseReason::Normal, CloseReason::Protocol, CloseReason::Replaced, CloseReason::Shutdown]
-            .into_iter()
-            .find(|r| quinn::VarInt::from_u32(r.code()) == close.error_code)
+        CLOSE_REASONS.into_iter().find(|r| quinn::VarInt::from_u32(r.code()) == close.error_code)
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The application's reason, when one side closed it with one of ours (`None`: a timeout,
+    /// a reset, a transport error).
+    pub reason: Option<CloseReason>,
+    /// The peer answered with a stateless reset: its process restarted (or forgot the
+    /// connection).
+    pub reset: bool,
+    description: String,
+}
+
+impl Closed {
+    fn new(error: &quinn::ConnectionError) -> Self {
+        Closed {
+            reason: CloseReason::from_error(error),
+            reset: matches!(error, quinn::ConnectionError::Reset),
+            description: error.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
     }
 }
 
@@ -247,17 +290,24 @@ impl PeerEndpoint {
         &self.node_id
     }
 
-    /// Dials `addr` and checks that the server there is node `expected_node_id`: the TLS
-    /// server name is that node's certificate name, so webpki refuses any other node's
-    /// certificate, and any certificate the cluster CA did not sign.
+    /// Dials `addr`. With `expected_node_id`, the server there must be that node (the TLS
+    /// server name is its certificate name); with `None`, any node of the cluster is taken, and
+    /// [`PeerConnection::peer_node_id`] says which: a server is known by what its certificate
+    /// proves, and the node at an address may have restarted under a new id. Either way a
+    /// certificate the cluster CA did not sign is refused.
     pub async fn connect(
         &self,
         addr: SocketAddr,
-        expected_node_id: &str,
+        expected_node_id: Option<&str>,
     ) -> Result<PeerConnection, ConnectError> {
-        validate_node_id(expected_node_id)?;
-        let connecting =
-            self.endpoint.connect_with(self.client_config.clone(), addr, &node_dns_name(expected_node_id))?;
+        let server_name = match expected_node_id {
+            Some(id) => {
+                validate_node_id(id)?;
+                node_dns_name(id)
+            }
+            None => ANY_NODE_NAME.to_owned(),
+        };
+        let connecting = self.endpoint.connect_with(self.client_config.clone(), addr, &server_name)?;
         let connection = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
@@ -268,23 +318,28 @@ impl PeerEndpoint {
                 return Err(e.into());
             }
         };
-        if actual != expected_node_id {
-            // Unreachable while webpki checks the server name; kept as a second line of defence.
+        if let Some(expected) = expected_node_id
+            && actual != expected
+        {
+            // Unreachable while the verifier checks the server name; a second line of defence.
             close(&connection, CloseReason::Protocol);
-            return Err(ConnectError::WrongPeer { expected: expected_node_id.to_owned(), actual });
+            return Err(ConnectError::WrongPeer { expected: expected.to_owned(), actual });
         }
         tracing::debug!(peer = %actual, %addr, "connected");
         Ok(PeerConnection::new(connection, actual, self.max_frame))
     }
 
-    /// Dials until connected, sleeping `backoff.next_delay()` between failed attempts, or
-    /// until `shutdown` completes (then `None`). Resets `backoff` on success.
+    /// Dials until connected (as [`PeerEndpoint::connect`]), sleeping `backoff.next_delay()`
+    /// between failed attempts, or until `shutdown` completes (then `None`). Calls `on_failure`
+    /// with each failed attempt's error (the caller decides what to log). Resets `backoff` on
+    /// success.
     pub async fn connect_with_backoff<F>(
         &self,
         addr: SocketAddr,
-        expected_node_id: &str,
+        expected_node_id: Option<&str>,
         backoff: &mut Backoff,
         shutdown: F,
+        mut on_failure: impl FnMut(&ConnectError),
     ) -> Option<PeerConnection>
     where
         F: Future<Output = ()>,
@@ -298,7 +353,7 @@ impl PeerEndpoint {
                         backoff.reset();
                         return Some(connection);
                     }
-                    Err(e) => tracing::debug!(peer = expected_node_id, %addr, error = %e, "connect failed"),
+                    Err(e) => on_failure(&e),
                 },
             }
             let delay = backoff.next_delay();
@@ -350,11 +405,6 @@ impl PeerEndpoint {
     /// peers receive the close before the socket goes away).
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
-    }
-
-    /// The underlying quinn endpoint.
-    pub fn quinn_endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
     }
 }
 
@@ -443,16 +493,18 @@ impl PeerConnection {
     }
 
     /// Waits until the connection is closed, by either side or by a timeout; returns why.
-    pub async fn closed(&self) -> quinn::ConnectionError {
-        self.connection.closed().await
+    pub async fn closed(&self) -> Closed {
+        Closed::new(&self.connection.closed().await)
     }
 
-    /// Why the connection closed, if it has.
-    pub fn close_reason(&self) -> Option<quinn::ConnectionError> {
-        self.connection.close_reason()
+    /// Whether the connection has closed (by either side or by a timeout).
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
     }
 
-    /// The underlying quinn connection (statistics, datagrams, ...).
+    /// The underlying quinn connection, for tests that must write bytes no well-behaved peer
+    /// would (malformed streams). Not part of the supported interface.
+    #[doc(hidden)]
     pub fn quinn_connection(&self) -> &quinn::Connection {
         &self.connection
     }

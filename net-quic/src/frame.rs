@@ -349,11 +349,6 @@ impl<T: Serialize + ?Sized> FrameSender<T> {
             }
         }
     }
-
-    /// The underlying quinn stream, for anything this wrapper does not cover.
-    pub fn stream_mut(&mut self) -> &mut quinn::SendStream {
-        &mut self.stream
-    }
 }
 
 /// The receiving half of a framed stream, typed by the message it carries.
@@ -463,11 +458,6 @@ impl<T: DeserializeOwned> FrameReceiver<T> {
     /// Changes the largest payload this receiver accepts.
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
-    }
-
-    /// The underlying quinn stream, for anything this wrapper does not cover.
-    pub fn stream_mut(&mut self) -> &mut quinn::RecvStream {
-        &mut self.stream
     }
 }
 

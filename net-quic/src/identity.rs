@@ -144,6 +144,8 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// cluster: keep the directory private.
 pub struct ClusterIdentity {
     dir: PathBuf,
+    /// Whether this process created the CA (rather than loading one another made).
+    created: bool,
     ca_cert: CertificateDer<'static>,
     /// PKCS#8 DER of the CA key; the input of [`ClusterIdentity::endpoint_secret`].
     ca_key_der: Vec<u8>,
@@ -183,7 +185,10 @@ impl ClusterIdentity {
                 (true, true) => return Self::load(dir),
                 (false, false) => {
                     // Either we publish a CA, or someone else did first: load in both cases.
-                    create_ca(dir)?;
+                    let won = create_ca(dir)?;
+                    let mut identity = Self::load(dir)?;
+                    identity.created = won;
+                    return Ok(identity);
                 }
                 (cert_exists, _) => {
                     if Instant::now() >= deadline {
@@ -231,6 +236,7 @@ impl ClusterIdentity {
             .to_owned();
         let identity = ClusterIdentity {
             dir: dir.to_owned(),
+            created: false,
             ca_cert,
             ca_key_der: key.serialize_der(),
             issuer: Issuer::new(ca_params(&common_name), key),
@@ -268,6 +274,13 @@ impl ClusterIdentity {
         &self.dir
     }
 
+    /// Whether [`ClusterIdentity::load_or_create`] created this CA (a new cluster) rather than
+    /// loading an existing one. A server told to join others that has just created a CA can
+    /// never be admitted by them.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// The CA certificate (DER), the trust anchor of the cluster.
     pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
         &self.ca_cert
@@ -299,6 +312,14 @@ impl ClusterIdentity {
             roots: self.roots.clone(),
             endpoint_secret: self.endpoint_secret(node_id),
         })
+    }
+
+    /// A 32-byte key derived from the CA certificate and `label` (HKDF-SHA256), the same in
+    /// every node of the cluster (each has the CA certificate): for keyed hashes the whole
+    /// cluster must agree on, such as the digests that anti-entropy repair compares. Not a
+    /// secret from the cluster's members.
+    pub fn shared_key(&self, label: &str) -> [u8; 32] {
+        EndpointSecret::derive(self.ca_cert.as_ref(), label.as_bytes()).into_bytes()
     }
 
     /// A secret derived from the CA key and `label` (HKDF-SHA256), the same in every process
@@ -364,22 +385,98 @@ impl NodeIdentity {
     }
 
     /// A TLS 1.3 client configuration that presents this node's certificate and verifies the
-    /// server against the cluster CA with the stock webpki verifier; the server name to verify
-    /// is the expected peer's DNS name (see [`PeerEndpoint::connect`](crate::PeerEndpoint)).
+    /// server against the cluster CA ([`NodeVerifier`]): the server must be the node named by
+    /// the server name, or, for [`ANY_NODE_NAME`], any node of the cluster (see
+    /// [`PeerEndpoint::connect`](crate::PeerEndpoint)).
     pub fn client_config(&self) -> Result<rustls::ClientConfig, IdentityError> {
+        let verifier = Arc::new(NodeVerifier { roots: self.roots.clone(), provider: provider() });
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.cert_chain.clone(), self.key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
 }
 
+/// The server name a node dials when it accepts whichever node of the cluster answers (it
+/// dials an address, not a node: the server there may have restarted under a new id).
+pub const ANY_NODE_NAME: &str = "any-node.cmud-kv.internal";
+
+/// Verifies a server certificate as the stock webpki verifier does (chain to the cluster CA,
+/// validity, server-auth usage), then checks that it names the node asked for, or any single
+/// node when the server name is [`ANY_NODE_NAME`]. The node id is then read from the
+/// certificate, so a peer is always known by what its certificate proves.
+#[derive(Debug)]
+struct NodeVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let any = matches!(server_name, ServerName::DnsName(n) if n.as_ref() == ANY_NODE_NAME);
+        if any {
+            node_id_from_cert(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        } else {
+            verify_server_name(&cert, server_name)?;
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The node id of the peer of an established connection, read from the single
 /// `<id>.cmud-kv.internal` DNS name of its certificate (which the handshake has already
 /// verified against the cluster CA).
-pub fn peer_node_id(connection: &quinn::Connection) -> Result<String, PeerIdError> {
+pub(crate) fn peer_node_id(connection: &quinn::Connection) -> Result<String, PeerIdError> {
     let identity = connection.peer_identity().ok_or(PeerIdError::NoCertificate)?;
     let chain =
         identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| PeerIdError::NoCertificate)?;
@@ -424,9 +521,9 @@ fn ca_params(common_name: &str) -> CertificateParams {
     params
 }
 
-/// Generates a CA and tries to publish it in `dir`. Returns `Ok(())` whether this call won or
-/// another process published first; the caller loads whatever is there.
-fn create_ca(dir: &Path) -> Result<(), IdentityError> {
+/// Generates a CA and tries to publish it in `dir`. Returns whether this call won (`false`:
+/// another process published first); the caller loads whatever is there.
+fn create_ca(dir: &Path) -> Result<bool, IdentityError> {
     let key = KeyPair::generate()?;
     // The cluster id: 8 bytes of the new public key (the x coordinate is random).
     let cluster_id: String =
@@ -440,7 +537,7 @@ fn create_ca(dir: &Path) -> Result<(), IdentityError> {
     // rather than overwrite, so a published file is never replaced or seen half-written.
     match fs::hard_link(&key_tmp.path, &key_path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(io_err(&key_path, e)),
     }
     match fs::hard_link(&cert_tmp.path, &cert_path) {
@@ -449,13 +546,13 @@ fn create_ca(dir: &Path) -> Result<(), IdentityError> {
             // Someone outside this protocol wrote a lone ca.pem meanwhile: withdraw our key so
             // the directory is as we found it, and let loading report the half-present CA.
             let _ = fs::remove_file(&key_path);
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => return Err(io_err(&cert_path, e)),
     }
     sync_dir(dir);
     tracing::info!(dir = %dir.display(), "created a new cluster CA");
-    Ok(())
+    Ok(true)
 }
 
 /// A temporary file in the cluster directory, removed on drop (after it has been linked).

@@ -5,7 +5,8 @@
 //!   directory (created on first start, safely even when several nodes start at once), node
 //!   certificates minted from it with the node id as DNS name, and rustls configurations that
 //!   make every connection mutually authenticated by that CA with the stock webpki verifiers.
-//!   Peers are identified by certificate ([`peer_node_id`]), never by address.
+//!   Peers are identified by certificate ([`PeerConnection::peer_node_id`]), never by address:
+//!   a node dials an address and learns from the certificate who answered.
 //! - **Endpoint** ([`PeerEndpoint`], [`PeerConnection`]): one UDP socket per node that both
 //!   accepts and dials, with keep-alive and idle timeout on both sides, optional stable reset
 //!   keys so a restarted peer is noticed at once ([`EndpointSecret`]), and reconnection with
@@ -34,7 +35,8 @@
 //!     ..EndpointOptions::default()
 //! };
 //! let endpoint = PeerEndpoint::bind("127.0.0.1:6000".parse()?, &me, &options)?;
-//! let peer = endpoint.connect("127.0.0.1:7000".parse()?, "abcdef012345").await?;
+//! let peer = endpoint.connect("127.0.0.1:7000".parse()?, None).await?; // whichever node is there
+//! println!("connected to node {}", peer.peer_node_id());
 //! let mut control = peer.open_stream::<String>(StreamClass::Control).await?;
 //! control.send(&"hello".to_owned()).await?;
 //! control.finish_and_wait().await?;
@@ -52,14 +54,16 @@ mod rng;
 mod secret;
 
 pub use backoff::Backoff;
-pub use endpoint::{CloseReason, ConnectError, EndpointError, EndpointOptions, PeerConnection, PeerEndpoint};
+pub use endpoint::{
+    CloseReason, Closed, ConnectError, EndpointError, EndpointOptions, PeerConnection, PeerEndpoint,
+};
 pub use frame::{
     DEFAULT_MAX_FRAME, EncodedFrames, FRAME_HEADER_LEN, FrameError, FrameReceiver, FrameSender, StreamClass,
     decode_frame, encode_frame, frame_len,
 };
 pub use identity::{
-    ALPN, CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, MAX_NODE_ID_LEN, NodeIdentity,
-    PeerIdError, node_id_from_cert, peer_node_id, validate_node_id,
+    ALPN, ANY_NODE_NAME, CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, MAX_NODE_ID_LEN,
+    NodeIdentity, PeerIdError, node_id_from_cert, validate_node_id,
 };
 #[cfg(feature = "linkem")]
 pub use linkem::{LinkConfig, LinkEmulator, LinkStats};

@@ -44,6 +44,11 @@ impl EndpointSecret {
         EndpointSecret(bytes)
     }
 
+    /// The 32 bytes.
+    pub(crate) fn into_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
     /// HKDF-SHA256 of `ikm` with a fixed salt and `label` as info.
     pub(crate) fn derive(ikm: &[u8], label: &[u8]) -> Self {
         let okm = expand(ikm, label);

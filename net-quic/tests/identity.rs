@@ -13,10 +13,12 @@ fn ca_is_created_once_and_reused() {
     let dir = temp_dir("ca-reuse");
     let nested = dir.path().join("cluster");
     let first = ClusterIdentity::load_or_create(&nested).unwrap();
+    assert!(first.created(), "this call made the CA");
     let pem = std::fs::read(nested.join(CA_CERT_FILE)).unwrap();
     let key = std::fs::read(nested.join(CA_KEY_FILE)).unwrap();
 
     let second = ClusterIdentity::load_or_create(&nested).unwrap();
+    assert!(!second.created(), "this one found it");
     assert_eq!(first.ca_cert_der(), second.ca_cert_der());
     assert_eq!(std::fs::read(nested.join(CA_CERT_FILE)).unwrap(), pem);
     assert_eq!(std::fs::read(nested.join(CA_KEY_FILE)).unwrap(), key);
@@ -70,6 +72,7 @@ fn concurrent_load_or_create_ends_with_one_ca() {
         for ca in &cas {
             assert_eq!(ca.ca_cert_der(), on_disk.ca_cert_der());
         }
+        assert_eq!(cas.iter().filter(|ca| ca.created()).count(), 1, "exactly one creator");
         // Every node's certificate verifies against the one CA: mint from each, check names.
         for (i, ca) in cas.iter().enumerate() {
             let node = ca.mint_node(&format!("{i}")).unwrap();

@@ -151,7 +151,7 @@ async fn cut_stops_traffic_and_heal_resumes_the_connection() {
         }
         // QUIC's probe timeout has backed off during the cut; it retransmits within ~2 s.
         assert!(healed.elapsed() < Duration::from_secs(4), "{:?}", healed.elapsed());
-        assert!(ab.close_reason().is_none() && ba.close_reason().is_none());
+        assert!(!ab.is_closed() && !ba.is_closed());
     })
     .await;
 }
@@ -190,12 +190,18 @@ async fn restarted_peer_is_noticed_at_once_and_reconnected() {
         let start = Instant::now();
         let _ = a_tx.send(&Msg::Ping(1)).await;
         let reason = ab.closed().await;
-        assert!(matches!(reason, quinn::ConnectionError::Reset), "{reason}");
+        assert!(reason.reset, "{reason}");
         assert!(start.elapsed() < Duration::from_secs(2), "noticed after {:?}", start.elapsed());
 
         let mut backoff = Backoff::with_seed(4);
         let (dialled, accepted) = tokio::join!(
-            a.connect_with_backoff(relay.local_addr(), "b2", &mut backoff, std::future::pending()),
+            a.connect_with_backoff(
+                relay.local_addr(),
+                Some("b2"),
+                &mut backoff,
+                std::future::pending(),
+                |_| {}
+            ),
             b2.accept()
         );
         let dialled = dialled.unwrap();

@@ -156,7 +156,7 @@ async fn foreign_server_is_refused_by_the_client() {
     let server = endpoint(&foreign, "f00d");
     within(LIMIT, async {
         let (dialled, accepted) =
-            tokio::join!(client.connect(server.local_addr().unwrap(), "f00d"), server.accept());
+            tokio::join!(client.connect(server.local_addr().unwrap(), Some("f00d")), server.accept());
         let err = dialled.unwrap_err();
         assert!(matches!(err, ConnectError::Handshake(_)), "{err}");
         assert!(err.to_string().contains("UnknownIssuer"), "{err}");
@@ -171,13 +171,34 @@ async fn wrong_expected_node_id_fails() {
     let a = endpoint(&cluster, "a1");
     let b = endpoint(&cluster, "b2");
     within(LIMIT, async {
-        let (dialled, accepted) = tokio::join!(a.connect(b.local_addr().unwrap(), "b3"), b.accept());
+        let (dialled, accepted) = tokio::join!(a.connect(b.local_addr().unwrap(), Some("b3")), b.accept());
         let err = dialled.unwrap_err();
         assert!(err.to_string().contains("not valid for name"), "{err}");
         assert!(accepted.expect("endpoint open").is_err());
 
-        let invalid = a.connect(b.local_addr().unwrap(), "B2").await.unwrap_err();
+        let invalid = a.connect(b.local_addr().unwrap(), Some("B2")).await.unwrap_err();
         assert!(matches!(invalid, ConnectError::InvalidNodeId(_)), "{invalid}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dialling_an_address_takes_whichever_node_of_the_cluster_answers_there() {
+    let (_dir2, foreign) = cluster("any-node-foreign");
+    let (_dir, ours) = cluster("any-node");
+    let a = endpoint(&ours, "a1");
+    let b = endpoint(&ours, "b2");
+    let stranger = endpoint(&foreign, "c3");
+    within(LIMIT, async {
+        let (dialled, accepted) = tokio::join!(a.connect(b.local_addr().unwrap(), None), b.accept());
+        assert_eq!(dialled.unwrap().peer_node_id(), "b2", "known by its certificate");
+        assert_eq!(accepted.unwrap().unwrap().peer_node_id(), "a1");
+        // A server of another cluster is refused all the same.
+        let (dialled, accepted) =
+            tokio::join!(a.connect(stranger.local_addr().unwrap(), None), stranger.accept());
+        let err = dialled.unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        assert!(accepted.expect("endpoint open").is_err());
     })
     .await;
 }
@@ -202,7 +223,7 @@ async fn oversized_frame_closes_only_that_connection() {
         assert!(err.is_protocol_violation());
         server_bad.close(CloseReason::Protocol);
         let reason = bad_conn.closed().await;
-        assert_eq!(CloseReason::from_error(&reason), Some(CloseReason::Protocol), "{reason}");
+        assert_eq!(reason.reason, Some(CloseReason::Protocol), "{reason}");
 
         // The other connection is untouched.
         let mut tx = good_conn.open_stream::<Msg>(StreamClass::Control).await.unwrap();
@@ -213,7 +234,7 @@ async fn oversized_frame_closes_only_that_connection() {
         back.send(&Msg::Pong(7)).await.unwrap();
         let mut rx = good_conn.accept_stream::<Msg>().await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), Some(Msg::Pong(7)));
-        assert!(server_good.close_reason().is_none());
+        assert!(!server_good.is_closed());
 
         // A sender refuses to send over its own limit, and sends nothing.
         let mut small = good_conn.open_stream::<Msg>(StreamClass::Bulk).await.unwrap();
@@ -301,7 +322,7 @@ async fn finish_and_wait_then_close_loses_nothing() {
 
         // The receiver only starts reading after the sender has closed.
         let reason = ba.closed().await;
-        assert_eq!(CloseReason::from_error(&reason), Some(CloseReason::Shutdown));
+        assert_eq!(reason.reason, Some(CloseReason::Shutdown));
         let mut got = 0;
         for _ in 0..2 {
             let mut rx = ba.accept_stream::<Msg>().await.unwrap();
@@ -345,7 +366,7 @@ async fn accept_is_not_blocked_by_a_silent_client() {
         // Let the server register the stalled handshake first.
         tokio::time::sleep(Duration::from_millis(50)).await;
 
-        let (dialled, accepted) = tokio::join!(a.connect(server_addr, "5e"), server.accept());
+        let (dialled, accepted) = tokio::join!(a.connect(server_addr, Some("5e")), server.accept());
         dialled.unwrap();
         assert_eq!(accepted.unwrap().unwrap().peer_node_id(), "a1");
     })
@@ -363,7 +384,13 @@ async fn backoff_retries_until_the_peer_appears_and_stops_on_shutdown() {
         let mut backoff = Backoff::with_seed(1);
         let start = Instant::now();
         let none = a
-            .connect_with_backoff(nowhere, "b2", &mut backoff, tokio::time::sleep(Duration::from_millis(300)))
+            .connect_with_backoff(
+                nowhere,
+                Some("b2"),
+                &mut backoff,
+                tokio::time::sleep(Duration::from_millis(300)),
+                |_| {},
+            )
             .await;
         assert!(none.is_none());
         assert!(start.elapsed() < Duration::from_millis(400));
@@ -382,8 +409,10 @@ async fn backoff_retries_until_the_peer_appears_and_stops_on_shutdown() {
             (b, accepted)
         };
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200), 2);
-        let (dialled, (_b, accepted)) =
-            tokio::join!(a.connect_with_backoff(nowhere, "b2", &mut backoff, std::future::pending()), appear);
+        let (dialled, (_b, accepted)) = tokio::join!(
+            a.connect_with_backoff(nowhere, Some("b2"), &mut backoff, std::future::pending(), |_| {}),
+            appear
+        );
         let dialled = dialled.expect("connected");
         assert_eq!(dialled.peer_node_id(), "b2");
         assert_eq!(accepted.peer_node_id(), "a1");

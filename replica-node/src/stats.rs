@@ -5,9 +5,10 @@
 //! relaxed atomics: figures for operators and tests, never used to make decisions, so no
 //! ordering between them is promised.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use replica_core::gateway::MemberView;
 use replica_core::stats::{GatewayStats, SyncStats};
 
 /// Counters shared by every actor of one node.
@@ -47,6 +48,20 @@ pub struct NodeStats {
     pub persist_refusing: AtomicBool,
     /// Why the disk refuses the log, while it does.
     pub persist_refusal: Mutex<String>,
+    /// Repair rounds started by this node.
+    pub repair_rounds: AtomicU64,
+    /// Entries this node sent in repair rounds.
+    pub repair_entries_sent: AtomicU64,
+    /// Entries this node received in repair rounds.
+    pub repair_entries_received: AtomicU64,
+    /// 1 while a snapshot this node needs (a join, a refill) is incomplete.
+    pub loading: AtomicU64,
+    /// Snapshot entries received so far, and the snapshot's size (for the progress bar).
+    pub fill_received: AtomicU64,
+    /// The number of entries the snapshot's sender held.
+    pub fill_total: AtomicU64,
+    /// The cluster as the gateway sees it, for `CLUSTER NODES`.
+    members: Mutex<Arc<Vec<MemberView>>>,
 }
 
 impl NodeStats {
@@ -71,9 +86,32 @@ impl NodeStats {
 
     /// Publishes the gateway's counters (the gateway loop is their only publisher).
     pub(crate) fn publish_gateway(&self, published: &mut GatewayStats, now: &GatewayStats) {
+        if now == published {
+            return;
+        }
         self.publish_sync(&mut published.sync, &now.sync);
-        self.peers_connected.store(now.peers_connected, Ordering::Relaxed);
-        published.peers_connected = now.peers_connected;
+        let store = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        store(&self.peers_connected, now.peers_connected);
+        store(&self.repair_rounds, now.repair_rounds);
+        store(&self.repair_entries_sent, now.repair_entries_sent);
+        store(&self.repair_entries_received, now.repair_entries_received);
+        store(&self.loading, u64::from(now.loading));
+        store(&self.fill_received, now.fill_received);
+        store(&self.fill_total, now.fill_total);
+        *published = *now;
+    }
+
+    /// Publishes the cluster membership for `CLUSTER NODES`.
+    pub(crate) fn publish_members(&self, members: Vec<MemberView>) {
+        let mut held = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        if **held != members {
+            *held = Arc::new(members);
+        }
+    }
+
+    /// The cluster membership as last published: this node first.
+    pub fn members(&self) -> Arc<Vec<MemberView>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Why writes are refused (`-MISCONF <reason>`), if they are: the disk refuses the log.

@@ -34,6 +34,12 @@ pub struct Cluster {
     /// The peer idle timeout of every server started from now on (see
     /// [`NodeConfig::peer_idle_timeout`]).
     pub peer_idle_timeout: Duration,
+    /// The configuration each server was started with, in start order (its ports are fixed,
+    /// so [`Cluster::restart`] brings it back at the same addresses).
+    pub configs: Vec<NodeConfig>,
+    /// The most writes queued for an unreachable server, for servers started from now on (see
+    /// [`NodeConfig::peer_pending_limit`]).
+    pub peer_pending_limit: usize,
 }
 
 impl Cluster {
@@ -55,14 +61,23 @@ impl Cluster {
             link,
             dir: temp_dir(tag),
             peer_idle_timeout: NodeConfig::default().peer_idle_timeout,
+            configs: Vec::new(),
+            peer_pending_limit: NodeConfig::default().peer_pending_limit,
         }
     }
 
     /// Starts a server of `actors` actors that joins every server started before it.
     pub fn add(&mut self, actors: usize) -> &Node {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.add_joining(actors, &all)
+    }
+
+    /// Starts a server of `actors` actors that is told to join only the servers at `targets`
+    /// (indexes in start order); it learns of the others from them.
+    pub fn add_joining(&mut self, actors: usize, targets: &[usize]) -> &Node {
         let mut join = Vec::new();
-        for n in &self.nodes {
-            let mut d = n.description().clone();
+        for &t in targets {
+            let mut d = self.nodes[t].description().clone();
             if let Some(link) = &self.link {
                 let target = d.peer_addr().expect("a node's own description resolves");
                 let relay = LinkEmulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), target, *link)
@@ -80,10 +95,23 @@ impl Cluster {
             join,
             progress: false,
             peer_idle_timeout: self.peer_idle_timeout,
+            // Links run through relays that only the joining server's dials use.
+            redial_newer: if self.link.is_some() { None } else { NodeConfig::default().redial_newer },
+            peer_pending_limit: self.peer_pending_limit,
             ..NodeConfig::default()
         };
-        self.nodes.push(Node::start(&config).expect("node starts"));
+        let (node, config) = start_on_free_ports(config);
+        self.nodes.push(node);
+        self.configs.push(config);
         self.nodes.last().expect("just pushed")
+    }
+
+    /// Stops server `i` and starts it again with the same command line, at the same addresses,
+    /// without its data (a new node id, as a real restart without a data directory).
+    pub fn restart(&mut self, i: usize) -> &Node {
+        self.nodes.remove(i).shutdown();
+        self.nodes.insert(i, start_again(&self.configs[i]));
+        &self.nodes[i]
     }
 
     /// Waits until every server reports a connection to every other; false on timeout.
@@ -124,6 +152,48 @@ impl Drop for Cluster {
                 s.spawn(move || node.shutdown());
             }
         });
+    }
+}
+
+/// Starts a node on loopback at fixed ports that were free a moment ago (so it can be restarted
+/// at the same addresses); returns it and the configuration with the ports it got.
+fn start_on_free_ports(mut config: NodeConfig) -> (Node, NodeConfig) {
+    for _ in 0..50 {
+        config.port = free_base(config.actors);
+        match Node::start(&config) {
+            Ok(node) => return (node, config),
+            // Taken meanwhile by someone else: another range.
+            Err(crate::StartError::Bind { .. }) => continue,
+            Err(e) => panic!("node does not start: {e}"),
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// Starts a node again with the configuration it had (its ports may take a moment to free).
+fn start_again(config: &NodeConfig) -> Node {
+    let start = Instant::now();
+    loop {
+        match Node::start(config) {
+            Ok(node) => return node,
+            Err(crate::StartError::Bind { addr, source }) if start.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(%addr, "port still taken: {source}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("node does not start again: {e}"),
+        }
+    }
+}
+
+/// A base port whose UDP port and the `actors` TCP ports after it are free right now.
+fn free_base(actors: usize) -> u16 {
+    loop {
+        let base = 20_000 + (crate::runtime::random_u64() % 40_000) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
+        let tcp = (1..=actors as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if udp && tcp {
+            return base;
+        }
     }
 }
 

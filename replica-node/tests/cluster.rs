@@ -382,7 +382,7 @@ fn a_malformed_peer_frame_closes_only_that_connection() {
         let me = cluster.mint_node("bad0bad0bad0").unwrap();
         let ep =
             net_quic::PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), &me, &Default::default()).unwrap();
-        let conn = ep.connect(target.peer_addr().unwrap(), &target.node).await.unwrap();
+        let conn = ep.connect(target.peer_addr().unwrap(), Some(&target.node)).await.unwrap();
         let mut s = conn.open_stream::<String>(net_quic::StreamClass::Control).await.unwrap();
         s.send(&"not a peer message".to_string()).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.is_ok()

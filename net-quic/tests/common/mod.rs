@@ -42,7 +42,7 @@ pub async fn connect_pair_via(
     server: &PeerEndpoint,
     addr: SocketAddr,
 ) -> (PeerConnection, PeerConnection) {
-    let (dialled, accepted) = tokio::join!(client.connect(addr, server.node_id()), server.accept());
+    let (dialled, accepted) = tokio::join!(client.connect(addr, Some(server.node_id())), server.accept());
     let dialled = dialled.expect("client connects");
     let accepted = accepted.expect("endpoint open").expect("server accepts");
     assert_eq!(dialled.peer_node_id(), server.node_id());

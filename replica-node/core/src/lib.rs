@@ -5,9 +5,10 @@
 //!   when to send its own delta to the other actors.
 //! - [`gateway`]: the node's link to other servers: one batch per remote server per pacing
 //!   step, acknowledged and re-sent after a connection drops, fan-out of remote batches to the
-//!   local actors, joins.
+//!   local actors, identity and membership, joins and refills, anti-entropy repair.
 //! - [`pacer`]: when a sync message may go out (10 per second per recipient, never held longer
 //!   than a fixed bound); shared by both machines.
+//! - [`digest`]: the bucketed digest of a replica that repair compares.
 //! - [`snapshot`]: the chunked walk that streams a snapshot from the gateway's replica.
 //! - [`peer`]: the messages servers exchange.
 //!
@@ -16,10 +17,13 @@
 //! manifest turns a slip into a CI failure, and its dependencies hold no IO crate. The drivers
 //! (the per-core loops, the QUIC gateway loop) live in `replica-node`.
 
+pub mod digest;
 pub mod gateway;
 pub mod pacer;
 pub mod peer;
 pub mod replica;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod snapshot;
 pub mod stats;
 

@@ -27,6 +27,8 @@ use crate::peer::SnapshotChunkRef;
 /// How far a snapshot walk over a replica has got.
 #[derive(Debug, Clone)]
 pub struct SnapshotWalk {
+    /// The request this walk answers (its chunks carry it).
+    id: u64,
     /// The last key sent; the next chunk starts after it. `None` before the first chunk.
     after: Option<Bytes>,
     /// Entries in the replica when the walk started (for the joiner's progress bar).
@@ -35,9 +37,15 @@ pub struct SnapshotWalk {
 }
 
 impl SnapshotWalk {
-    /// A walk over `replica` from its first key.
-    pub fn new(replica: &BytesMap) -> Self {
-        SnapshotWalk { after: None, total: replica.entry_count() as u64, done: false }
+    /// A walk over `replica` answering request `id`, from the first key after `after` (from
+    /// its first key if `None`: a transfer cut short resumes where it stopped).
+    pub fn new(replica: &BytesMap, id: u64, after: Option<Bytes>) -> Self {
+        SnapshotWalk { id, after, total: replica.entry_count() as u64, done: false }
+    }
+
+    /// The request this walk answers.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Entries the replica held when the walk started.
@@ -79,7 +87,7 @@ impl SnapshotWalk {
         sink: impl FnOnce(SnapshotChunkRef<'_>) -> Result<(), E>,
     ) -> Result<usize, E> {
         let (entries, last) = self.page(replica, max_bytes);
-        sink(SnapshotChunkRef { entries: &entries, total: self.total, last })?;
+        sink(SnapshotChunkRef { id: self.id, entries: &entries, total: self.total, last })?;
         if let Some((k, _)) = entries.last() {
             self.after = Some((*k).clone());
         }
@@ -165,7 +173,7 @@ mod tests {
     #[test]
     fn a_walk_sends_every_entry_exactly_once_in_bounded_chunks() {
         let r = replica(1_000, 10);
-        let mut walk = SnapshotWalk::new(&r);
+        let mut walk = SnapshotWalk::new(&r, 1, None);
         let mut out = Chunks::new();
         while !walk.is_done() {
             step(&mut walk, &r, 2_000, &mut out);
@@ -187,7 +195,7 @@ mod tests {
     #[test]
     fn changes_between_chunks_are_sent_with_the_newest_version_or_left_to_deltas() {
         let mut r = replica(100, 10);
-        let mut walk = SnapshotWalk::new(&r);
+        let mut walk = SnapshotWalk::new(&r, 1, None);
         let mut out = Chunks::new();
         step(&mut walk, &r, 1_000, &mut out);
         let first = chunks(&out).remove(0).0;
@@ -225,9 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_walk_sends_only_the_keys_after_the_last_one_received() {
+        let r = replica(100, 10);
+        let mut walk = SnapshotWalk::new(&r, 7, Some(key(59)));
+        let mut out = Chunks::new();
+        while !walk.is_done() {
+            step(&mut walk, &r, 1_000, &mut out);
+        }
+        let keys: Vec<Bytes> = out.iter().flat_map(|(m, _, _)| m.entries().map(|(k, _)| k.clone())).collect();
+        assert_eq!(keys, (60..100).map(key).collect::<Vec<_>>());
+        assert_eq!(walk.id(), 7);
+    }
+
+    #[test]
     fn an_empty_replica_is_one_empty_last_chunk_and_a_huge_entry_travels_alone() {
         let empty = BytesMap::new();
-        let mut walk = SnapshotWalk::new(&empty);
+        let mut walk = SnapshotWalk::new(&empty, 1, None);
         let mut out = Chunks::new();
         assert_eq!(step(&mut walk, &empty, 1_000, &mut out), 0);
         assert!(walk.is_done());
@@ -236,7 +257,7 @@ mod tests {
 
         let mut r = replica(3, 1);
         r.put(key(1), Bytes::from(vec![0; 5_000]), Timestamp::new(2, 0, 1));
-        let walk = SnapshotWalk::new(&r);
+        let walk = SnapshotWalk::new(&r, 1, None);
         let (page, last) = walk.page(&r, 1_000);
         assert_eq!((page.len(), last), (1, false));
         let mut walk = walk;

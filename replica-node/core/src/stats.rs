@@ -44,4 +44,16 @@ pub struct GatewayStats {
     pub sync: SyncStats,
     /// Remote servers currently connected.
     pub peers_connected: u64,
+    /// Repair rounds this gateway started.
+    pub repair_rounds: u64,
+    /// Entries sent in repair rounds.
+    pub repair_entries_sent: u64,
+    /// Entries received in repair rounds.
+    pub repair_entries_received: u64,
+    /// Whether a snapshot this node needs is incomplete.
+    pub loading: bool,
+    /// Snapshot entries received so far, and the size of the snapshot (for progress).
+    pub fill_received: u64,
+    /// The number of entries the snapshot's sender held.
+    pub fill_total: u64,
 }

@@ -14,8 +14,11 @@ use replica_node::{Description, MAX_ACTORS, Node, NodeConfig, default_actors};
 /// once and reach the other actors in the background; replicas converge by last-writer-wins.
 ///
 /// Servers form a cluster by joining: start the first one alone, then each next one with
-/// --join and the description of every server before it. Servers sync over QUIC with mutual
-/// TLS (certificates from the cluster CA in --cluster-dir, which all servers must share).
+/// --join and the description of any server already in the cluster (servers tell each other
+/// about the rest). Servers sync over QUIC with mutual TLS (certificates from the cluster CA in
+/// --cluster-dir, which all servers must share). A server restarted without its data rejoins
+/// as a new server at the same address and is refilled by the others; CLUSTER NODES (on any
+/// client port) lists the cluster, CLUSTER FORGET removes a server gone for good.
 ///
 /// When every port listens, the node prints one line on stdout: its description, a JSON
 /// object {"node": ID, "peer": "HOST:PORT", "clients": ["HOST:PORT", ...]}. Logs go to
@@ -23,17 +26,22 @@ use replica_node::{Description, MAX_ACTORS, Node, NodeConfig, default_actors};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Address to listen on and advertise.
+    /// Address to listen on (and advertise, unless --advertise says otherwise).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Host to write into the description, where other servers and clients reach this one
+    /// (for a server bound to 0.0.0.0 or behind NAT) [default: the --host address].
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
     /// Peer (QUIC, UDP) port; query actor i serves clients on TCP PORT + 1 + i.
     #[arg(long, default_value_t = 6000)]
     port: u16,
     /// Number of query actors (threads) [default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_ACTORS as i64))]
     actors: Option<u32>,
-    /// Join an existing server: its description line (as it printed it) or @FILE holding it.
-    /// Repeat once per existing server, in their start order.
+    /// Join an existing cluster through one of its servers: its description line (as it
+    /// printed it) or @FILE holding it. Repeat for more servers to try; one is enough, the
+    /// others are learned from it.
     #[arg(long, value_name = "DESC", value_parser = parse_description)]
     join: Vec<Description>,
     /// Directory of the cluster certificate authority (`ca.pem`, `ca.key`), created on first
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let config = NodeConfig {
         host: args.host,
+        advertise: args.advertise,
         port: args.port,
         actors: args.actors.map_or_else(default_actors, |n| n as usize),
         cluster_dir: Some(args.cluster_dir),

@@ -12,6 +12,7 @@ use resp::Protocol;
 
 use crate::stats::NodeStats;
 
+mod cluster;
 mod cursors;
 #[cfg(test)]
 mod tests;
@@ -72,6 +73,8 @@ pub struct NodeInfo {
     pub started_mono_ms: u64,
     /// The whole-node counters, as the drivers publish them.
     pub stats: std::sync::Arc<NodeStats>,
+    /// Where operators' requests to the gateway go (`CLUSTER FORGET`); `None` without one.
+    pub admin: Option<crate::runtime::mailbox::Address<crate::runtime::AdminMsg>>,
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -150,6 +153,8 @@ pub fn execute(
         });
     } else if is("CONFIG") {
         cmd.run(2, usize::MAX, "config", config);
+    } else if is("CLUSTER") {
+        cmd.run(2, 3, "cluster", |c| cluster::cluster(c, info, now));
     } else {
         let mut msg = format!("ERR unknown command '{}', with args beginning with:", printable(name, 64));
         for a in args.iter().skip(1).take(8) {
@@ -470,7 +475,7 @@ fn hello(c: Cmd<'_>, info: &NodeInfo, session: &mut Session) {
 /// Commands this server understands, for `COMMAND COUNT`.
 const COMMANDS: &[&str] = &[
     "get", "set", "del", "unlink", "list", "mget", "exists", "keys", "scan", "dbsize", "ping", "echo",
-    "quit", "hello", "info", "command", "client", "auth", "select", "config",
+    "quit", "hello", "info", "command", "client", "auth", "select", "config", "cluster",
 ];
 
 fn command(c: Cmd<'_>) {
@@ -578,7 +583,8 @@ fn info_cmd(c: Cmd<'_>, replica: &Replica, info: &NodeInfo, now: Now) {
             "# Sync\r\nactor:{}\r\nnode:{}\r\nkeys:{}\r\ntombstones:{}\r\nsync_max_pair_rate:{}\r\n\
              sync_messages_sent:{}\r\nsync_entries_sent:{}\r\nsync_entries_received:{}\r\n\
              sync_entries_redundant:{}\r\nremote_bytes_sent:{}\r\nremote_bytes_received:{}\r\n\
-             peers_connected:{}\r\n",
+             peers_connected:{}\r\nloading:{}\r\nrepair_rounds:{}\r\nrepair_entries_sent:{}\r\n\
+             repair_entries_received:{}\r\n",
             replica.index(),
             info.node,
             replica.map().len(),
@@ -591,6 +597,10 @@ fn info_cmd(c: Cmd<'_>, replica: &Replica, info: &NodeInfo, now: Now) {
             g(&stats.remote_bytes_sent),
             g(&stats.remote_bytes_received),
             g(&stats.peers_connected),
+            g(&stats.loading),
+            g(&stats.repair_rounds),
+            g(&stats.repair_entries_sent),
+            g(&stats.repair_entries_received),
         );
     }
     if want("persistence") && stats.persist_enabled.load(std::sync::atomic::Ordering::Relaxed) {

@@ -35,6 +35,18 @@ pub struct NodeConfig {
     /// Faults to inject (tests only).
     #[cfg(feature = "testkit")]
     pub faults: crate::testkit::Faults,
+    /// The host written into the description (`--advertise`): where other servers and clients
+    /// reach this one when it binds `0.0.0.0` or sits behind NAT. `None`: the bound address.
+    pub advertise: Option<String>,
+    /// A server that started after this one is dialled by this one too once it has been
+    /// unreachable this long (the newer of two servers normally dials the older). `None`:
+    /// never, for tests whose links run through relays that only the newer server's dials
+    /// use. Default 5 s.
+    pub redial_newer: Option<Duration>,
+    /// The most writes queued for a server that cannot be reached; beyond it they are dropped
+    /// and digest repair catches that server up when it is back (default
+    /// [`replica_core::gateway::MAX_PENDING_WHILE_DOWN`]).
+    pub peer_pending_limit: usize,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +62,9 @@ impl Default for NodeConfig {
             data_dir: None,
             #[cfg(feature = "testkit")]
             faults: crate::testkit::Faults::default(),
+            advertise: None,
+            redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
+            peer_pending_limit: replica_core::gateway::MAX_PENDING_WHILE_DOWN,
         }
     }
 }

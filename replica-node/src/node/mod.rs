@@ -10,17 +10,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use lww_crdt::{BytesMap, Timestamp};
 use replica_persist::{DataDir, Options};
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
 
+use lww_crdt::{BytesMap, Timestamp};
 use replica_core::Replica;
-use replica_core::gateway::Gateway;
+use replica_core::gateway::{Gateway, GatewayConfig, JoinTarget};
 
 use crate::command::NodeInfo;
-use crate::runtime::gateway_loop::{self, GatewayStart, JoinTarget, TokioWake};
+use crate::runtime::gateway_loop::{self, GatewayStart, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
 use crate::runtime::persist_loop::{self, Doorbell, PersistMsg, PersistStart};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
@@ -78,22 +78,43 @@ impl Node {
             Some(d) => (std::mem::take(&mut d.recovered.map), d.recovered.newest),
             None => (BytesMap::new(), Timestamp::ZERO),
         };
-        let (runtime, endpoint, private_cluster) = bind_peer(config, ip, &node)?;
+        let clock = Clock::default();
+        let (runtime, endpoint, cluster, private_cluster) = bind_peer(config, ip, &node)?;
+        if cluster.created() && !joins.is_empty() {
+            return Err(StartError::Cluster(format!(
+                "{} held no cluster CA, so a new one was created there, but this server was told to \
+                 --join others: they would never admit it. Copy the cluster directory of the \
+                 servers to join (ca.pem and ca.key) and start again",
+                cluster.dir().display()
+            )));
+        }
         let peer_addr = endpoint.local_addr()?;
         let listeners = bind_clients(config, ip)?;
         let clients: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+        let advertised_host = config.advertise.clone().unwrap_or_else(|| ip.to_string());
+        let advertise = |a: &SocketAddr| join_host_port(&advertised_host, a.port());
 
         let description = Description {
             node: node.clone(),
-            peer: peer_addr.to_string(),
-            clients: clients.iter().map(ToString::to_string).collect(),
+            peer: advertise(&peer_addr),
+            clients: clients.iter().map(advertise).collect(),
         };
+        let joins = joins
+            .into_iter()
+            .filter(|j| {
+                let me = j.node == node || j.addr == description.peer || j.addr == peer_addr.to_string();
+                if me {
+                    tracing::warn!(node = %j.node, addr = %j.addr, "ignoring a --join that names this server itself");
+                }
+                !me
+            })
+            .collect();
 
         let stats = Arc::new(NodeStats::default());
         stats.persist_recovered_entries.store(recovered.entry_count() as u64, Ordering::Relaxed);
         let shutdown = Arc::new(AtomicBool::new(false));
-        let clock = Clock::default();
-        let started = clock.now().mono_ms;
+        let now = clock.now();
+        let started = now.mono_ms;
         let (fail_tx, failures) = crossbeam_channel::unbounded();
 
         let mut polls = Vec::new();
@@ -110,8 +131,9 @@ impl Node {
             mailboxes.push(mailbox);
         }
         let gateway_mail = Arc::new(tokio::sync::Notify::new());
-        let (gateway_addr, gateway_mailbox) =
-            Mailbox::with_notify(Notify::new(TokioWake(gateway_mail.clone())));
+        let gateway_notify = Notify::new(TokioWake(gateway_mail.clone()));
+        let (gateway_addr, gateway_mailbox) = Mailbox::with_notify(gateway_notify.clone());
+        let (admin_addr, admin_mailbox) = Mailbox::with_notify(gateway_notify);
 
         // The persistence actor: client writes from the actors (unpaced), remote writes from
         // the gateway's fan-out, as a local peer gets them.
@@ -135,7 +157,6 @@ impl Node {
         let persist_writes = persist_parts.as_ref().map(|(_, w, _, _)| w.clone());
 
         let mut copies = copies_of(&recovered, config.actors)?.into_iter();
-        let mut recovered = Some(recovered);
         let mut threads = Vec::new();
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
             let recipients: Vec<_> = addresses
@@ -158,9 +179,10 @@ impl Node {
                     node: node.clone(),
                     actors: config.actors,
                     client_addr: clients[i].to_string(),
-                    peer_addr: peer_addr.to_string(),
+                    peer_addr: description.peer.clone(),
                     started_mono_ms: started,
                     stats: stats.clone(),
+                    admin: Some(admin_addr.clone()),
                 },
                 shutdown: shutdown.clone(),
                 clock,
@@ -174,6 +196,7 @@ impl Node {
             })?);
         }
         drop(gateway_addr);
+        drop(admin_addr);
         drop(persist_writes);
         let mut fanout_to = addresses.clone();
         let mut persist = None;
@@ -187,22 +210,28 @@ impl Node {
                 persist_loop::run(start)
             })?);
         }
+        let gateway_config = GatewayConfig {
+            node: node.clone(),
+            advertised: description.peer.clone(),
+            actors: config.actors,
+            // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
+            incarnation: random_u64().max(1),
+            started_ms: now.wall_ms,
+            digest_key: cluster.shared_key("replica digest")[..16].try_into().expect("16 of 32 bytes"),
+            joins,
+            redial_newer_ms: config.redial_newer.map(|d| d.as_millis() as u64),
+            pending_limit: config.peer_pending_limit,
+        };
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
-            // Zero is never an incarnation: an ack names 0 before the peer's `Hello` arrived.
-            gateway: Gateway::with_replica(
-                config.actors,
-                random_u64().max(1),
-                recovered.take().unwrap_or_default(),
-            ),
+            gateway: Gateway::new(gateway_config, recovered, now),
             mailbox: gateway_mailbox,
+            admin: admin_mailbox,
             mail: gateway_mail.clone(),
             actors: fanout_to,
-            joins,
             clock,
             stats: stats.clone(),
-            advertised: peer_addr.to_string(),
             progress: config.progress,
         };
         let gateway = spawn_critical("gateway".into(), &shutdown, &fail_tx, move || {
@@ -210,7 +239,7 @@ impl Node {
             Ok(())
         })?;
         drop(addresses);
-        tracing::info!(node = %node, peer = %peer_addr, actors = config.actors, "node ready");
+        tracing::info!(node = %node, peer = %description.peer, actors = config.actors, "node ready");
         Ok(Node {
             description,
             shutdown,
@@ -365,7 +394,8 @@ fn open_data_dir(path: &Path, config: &NodeConfig) -> Result<replica_persist::Op
     Ok(opened)
 }
 
-/// Checks the configuration: the actor count, the host, the join descriptions.
+/// Checks the configuration: the actor count, the host, the join descriptions (a second
+/// `--join` for the same server is ignored with a warning).
 fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError> {
     if config.actors == 0 || config.actors > MAX_ACTORS {
         return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
@@ -376,12 +406,32 @@ fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError
             config.port, config.actors
         )));
     }
+    if let Some(host) = &config.advertise
+        && (host.is_empty() || host.contains(char::is_whitespace))
+    {
+        return Err(StartError::Config(format!("--advertise {host:?} is not a host name or address")));
+    }
     let ip = resolve_host(&config.host)?;
-    let mut joins = Vec::new();
+    let mut joins: Vec<JoinTarget> = Vec::new();
     for d in &config.join {
-        joins.push(JoinTarget { node: d.node.clone(), addr: d.peer_addr().map_err(StartError::Config)? });
+        let addr = d.peer_addr().map_err(StartError::Config)?;
+        if joins.iter().any(|j| j.node == d.node || j.addr == d.peer) {
+            tracing::warn!(node = %d.node, peer = %d.peer, "ignoring a second --join for the same server");
+            continue;
+        }
+        let _ = addr;
+        joins.push(JoinTarget { node: d.node.clone(), addr: d.peer.clone() });
     }
     Ok((ip, joins))
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The cluster identity and the QUIC endpoint (bound on the gateway's runtime), and the
@@ -390,7 +440,7 @@ fn bind_peer(
     config: &NodeConfig,
     ip: IpAddr,
     node: &str,
-) -> Result<(tokio::runtime::Runtime, PeerEndpoint, Option<tempfile::TempDir>), StartError> {
+) -> Result<(tokio::runtime::Runtime, PeerEndpoint, ClusterIdentity, Option<tempfile::TempDir>), StartError> {
     let private_cluster = match &config.cluster_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("replica-node-cluster-").tempdir()?),
@@ -421,7 +471,7 @@ fn bind_peer(
             other => StartError::Cluster(other.to_string()),
         })?
     };
-    Ok((runtime, endpoint, private_cluster))
+    Ok((runtime, endpoint, cluster, private_cluster))
 }
 
 /// One client listener per actor: actor `i` on `port + 1 + i` (all OS-chosen with port 0).

@@ -1,49 +1,39 @@
-//! The gateway's driver: the QUIC endpoint, one connection per remote server, and the loop
-//! that feeds the [`Gateway`] state machine and sends what it asks for.
+//! The gateway's driver: the QUIC endpoint, the connection and dial tasks, and the loop that
+//! feeds the [`Gateway`] state machine and carries out what it asks for.
 //!
 //! Runs on its own thread with a `current_thread` tokio runtime. One task owns the gateway
-//! state; connection tasks only move frames between the network and that task. Snapshots are
-//! encoded by the gateway task from its replica, a chunk per loop round, and written by a task
-//! per transfer; received snapshot chunks are decoded on the runtime's blocking pool, so a
-//! joining server's decoding overlaps with its gateway's merging.
-//!
-//! Who dials: a server started with `--join` descriptions dials each of them (the newer server
-//! dials the older, so each pair has one connection) and redials with backoff when a
-//! connection drops; the older server only accepts. Peers are identified by their
-//! certificate's node id; a second connection from the same peer replaces the first.
-//!
-//! What a connection loses when it dies (frames written to it that never arrived) is not this
-//! driver's concern: it tells the gateway when a connection goes down or is replaced, and the
-//! gateway queues every delta the peer did not acknowledge for the next connection. `Hello`,
-//! the first frame on every control stream, carries this process's incarnation so the peer
-//! reads the sequence numbers and acks that follow against the right run of it.
+//! state; connection tasks ([`super::peer_conn`]) only move frames, dial tasks only dial. Every
+//! decision (who to dial, which connection to keep, when to send, what to repair, what to log)
+//! is the machine's; this loop only turns its [`Transmit`]s into IO and its notices into log
+//! lines.
 
-use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
-use net_quic::{Backoff, CloseReason, EncodedFrames, PeerConnection, PeerEndpoint, StreamClass};
+use net_quic::{Backoff, CloseReason, ConnectError, EncodedFrames, PeerEndpoint};
 use tokio::sync::{Notify, mpsc};
 
-use crate::stats::NodeStats;
-use replica_core::gateway::{Gateway, SnapshotPiece};
-use replica_core::peer::{CHUNK_BYTES, MAX_FRAME, PROTOCOL_VERSION, PeerMsg, SnapshotChunkRef};
-use replica_core::snapshot::SnapshotWalk;
+use replica_core::gateway::{CloseWhy, ConnId, Event, Gateway, Notice, Transmit};
+use replica_core::peer::{CHUNK_BYTES, MAX_FRAME};
 use replica_core::stats::GatewayStats;
 
 use super::mailbox::{Address, Empty, Mailbox, Wake};
-use super::{ActorMsg, Clock};
+use super::peer_conn::{self, ConnEvent, ConnHandle};
+use super::{ActorMsg, AdminMsg, Clock};
+use crate::stats::NodeStats;
 
 /// How long a stopping gateway waits for peers to acknowledge what it sent last.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Encoded snapshot chunks queued ahead of a snapshot stream's writer: enough to keep the
-/// stream busy while the gateway encodes the next one, few enough that a snapshot never sits
-/// in memory as a second copy of the replica.
-const SNAPSHOT_AHEAD: usize = 2;
+/// Dials of one address start at least this far apart, so a peer that accepts and then closes
+/// at once (a refused member, a connection to this node itself) is not dialled in a tight loop.
+const MIN_REDIAL: Duration = Duration::from_secs(1);
+
+/// A failing dial is logged as a warning at its first failure, when the reason changes, and
+/// at least this often while it keeps failing (otherwise at debug level).
+const DIAL_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Wakes the gateway task when an actor sends it mail.
 #[derive(Debug)]
@@ -55,248 +45,122 @@ impl Wake for TokioWake {
     }
 }
 
-/// A remote server to dial: its node id and peer address.
-#[derive(Debug, Clone)]
-pub struct JoinTarget {
-    /// Node id (checked against its certificate).
-    pub node: String,
-    /// Peer (QUIC) address, possibly a relay.
-    pub addr: SocketAddr,
-}
-
 /// Everything the gateway thread starts with.
 #[derive(Debug)]
 pub(crate) struct GatewayStart {
     pub runtime: tokio::runtime::Runtime,
     pub endpoint: Arc<PeerEndpoint>,
     pub gateway: Gateway,
+    /// The actors' deltas.
     pub mailbox: Mailbox<ActorMsg>,
+    /// Operators' requests (`CLUSTER FORGET`).
+    pub admin: Mailbox<AdminMsg>,
+    /// Signalled when either mailbox has mail.
     pub mail: Arc<Notify>,
     pub actors: Vec<Address<ActorMsg>>,
-    pub joins: Vec<JoinTarget>,
     pub clock: Clock,
     pub stats: Arc<NodeStats>,
-    pub advertised: String,
     pub progress: bool,
-}
-
-/// What connection tasks tell the gateway task.
-enum Event {
-    Up {
-        peer: String,
-        conn: PeerConnection,
-        out: mpsc::UnboundedSender<PeerMsg>,
-        writer: tokio::task::JoinHandle<()>,
-        dialed: bool,
-    },
-    Msg {
-        peer: String,
-        conn: usize,
-        msg: PeerMsg,
-    },
-    /// A snapshot chunk, prepared for the gateway where it was decoded.
-    Chunk {
-        peer: String,
-        conn: usize,
-        piece: SnapshotPiece,
-        total: u64,
-        last: bool,
-    },
-    Down {
-        peer: String,
-        conn: usize,
-    },
-}
-
-struct Live {
-    conn: PeerConnection,
-    out: mpsc::UnboundedSender<PeerMsg>,
-    /// Ends once everything sent to `out` is written and acknowledged (or the link failed).
-    writer: tokio::task::JoinHandle<()>,
-}
-
-/// A snapshot being streamed to a peer: the gateway task encodes it chunk by chunk from its
-/// replica; a writer task owns the low-priority stream.
-struct Outgoing {
-    peer: String,
-    conn: usize,
-    walk: SnapshotWalk,
-    /// To the writer; bounded, so encoding runs at most [`SNAPSHOT_AHEAD`] chunks ahead of
-    /// the network.
-    chunks: mpsc::Sender<EncodedFrames>,
 }
 
 /// Runs the gateway until its mailbox closes: every actor has exited after sending its last
 /// delta (the node wakes the gateway through `mail` once they have).
 pub(crate) fn run(start: GatewayStart) {
-    let GatewayStart {
-        runtime,
-        endpoint,
-        gateway,
-        mailbox,
-        mail,
-        actors,
-        joins,
-        clock,
-        stats,
-        advertised,
-        progress,
-    } = start;
+    let GatewayStart { runtime, endpoint, gateway, mailbox, admin, mail, actors, clock, stats, progress } =
+        start;
     runtime.block_on(async move {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        // Accept incoming connections.
+        let (events, events_rx) = mpsc::unbounded_channel();
         {
             let endpoint = endpoint.clone();
-            let events = events_tx.clone();
-            let stats = stats.clone();
+            let events = events.clone();
             tokio::spawn(async move {
                 while let Some(result) = endpoint.accept().await {
                     match result {
-                        Ok(conn) => spawn_connection(conn, false, events.clone(), stats.clone()),
+                        Ok(conn) => {
+                            let _ = events.send(ConnEvent::Up { conn, dialed: None });
+                        }
                         Err(e) => tracing::warn!("refused a peer connection: {e}"),
                     }
                 }
             });
         }
-        // Dial the servers we join, and keep redialling when a connection drops.
-        let mut dialers = Vec::new();
-        for target in &joins {
-            let endpoint = endpoint.clone();
-            let events = events_tx.clone();
-            let stats = stats.clone();
-            let target = target.clone();
-            // Aborted when the gateway stops.
-            dialers.push(tokio::spawn(async move {
-                let mut backoff = Backoff::with_seed(clock.now().wall_ms);
-                loop {
-                    let Some(conn) = endpoint
-                        .connect_with_backoff(target.addr, &target.node, &mut backoff, std::future::pending())
-                        .await
-                    else {
-                        return;
-                    };
-                    tracing::info!(peer = %target.node, addr = %target.addr, "connected to peer");
-                    let closed = conn.clone();
-                    spawn_connection(conn, true, events.clone(), stats.clone());
-                    let reason = closed.closed().await;
-                    tracing::info!(peer = %target.node, "connection lost: {reason}");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }));
-        }
-        let mut core = Core {
+        let progress = progress.then(|| tokio::spawn(super::progress::show(stats.clone())));
+        let mut driver = Driver {
             gateway,
-            actors,
-            live: HashMap::new(),
-            snapshot_asked: HashSet::new(),
-            outgoing: Vec::new(),
+            endpoint: endpoint.clone(),
+            events,
+            conns: HashMap::new(),
+            dials: HashMap::new(),
             room: Arc::new(Notify::new()),
+            actors,
             clock,
             stats,
             published: GatewayStats::default(),
-            advertised,
-            progress: progress.then(new_progress_bar),
         };
-        for target in &joins {
-            core.gateway.expect(&target.node);
+        driver.run(events_rx, &mailbox, &admin, &mail).await;
+        if let Some(p) = progress {
+            p.abort();
         }
-        core.run(events_rx, &mailbox, &mail).await;
-        for d in dialers {
-            d.abort();
-        }
-        core.finish(&endpoint).await;
+        driver.finish().await;
     });
 }
 
-fn new_progress_bar() -> ProgressBar {
-    let bar = ProgressBar::hidden();
-    bar.set_style(
-        ProgressStyle::with_template("joining {bar:40.cyan/blue} {pos}/{len} keys ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
+/// A dial in progress, and when the last one to the same address started.
+#[derive(Debug)]
+struct Dial {
+    task: Option<tokio::task::JoinHandle<()>>,
+    last_start: Option<Instant>,
 }
 
-struct Core {
+struct Driver {
     gateway: Gateway,
-    actors: Vec<Address<ActorMsg>>,
-    live: HashMap<String, Live>,
-    snapshot_asked: HashSet<String>,
-    outgoing: Vec<Outgoing>,
-    /// Signalled by snapshot writers when they take a chunk (room for the next one).
+    endpoint: Arc<PeerEndpoint>,
+    events: mpsc::UnboundedSender<ConnEvent>,
+    conns: HashMap<ConnId, ConnHandle>,
+    dials: HashMap<String, Dial>,
+    /// Signalled by bulk writers when they take a frame (room for the next one).
     room: Arc<Notify>,
+    actors: Vec<Address<ActorMsg>>,
     clock: Clock,
     stats: Arc<NodeStats>,
     /// The gateway's counters as last published to `stats`.
     published: GatewayStats,
-    advertised: String,
-    progress: Option<ProgressBar>,
 }
 
-impl Core {
+impl Driver {
     async fn run(
         &mut self,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut events: mpsc::UnboundedReceiver<ConnEvent>,
         mailbox: &Mailbox<ActorMsg>,
+        admin: &Mailbox<AdminMsg>,
         mail: &Notify,
     ) {
         loop {
-            let now = self.clock.now().mono_ms;
-            let due = self.gateway.next_due().into_iter().chain(self.gateway.held_due()).min();
-            let wait = due.map(|at| Duration::from_millis(at.saturating_sub(now)));
-            if self.snapshot_has_room() {
-                // Another chunk is wanted: only let the connection tasks run, then take
-                // whatever arrived meanwhile before encoding it.
+            self.transmit();
+            if self.pump_bulk() {
+                // More bulk data is wanted: only let the connection tasks run, then take
+                // whatever arrived meanwhile before encoding the next frame.
                 tokio::task::yield_now().await;
             } else {
+                let now = self.clock.now().mono_ms;
+                let wait =
+                    self.gateway.poll_timeout().map(|at| Duration::from_millis(at.saturating_sub(now)));
                 let room = self.room.clone();
                 tokio::select! {
                     () = mail.notified() => {}
-                    Some(event) = events.recv() => self.handle(event),
+                    Some(event) = events.recv() => self.on_event(event),
                     () = sleep_opt(wait) => {}
                     () = room.notified() => {}
                 }
             }
             while let Ok(event) = events.try_recv() {
-                self.handle(event);
+                self.on_event(event);
             }
+            self.drain_admin(admin);
             if self.drain_mail(mailbox) == Empty::Closed {
                 return;
             }
-            let now = self.clock.now().mono_ms;
-            self.gateway.poll_held(now);
-            self.flush(now);
-            self.stream_snapshots();
-            self.stats.publish_gateway(&mut self.published, self.gateway.stats());
         }
-    }
-
-    fn snapshot_has_room(&self) -> bool {
-        self.outgoing.iter().any(|o| o.chunks.capacity() > 0)
-    }
-
-    /// Encodes one chunk for every snapshot whose writer has room for it. One chunk per
-    /// round keeps the rest of the loop (deltas, fan-out) within a chunk's encoding time.
-    fn stream_snapshots(&mut self) {
-        let replica = self.gateway.replica();
-        self.outgoing.retain_mut(|o| {
-            let permit = match o.chunks.try_reserve() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(())) => return true,
-                // The writer stopped: the stream failed (it logged why).
-                Err(mpsc::error::TrySendError::Closed(())) => return false,
-            };
-            // A chunk is at most CHUNK_BYTES of entries (or one larger entry) plus framing.
-            let mut frames = EncodedFrames::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
-            let encode = |chunk: SnapshotChunkRef<'_>| frames.push(&chunk, MAX_FRAME).map(drop);
-            if let Err(e) = o.walk.next_chunk(replica, CHUNK_BYTES, encode) {
-                tracing::warn!(peer = %o.peer, "cannot encode a snapshot chunk, transfer abandoned: {e}");
-                return false;
-            }
-            permit.send(frames);
-            // Done: dropping the sender lets the writer finish the stream.
-            !o.walk.is_done()
-        });
     }
 
     /// Merges every delta waiting; says whether the mailbox is merely empty or closed (every
@@ -306,155 +170,175 @@ impl Core {
         loop {
             match mailbox.try_recv() {
                 Ok(ActorMsg::Sync(batch)) => {
-                    self.gateway.on_local(&batch.delta);
+                    self.gateway.handle(Event::Local(batch.delta), self.clock.now());
                 }
                 Err(why) => return why,
             }
         }
     }
 
-    fn flush(&mut self, now: u64) {
-        let peers: Vec<String> = self.live.keys().cloned().collect();
-        for peer in peers {
-            let out = &self.live[&peer].out;
-            for msg in self.gateway.poll_peer(&peer, now) {
-                // A closed writer means the connection is going down; its Down event follows,
-                // and the gateway sends the unacknowledged deltas again on the next connection.
-                let _ = out.send(msg);
-            }
+    fn drain_admin(&mut self, admin: &Mailbox<AdminMsg>) {
+        admin.begin_drain();
+        while let Ok(AdminMsg::Forget(node)) = admin.try_recv() {
+            self.gateway.handle(Event::Forget(node), self.clock.now());
         }
-        if let Some(batch) = self.gateway.poll_fanout(now) {
-            for a in &self.actors {
-                let _ = a.send(ActorMsg::Sync(batch.clone()));
+    }
+
+    fn on_event(&mut self, event: ConnEvent) {
+        let now = self.clock.now();
+        match event {
+            ConnEvent::Up { conn, dialed } => {
+                let id = peer_conn::conn_id(&conn);
+                let peer = conn.peer_node_id().to_owned();
+                let handle =
+                    peer_conn::spawn(conn, self.events.clone(), self.stats.clone(), self.room.clone());
+                self.conns.insert(id, handle);
+                if let Some(addr) = &dialed
+                    && let Some(d) = self.dials.get_mut(addr)
+                {
+                    d.task = None;
+                }
+                self.gateway.handle(Event::Connected { conn: id, peer, dialed }, now);
+            }
+            ConnEvent::Msg { conn, msg } => self.gateway.handle(Event::Message { conn, msg }, now),
+            ConnEvent::Chunk { conn, id, piece, total, last } => {
+                self.gateway.handle(Event::Chunk { conn, id, piece, total, last }, now);
+            }
+            ConnEvent::Down { conn, why } => {
+                if let Some(h) = self.conns.remove(&conn) {
+                    tracing::debug!(peer = %h.conn.peer_node_id(), "connection closed: {why}");
+                }
+                self.gateway.handle(Event::Disconnected { conn }, now);
             }
         }
     }
 
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Up { peer, conn, out, writer, dialed } => {
-                if let Some(old) = self.live.remove(&peer) {
-                    tracing::info!(%peer, "a new connection replaces the old one");
-                    old.conn.close(CloseReason::Replaced);
-                    let old_id = old.conn.stable_id();
-                    self.outgoing.retain(|o| o.conn != old_id);
-                    self.gateway.release_held();
+    /// Carries out everything the gateway asks for now, and publishes its counters.
+    fn transmit(&mut self) {
+        let now = self.clock.now();
+        while let Some(t) = self.gateway.poll_transmit(now) {
+            match t {
+                Transmit::Send { conn, msg } => {
+                    if let Some(h) = self.conns.get(&conn) {
+                        h.send(msg);
+                    }
                 }
-                // First on the stream, so the peer knows our incarnation before any delta.
-                let _ = out.send(PeerMsg::Hello {
-                    version: PROTOCOL_VERSION,
-                    peer: self.advertised.clone(),
-                    incarnation: self.gateway.incarnation(),
-                });
-                if dialed && self.snapshot_asked.insert(peer.clone()) {
-                    let _ = out.send(PeerMsg::SnapshotRequest);
+                Transmit::Close { conn, why } => {
+                    if let Some(h) = self.conns.get(&conn) {
+                        h.conn.close(close_reason(why));
+                    }
                 }
-                self.gateway.connected(&peer);
-                self.live.insert(peer, Live { conn, out, writer });
+                Transmit::Dial { addr } => self.dial(addr),
+                Transmit::StopDial { addr } => {
+                    if let Some(task) = self.dials.get_mut(&addr).and_then(|d| d.task.take()) {
+                        task.abort();
+                    }
+                }
+                Transmit::FanOut(batch) => {
+                    for a in &self.actors {
+                        let _ = a.send(ActorMsg::Sync(batch.clone()));
+                    }
+                }
+                Transmit::Notice(notice) => log(&notice),
             }
-            Event::Down { peer, conn } => {
-                self.outgoing.retain(|o| o.conn != conn);
-                if self.live.get(&peer).is_some_and(|l| l.conn.stable_id() == conn) {
-                    self.live.remove(&peer);
-                    self.gateway.disconnected(&peer);
-                    // A snapshot it was sending us ends here: what arrived goes to the actors.
-                    self.gateway.release_held();
+        }
+        self.stats.publish_gateway(&mut self.published, self.gateway.stats());
+        self.stats.publish_members(self.gateway.members());
+    }
+
+    /// Encodes the next bulk frame of every connection that wants one and has room for it.
+    /// Returns whether some connection wants more (and had room).
+    fn pump_bulk(&mut self) -> bool {
+        let now = self.clock.now();
+        let mut more = false;
+        for (&id, h) in &self.conns {
+            if !self.gateway.wants_bulk(id) {
+                continue;
+            }
+            let Ok(permit) = h.bulk.try_reserve() else { continue };
+            // A frame is at most CHUNK_BYTES of entries (or one larger entry) plus framing.
+            let mut frames = EncodedFrames::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4);
+            let encoded = self.gateway.poll_bulk(id, now, |m| frames.push(&m, MAX_FRAME).map(drop));
+            match encoded {
+                Ok(Some(_)) => {
+                    permit.send(frames);
+                    more |= self.gateway.wants_bulk(id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Keys and values are bounded well below the frame limit: unreachable.
+                    tracing::error!(peer = %h.conn.peer_node_id(), "cannot encode a bulk frame: {e}");
+                    h.conn.close(CloseReason::Protocol);
                 }
             }
-            Event::Msg { peer, conn, msg } => {
-                if self.live.get(&peer).is_none_or(|l| l.conn.stable_id() != conn) {
-                    return; // from a replaced connection
-                }
-                self.on_message(&peer, msg);
-            }
-            Event::Chunk { peer, conn, piece, total, last } => {
-                if self.live.get(&peer).is_none_or(|l| l.conn.stable_id() != conn) {
+        }
+        more
+    }
+
+    /// Starts dialling `addr` (whichever node of the cluster answers there).
+    fn dial(&mut self, addr: String) {
+        let d = self.dials.entry(addr.clone()).or_insert(Dial { task: None, last_start: None });
+        if d.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let wait = d.last_start.map_or(Duration::ZERO, |t| MIN_REDIAL.saturating_sub(t.elapsed()));
+        d.last_start = Some(Instant::now() + wait);
+        let endpoint = self.endpoint.clone();
+        let events = self.events.clone();
+        let seed = self.clock.now().wall_ms ^ addr.len() as u64;
+        d.task = Some(tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let mut backoff = Backoff::with_seed(seed);
+            let mut complaint = Complaint::default();
+            loop {
+                let target = match resolve(&addr).await {
+                    Ok(target) => target,
+                    Err(e) => {
+                        complaint.failed(&addr, &e);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                };
+                let on_failure = |e: &ConnectError| complaint.failed(&addr, &e.to_string());
+                let dialled = endpoint.connect_with_backoff(
+                    target,
+                    None,
+                    &mut backoff,
+                    std::future::pending(),
+                    on_failure,
+                );
+                if let Some(conn) = dialled.await {
+                    let _ = events.send(ConnEvent::Up { conn, dialed: Some(addr) });
                     return;
                 }
-                self.on_chunk(&peer, piece, total, last);
             }
-        }
-    }
-
-    fn on_message(&mut self, peer: &str, msg: PeerMsg) {
-        match msg {
-            PeerMsg::Hello { version, peer: addr, incarnation } => {
-                if version != PROTOCOL_VERSION {
-                    tracing::warn!(%peer, version, "peer speaks another protocol version; disconnecting");
-                    if let Some(l) = self.live.get(peer) {
-                        l.conn.close(CloseReason::Protocol);
-                    }
-                } else {
-                    tracing::debug!(%peer, %addr, incarnation, "peer hello");
-                    self.gateway.on_hello(peer, incarnation);
-                }
-            }
-            PeerMsg::Delta { seq, ack, entries } => {
-                self.gateway.on_peer_delta(peer, seq, ack, &entries, self.clock.now().mono_ms);
-            }
-            PeerMsg::Ack(ack) => self.gateway.on_ack(peer, ack),
-            PeerMsg::SnapshotRequest => {
-                if let Some(l) = self.live.get(peer) {
-                    let walk = SnapshotWalk::new(self.gateway.replica());
-                    tracing::info!(%peer, keys = walk.total(), "sending a snapshot");
-                    let (chunks, rx) = mpsc::channel(SNAPSHOT_AHEAD);
-                    tokio::spawn(write_snapshot(
-                        l.conn.clone(),
-                        rx,
-                        walk.total(),
-                        self.room.clone(),
-                        self.stats.clone(),
-                    ));
-                    self.outgoing.push(Outgoing {
-                        peer: peer.to_owned(),
-                        conn: l.conn.stable_id(),
-                        walk,
-                        chunks,
-                    });
-                }
-            }
-            // Chunks come on the bulk stream as `Event::Chunk`; a peer may still send one here.
-            PeerMsg::SnapshotChunk { entries, total, last } => {
-                self.on_chunk(peer, SnapshotPiece::new(entries), total, last);
-            }
-        }
-    }
-
-    fn on_chunk(&mut self, peer: &str, piece: SnapshotPiece, total: u64, last: bool) {
-        let n = piece.entry_count() as u64;
-        self.gateway.on_snapshot_chunk(piece, last, self.clock.now().mono_ms);
-        if let Some(bar) = &self.progress {
-            if bar.is_hidden() && std::io::stderr().is_terminal() {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            bar.set_length(total);
-            bar.inc(n);
-            if last {
-                bar.finish_and_clear();
-            }
-        }
-        if last {
-            tracing::info!(%peer, keys = total, "snapshot received");
-        }
+        }));
     }
 
     /// Sends everything still owed to connected peers, regardless of pacing, then closes the
     /// endpoint gracefully.
-    async fn finish(mut self, endpoint: &PeerEndpoint) {
-        let now = self.clock.now().mono_ms;
-        for (peer, live) in &self.live {
-            for msg in self.gateway.flush_peer(peer, now) {
-                let _ = live.out.send(msg);
+    async fn finish(mut self) {
+        for t in self.gateway.flush_all(self.clock.now()) {
+            if let Transmit::Send { conn, msg } = t
+                && let Some(h) = self.conns.get(&conn)
+            {
+                h.send(msg);
             }
         }
-        // Drop our senders: each writer then finishes its stream and waits until the peer has
-        // acknowledged everything (closing a connection earlier would discard the last writes).
+        for d in self.dials.values_mut() {
+            if let Some(task) = d.task.take() {
+                task.abort();
+            }
+        }
+        // Drop our senders: each control writer then finishes its stream and waits until the
+        // peer has acknowledged everything (closing a connection earlier would discard the
+        // last writes).
         let mut conns = Vec::new();
         let mut writers = Vec::new();
-        for (_, Live { conn, out, writer }) in self.live.drain() {
-            drop(out);
+        for (_, h) in self.conns.drain() {
+            let ConnHandle { conn, control_writer, .. } = h;
             conns.push(conn);
-            writers.push(writer);
+            writers.push(control_writer);
         }
         let all_written = async {
             for w in writers {
@@ -467,8 +351,87 @@ impl Core {
         for c in conns {
             c.close(CloseReason::Shutdown);
         }
-        endpoint.close(CloseReason::Shutdown);
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        self.endpoint.close(CloseReason::Shutdown);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Rate-limits the warnings of one failing dial: loud enough that an operator sees a server
+/// that cannot be reached or refuses us, and why, without a line per retry.
+#[derive(Debug, Default)]
+struct Complaint {
+    last: Option<(String, Instant)>,
+}
+
+impl Complaint {
+    fn failed(&mut self, addr: &str, why: &str) {
+        let loud = match &self.last {
+            None => true,
+            Some((last, at)) => last != why || at.elapsed() >= DIAL_WARN_EVERY,
+        };
+        if loud {
+            tracing::warn!(%addr, "cannot connect to a cluster member, retrying: {why}");
+            self.last = Some((why.to_owned(), Instant::now()));
+        } else {
+            tracing::debug!(%addr, "connect failed: {why}");
+        }
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let mut found = tokio::net::lookup_host(addr).await.map_err(|e| format!("cannot resolve {addr}: {e}"))?;
+    found.next().ok_or_else(|| format!("{addr} resolves to no address"))
+}
+
+fn close_reason(why: CloseWhy) -> CloseReason {
+    match why {
+        CloseWhy::Replaced => CloseReason::Replaced,
+        CloseWhy::Protocol => CloseReason::Protocol,
+        CloseWhy::Refused => CloseReason::Refused,
+        CloseWhy::Loop => CloseReason::Loop,
+    }
+}
+
+/// The log line of a notice the gateway raised.
+fn log(notice: &Notice) {
+    match notice {
+        Notice::Up { peer, addr } => tracing::info!(%peer, %addr, "connected to peer"),
+        Notice::Down { peer } => tracing::info!(%peer, "connection to peer lost"),
+        Notice::SelfConnection { addr } => {
+            let addr = addr.as_deref().unwrap_or("an accepted connection");
+            tracing::warn!(%addr, "this address leads back to this node itself (a --join naming this server?); not dialling it again");
+        }
+        Notice::WrongClaim { peer, claimed } => {
+            tracing::warn!(%peer, %claimed, "a peer claimed another node id than its certificate proves; disconnected");
+        }
+        Notice::VersionMismatch { peer, version } => {
+            tracing::warn!(%peer, version, "peer speaks another protocol version; disconnected")
+        }
+        Notice::Replaced { old, new } => {
+            tracing::warn!(%old, %new, "a server restarted without its data under a new id; the old id is replaced")
+        }
+        Notice::Forgotten { node } => tracing::warn!(%node, "server removed from the cluster"),
+        Notice::RefusedForgotten { peer } => {
+            tracing::warn!(%peer, "refused a server that was removed from the cluster (CLUSTER FORGET)")
+        }
+        Notice::BadMembers { peer } => {
+            tracing::warn!(%peer, "peer sent an unusable member list; disconnected")
+        }
+        Notice::Serving { peer, keys, resumed } => {
+            tracing::info!(%peer, keys, resumed, "sending a snapshot")
+        }
+        Notice::Filling { peer, resumed } => tracing::info!(%peer, resumed, "asking for a snapshot"),
+        Notice::FillInterrupted { peer } => {
+            tracing::warn!(%peer, "snapshot transfer interrupted; it will resume from another connection")
+        }
+        Notice::Filled { peer, entries } => tracing::info!(%peer, entries, "snapshot received"),
+        Notice::Dropped { peer } => tracing::warn!(
+            %peer,
+            "server unreachable for long: dropped the writes queued for it; repair will catch it up when it is back"
+        ),
     }
 }
 
@@ -476,173 +439,5 @@ async fn sleep_opt(wait: Option<Duration>) {
     match wait {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Starts the tasks of one connection: a writer for the control stream and a reader for
-/// every stream the peer opens.
-fn spawn_connection(
-    conn: PeerConnection,
-    dialed: bool,
-    events: mpsc::UnboundedSender<Event>,
-    stats: Arc<NodeStats>,
-) {
-    let peer = conn.peer_node_id().to_owned();
-    let id = conn.stable_id();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<PeerMsg>();
-    // Writer.
-    let writer = {
-        let conn = conn.clone();
-        let stats = stats.clone();
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            let mut sender = match conn.open_stream::<PeerMsg>(StreamClass::Control).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, "cannot open the control stream: {e}");
-                    return;
-                }
-            };
-            while let Some(msg) = out_rx.recv().await {
-                // Send everything already queued in one write.
-                let mut batch = vec![msg];
-                while let Ok(m) = out_rx.try_recv() {
-                    batch.push(m);
-                }
-                match sender.send_batch(batch.iter()).await {
-                    Ok(n) => NodeStats::add(&stats.remote_bytes_sent, n as u64),
-                    Err(e) => {
-                        tracing::debug!(%peer, "control stream write failed: {e}");
-                        return;
-                    }
-                }
-            }
-            let _ = sender.finish_and_wait().await;
-        })
-    };
-    // Readers: one per incoming stream (control and bulk).
-    {
-        let conn = conn.clone();
-        let events = events.clone();
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut receiver = match conn.accept_stream::<PeerMsg>().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if e.is_protocol_violation() {
-                            tracing::warn!(%peer, "bad stream from peer: {e}");
-                            conn.close(CloseReason::Protocol);
-                        }
-                        break;
-                    }
-                };
-                let events = events.clone();
-                let stats = stats.clone();
-                let conn = conn.clone();
-                let peer = peer.clone();
-                // Snapshot chunks (~1 MiB each) are decoded on a blocking-pool thread, so the
-                // next chunk decodes while the gateway task merges this one: on a joining
-                // server the gateway thread is the bottleneck. Control frames are small and
-                // latency-sensitive: decoded here.
-                let bulk = receiver.class() == StreamClass::Bulk;
-                tokio::spawn(async move {
-                    let mut seen = 0;
-                    loop {
-                        let decoded = match receiver.recv_payload().await {
-                            Ok(Some(payload)) => {
-                                let total = receiver.bytes_received();
-                                NodeStats::add(&stats.remote_bytes_received, total - seen);
-                                seen = total;
-                                let peer = peer.clone();
-                                if bulk {
-                                    let prepare = move || {
-                                        net_quic::decode_frame::<PeerMsg>(&payload)
-                                            .map(|msg| inbound(peer, id, msg))
-                                    };
-                                    match tokio::task::spawn_blocking(prepare).await {
-                                        Ok(decoded) => decoded,
-                                        // Only when the runtime shuts down (decoding never panics).
-                                        Err(_) => return,
-                                    }
-                                } else {
-                                    net_quic::decode_frame::<PeerMsg>(&payload).map(|msg| Event::Msg {
-                                        peer,
-                                        conn: id,
-                                        msg,
-                                    })
-                                }
-                            }
-                            Ok(None) => return,
-                            Err(e) => Err(e),
-                        };
-                        match decoded {
-                            Ok(event) => {
-                                if events.send(event).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                if e.is_protocol_violation() {
-                                    tracing::warn!(%peer, "malformed frame from peer, disconnecting: {e}");
-                                    conn.close(CloseReason::Protocol);
-                                }
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-    }
-    let _ = events.send(Event::Up { peer: peer.clone(), conn: conn.clone(), out: out_tx, writer, dialed });
-    tokio::spawn(async move {
-        conn.closed().await;
-        let _ = events.send(Event::Down { peer, conn: id });
-    });
-}
-
-/// The event for a message from the bulk stream. A snapshot chunk also gets its second copy
-/// here (see [`SnapshotPiece`]), on the decoding thread rather than the gateway's.
-fn inbound(peer: String, conn: usize, msg: PeerMsg) -> Event {
-    match msg {
-        PeerMsg::SnapshotChunk { entries, total, last } => {
-            Event::Chunk { peer, conn, piece: SnapshotPiece::new(entries), total, last }
-        }
-        msg => Event::Msg { peer, conn, msg },
-    }
-}
-
-/// Writes the chunks of one snapshot, as the gateway task encodes them, on a new
-/// low-priority stream; finishes the stream when the gateway drops its sender after the last.
-async fn write_snapshot(
-    conn: PeerConnection,
-    mut chunks: mpsc::Receiver<EncodedFrames>,
-    total: u64,
-    room: Arc<Notify>,
-    stats: Arc<NodeStats>,
-) {
-    let peer = conn.peer_node_id().to_owned();
-    let mut sender = match conn.open_stream::<PeerMsg>(StreamClass::Bulk).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, "cannot open the snapshot stream: {e}");
-            return;
-        }
-    };
-    while let Some(frames) = chunks.recv().await {
-        room.notify_one();
-        match sender.send_encoded(frames).await {
-            Ok(n) => NodeStats::add(&stats.remote_bytes_sent, n as u64),
-            Err(e) => {
-                tracing::warn!(%peer, "snapshot transfer interrupted: {e}");
-                return;
-            }
-        }
-    }
-    // Also reached when the gateway abandons the transfer (the connection went down).
-    match sender.finish_and_wait().await {
-        Ok(()) => tracing::info!(%peer, keys = total, "snapshot stream finished"),
-        Err(e) => tracing::debug!(%peer, "snapshot stream finish: {e}"),
     }
 }

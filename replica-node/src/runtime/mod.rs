@@ -1,10 +1,13 @@
 //! The thin drivers around the core's state machines: the per-core query loop (mio), the gateway
-//! loop (tokio, QUIC), the mailboxes between them and the clocks they read.
+//! loop (tokio, QUIC) with its connection tasks and progress bar, the mailboxes between them and
+//! the clocks they read.
 
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
+mod peer_conn;
 pub(crate) mod persist_loop;
+mod progress;
 pub(crate) mod query_loop;
 
 use replica_core::SyncBatch;
@@ -16,4 +19,11 @@ pub(crate) use clock::{Clock, random_u64};
 pub enum ActorMsg {
     /// A delta from another actor of this node (or, fanned out, from a remote server).
     Sync(SyncBatch),
+}
+
+/// Requests from operators to the gateway (through a query actor's client port).
+#[derive(Debug)]
+pub enum AdminMsg {
+    /// `CLUSTER FORGET id`: remove a server from the cluster.
+    Forget(String),
 }

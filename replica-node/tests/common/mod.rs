@@ -67,4 +67,4 @@ impl Raw {
 }
 
 #[allow(unused_imports)]
-pub use replica_node::testkit::{Cluster, clients, eventually};
+pub use replica_node::testkit::{Cluster, clients, eventually, eventually_every, temp_dir};

@@ -1,0 +1,83 @@
+//! `CLUSTER NODES`, `CLUSTER MYID` and `CLUSTER FORGET` (design 4.5, 4.7): the cluster as this
+//! node's gateway sees it, and removing a server that is gone for good.
+
+use replica_core::Now;
+use replica_core::gateway::MemberStatus;
+
+use super::{Cmd, NodeInfo, printable};
+use crate::runtime::AdminMsg;
+
+pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo, now: Now) {
+    let sub = &c.args[1];
+    let is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
+    if is("NODES") && c.args.len() == 2 {
+        resp::bulk(c.out, nodes(info, now).as_bytes());
+    } else if is("MYID") && c.args.len() == 2 {
+        resp::bulk(c.out, info.node.as_bytes());
+    } else if is("FORGET") && c.args.len() == 3 {
+        forget(c, info);
+    } else if is("HELP") {
+        let lines = [
+            "CLUSTER <subcommand>. Subcommands are:",
+            "NODES",
+            "    One line per server: id peer-address state last-contact-ms-ago",
+            "    (state: self, connected, disconnected or replaced).",
+            "MYID",
+            "    This server's node id.",
+            "FORGET <node-id>",
+            "    Remove a server that is gone for good from the whole cluster.",
+        ];
+        resp::array_header(c.out, lines.len());
+        for l in lines {
+            resp::simple(c.out, l);
+        }
+    } else {
+        resp::error(
+            c.out,
+            &format!(
+                "ERR unknown subcommand or wrong number of arguments for 'cluster|{}'. Try CLUSTER HELP.",
+                printable(sub, 32)
+            ),
+        );
+    }
+}
+
+/// The text of `CLUSTER NODES`.
+fn nodes(info: &NodeInfo, now: Now) -> String {
+    let members = info.stats.members();
+    let mut text = String::new();
+    if members.is_empty() {
+        // The gateway has not published yet (the first moments of a node's life).
+        text.push_str(&format!("{} {} self 0\n", info.node, info.peer_addr));
+    }
+    for m in members.iter() {
+        let state = match m.status {
+            MemberStatus::Myself => "self",
+            MemberStatus::Connected => "connected",
+            MemberStatus::Disconnected => "disconnected",
+            MemberStatus::Replaced => "replaced",
+        };
+        let ago = match (m.status, m.last_contact) {
+            (MemberStatus::Myself, _) => "0".to_owned(),
+            (_, Some(at)) => now.mono_ms.saturating_sub(at).to_string(),
+            (_, None) => "-".to_owned(),
+        };
+        let peer = if m.peer.is_empty() { "-" } else { &m.peer };
+        text.push_str(&format!("{} {peer} {state} {ago}\n", m.node));
+    }
+    text
+}
+
+fn forget(c: Cmd<'_>, info: &NodeInfo) {
+    let id = String::from_utf8_lossy(&c.args[2]).into_owned();
+    if id == info.node {
+        return resp::error(c.out, "ERR I tried hard but I can't forget myself...");
+    }
+    if !info.stats.members().iter().any(|m| m.node == id && m.status != MemberStatus::Myself) {
+        return resp::error(c.out, &format!("ERR unknown node {}", printable(&c.args[2], 64)));
+    }
+    match &info.admin {
+        Some(admin) if admin.send(AdminMsg::Forget(id)).is_ok() => resp::simple(c.out, "OK"),
+        _ => resp::error(c.out, "ERR this node has no gateway running"),
+    }
+}
