@@ -9,7 +9,9 @@
 //! - [`bulk`]: the loopback QUIC bulk rate, the anchor of `join_speed`.
 //!
 //! Binaries (`src/bin/`): `crdt_ratio`, `local_visibility`, `remote_visibility`, `join_speed`,
-//! and `linkem`, a command-line link emulator to put between two `replica-node` processes.
+//! `flood_fairness` (PING latency and visibility under a pipelining flood, RSS under the `MGET`
+//! attack), and `linkem`, a command-line link emulator to put between two `replica-node`
+//! processes.
 
 pub mod bulk;
 pub mod data;

@@ -231,7 +231,7 @@ fn a_world_that_cannot_be_reached_exits_with_a_clear_message() {
     let out = Command::new(CMUD).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--server", "--name", "--seed", "--story-ms", "embedded"] {
+    for flag in ["--server", "--name", "--seed", "--story-ms", "embedded", "--password", "CMUD_PASSWORD"] {
         assert!(help.contains(flag), "{help}");
     }
 }
@@ -257,6 +257,38 @@ fn piped_input_plays_without_a_terminal_and_without_colour() {
     assert!(text.contains("unknown command \"bogus\""), "{text}");
     assert!(text.contains("Goodbye"), "{text}");
     assert!(!text.contains('\x1b'), "no colour when stdout is not a terminal: {text:?}");
+}
+
+#[test]
+fn a_password_protected_server_wants_the_password() {
+    use std::io::Write;
+    let node = replica_node::testkit::node_with_password(1, "s3cret");
+    let addr = node.description().client_addrs()[0].to_string();
+    let play = |env: Option<&str>| {
+        let mut cmd = Command::new(CMUD);
+        cmd.args(["--server", &addr, "--seed", "3", "--story-ms", "0"]).env_remove("CMUD_PASSWORD");
+        if let Some(password) = env {
+            cmd.env("CMUD_PASSWORD", password);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"dee\nmine 2\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    for wrong in [None, Some("nope")] {
+        let out = play(wrong);
+        assert_eq!(out.status.code(), Some(2), "{wrong:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("wants a password") && err.contains("CMUD_PASSWORD"), "{err}");
+    }
+    let out = play(Some("s3cret"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Welcome, dee.") && text.contains("You mine 2 times"), "{text}");
 }
 
 /// One-way delay of the link between the two servers of the cross-server tests.

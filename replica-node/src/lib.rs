@@ -23,8 +23,10 @@ mod stats;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use command::Password;
 pub use node::{Description, MAX_ACTORS, Node, NodeConfig, StartError, default_actors};
 /// The client library (`replica-client`), for embedders and the contract path
 /// `replica_node::client::Client`.
 pub use replica_client as client;
+pub use runtime::client_conn::{ClientOptions, DEFAULT_MAXCLIENTS, DEFAULT_OUTPUT_LIMIT, MIN_OUTPUT_LIMIT};
 pub use stats::NodeStats;

@@ -3,7 +3,9 @@
 //! The state machines own their counters ([`replica_core::stats`]); their drivers publish them
 //! here after each round of work, and whichever actor serves `INFO` reads them. They are plain
 //! relaxed atomics: figures for operators and tests, never used to make decisions, so no
-//! ordering between them is promised.
+//! ordering between them is promised. The one exception is `clients_connected`, which is also
+//! the node-wide count `--maxclients` bounds: [`NodeStats::admit_client`] takes a slot with a
+//! compare-and-swap, so the bound holds exactly however many actors accept at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +50,10 @@ pub struct NodeStats {
     pub persist_refusing: AtomicBool,
     /// Why the disk refuses the log, while it does.
     pub persist_refusal: Mutex<String>,
+    /// Client connections refused because the node had `--maxclients` open already.
+    pub rejected_connections: AtomicU64,
+    /// Client connections closed because their unsent replies passed `--client-output-limit`.
+    pub client_output_limit_disconnects: AtomicU64,
     /// Repair rounds started by this node.
     pub repair_rounds: AtomicU64,
     /// Entries this node sent in repair rounds.
@@ -123,8 +129,44 @@ impl NodeStats {
         Some(reason)
     }
 
+    /// Counts a new client connection unless `max` are open already, in which case it counts
+    /// a rejection instead and returns false.
+    pub(crate) fn admit_client(&self, max: usize) -> bool {
+        let max = max as u64;
+        let admitted = self
+            .clients_connected
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
+        if admitted.is_err() {
+            Self::add(&self.rejected_connections, 1);
+        }
+        admitted.is_ok()
+    }
+
+    /// Counts a client connection closed (one [`NodeStats::admit_client`] admitted).
+    pub(crate) fn client_closed(&self) {
+        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeStats;
+
+    #[test]
+    fn admission_stops_at_the_bound_and_counts_refusals() {
+        let stats = NodeStats::default();
+        assert!(stats.admit_client(2));
+        assert!(stats.admit_client(2));
+        assert!(!stats.admit_client(2));
+        assert_eq!(NodeStats::get(&stats.rejected_connections), 1);
+        assert_eq!(NodeStats::get(&stats.clients_connected), 2);
+        stats.client_closed();
+        assert!(stats.admit_client(2), "a closed connection frees its slot");
+        assert!(!stats.admit_client(0));
     }
 }

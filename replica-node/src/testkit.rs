@@ -5,7 +5,11 @@
 //! through its own [`net_quic::LinkEmulator`] (which the joining server dials in place of the
 //! older server's peer address, as design 4.4 allows). Not part of the server's API.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use net_quic::{LinkConfig, LinkEmulator};
@@ -197,6 +201,19 @@ fn free_base(actors: usize) -> u16 {
     }
 }
 
+/// A node of `actors` actors on loopback (OS-chosen ports) whose clients must give `password`.
+pub fn node_with_password(actors: usize, password: &str) -> Node {
+    let requirepass = Some(crate::Password::new(password.as_bytes()).expect("a non-empty password"));
+    let config = NodeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        actors,
+        clients: crate::ClientOptions { requirepass, ..crate::ClientOptions::default() },
+        ..NodeConfig::default()
+    };
+    Node::start(&config).expect("node starts")
+}
+
 /// One client per actor of `node`, in actor order, each pinned to its actor's port.
 pub fn clients(node: &Node) -> Vec<Client> {
     node.description().client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect()
@@ -248,5 +265,80 @@ impl Faults {
     /// Whether actor `index` is to panic now.
     pub(crate) fn actor_panics(&self, index: usize) -> bool {
         self.panic_actor.load(std::sync::atomic::Ordering::Relaxed) == index + 1
+    }
+}
+
+/// A client that pipelines `SET`s to one actor without pause, as fast as the server takes
+/// them, and reads the replies on another thread: the flood of design 4.8's fairness
+/// requirement. Stops (and closes its connection) when dropped or [`Flood::stop`]ped.
+#[derive(Debug)]
+pub struct Flood {
+    stream: TcpStream,
+    stop: Arc<AtomicBool>,
+    replies: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Flood {
+    /// Connects to `addr` and starts flooding it.
+    pub fn start(addr: SocketAddr) -> std::io::Result<Flood> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        // One 64 KiB batch of SETs over 1 000 keys, written again and again.
+        let mut batch = Vec::new();
+        for i in 0.. {
+            if batch.len() >= 64 * 1024 {
+                break;
+            }
+            let key = format!("flood:{:03}", i % 1000);
+            resp::encode_command(&mut batch, &[&b"SET"[..], key.as_bytes(), b"0123456789abcdef"]);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let replies = Arc::new(AtomicU64::new(0));
+        let mut writer = stream.try_clone()?;
+        let mut reader = stream.try_clone()?;
+        let (stop_w, count) = (stop.clone(), replies.clone());
+        let threads =
+            vec![
+                std::thread::spawn(move || {
+                    while !stop_w.load(Ordering::Relaxed) && writer.write_all(&batch).is_ok() {}
+                }),
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    // Every reply is `+OK\r\n`: counting bytes counts replies.
+                    let mut bytes = 0u64;
+                    while let Ok(n @ 1..) = reader.read(&mut buf) {
+                        bytes += n as u64;
+                        count.store(bytes / 5, Ordering::Relaxed);
+                    }
+                }),
+            ];
+        Ok(Flood { stream, stop, replies, threads })
+    }
+
+    /// Replies received so far.
+    pub fn replies(&self) -> u64 {
+        self.replies.load(Ordering::Relaxed)
+    }
+
+    /// Stops flooding; returns the replies received.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.replies()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblocks a writer stuck on a full socket and the reader.
+        let _ = self.stream.shutdown(Shutdown::Both);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.halt();
     }
 }

@@ -1,9 +1,10 @@
 //! The `replica-node` binary: readiness line, bad arguments, clean exit on SIGTERM and SIGINT.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
 
-use replica_node::Description;
+use std::process::Command;
+
+use common::NodeProcess;
 use replica_node::client::{Client, Fixed};
 
 /// A cluster directory for one test, under the system temp dir.
@@ -13,17 +14,10 @@ fn cluster_dir(tag: &str) -> String {
     dir.to_string_lossy().into_owned()
 }
 
-fn start(args: &[&str]) -> (std::process::Child, Description) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let desc: Description = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    (child, desc)
+fn start(args: &[&str]) -> NodeProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+    cmd.args(args);
+    NodeProcess::spawn(cmd)
 }
 
 fn free_port_block(n: u16) -> u16 {
@@ -43,17 +37,20 @@ fn prints_its_description_serves_and_exits_cleanly_on_signals() {
     for signal in ["TERM", "INT"] {
         let port = free_port_block(3);
         let dir = cluster_dir(signal);
-        let (mut child, desc) = start(&["--port", &port.to_string(), "--actors", "2", "--cluster-dir", &dir]);
+        let mut node = start(&["--port", &port.to_string(), "--actors", "2", "--cluster-dir", &dir]);
+        let desc = node.desc.clone();
         assert_eq!(desc.peer, format!("127.0.0.1:{port}"));
         assert_eq!(desc.clients, [format!("127.0.0.1:{}", port + 1), format!("127.0.0.1:{}", port + 2)]);
         assert!(!desc.node.is_empty());
         let client = Client::new(Fixed(desc.client_addrs()[1]));
         client.put(b"k", b"v").unwrap();
         assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
-        let status =
-            Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &node.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
-        let exit = child.wait().unwrap();
+        let exit = node.child.wait().unwrap();
         assert!(exit.success(), "SIG{signal}: exit {exit:?}");
         assert!(std::path::Path::new(&dir).join("ca.pem").exists(), "the cluster CA was created");
         let _ = std::fs::remove_dir_all(&dir);
@@ -77,9 +74,77 @@ fn rejects_bad_arguments_with_a_clear_message() {
     );
     let help = Command::new(env!("CARGO_BIN_EXE_replica-node")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--host", "--port", "--actors", "--join", "--cluster-dir"] {
+    for flag in [
+        "--host",
+        "--port",
+        "--actors",
+        "--join",
+        "--cluster-dir",
+        "--requirepass-file",
+        "REPLICA_NODE_REQUIREPASS",
+        "--protected-mode",
+        "--maxclients",
+        "--client-output-limit",
+        "--timeout",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+    for (args, expect) in [
+        (&["--maxclients", "0"][..], "--maxclients"),
+        (&["--maxclients", "many"], "--maxclients"),
+        (&["--client-output-limit", "1k"], "smallest"),
+        (&["--client-output-limit", "12q"], "k, m or g"),
+        (&["--protected-mode", "maybe"], "expected yes or no"),
+        (&["--timeout", "soon"], "--timeout"),
+        (&["--requirepass-file", "/nonexistent/pass"], "cannot read"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+            .args(args)
+            .args(["--port", "0", "--cluster-dir", &cluster_dir("flags")])
+            .env_remove("REPLICA_NODE_REQUIREPASS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "no readiness line for {args:?}");
+    }
+}
+
+#[test]
+fn the_password_comes_from_a_file_or_the_environment_never_the_command_line() {
+    let dir = cluster_dir("pass");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::path::Path::new(&dir).join("requirepass");
+    std::fs::write(&file, "from-file\n").unwrap();
+    for (args, env, password) in [
+        (vec!["--requirepass-file", file.to_str().unwrap()], None, "from-file"),
+        (vec![], Some("from-env"), "from-env"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+        cmd.args(["--port", "0", "--actors", "1", "--cluster-dir", &dir]).args(&args);
+        cmd.env_remove("REPLICA_NODE_REQUIREPASS");
+        if let Some(value) = env {
+            cmd.env("REPLICA_NODE_REQUIREPASS", value);
+        }
+        let node = NodeProcess::spawn(cmd);
+        let desc = &node.desc;
+        let addr = desc.client_addrs()[0];
+        let stranger = Client::new(Fixed(addr));
+        assert!(stranger.get(b"k").unwrap_err().to_string().contains("NOAUTH"), "{args:?}");
+        let client = Client::builder().password(password).build(Fixed(addr));
+        client.put(b"k", b"v").unwrap();
+        drop(node);
+    }
+    // Both at once is ambiguous: refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", "0", "--cluster-dir", &dir, "--requirepass-file", file.to_str().unwrap()])
+        .env("REPLICA_NODE_REQUIREPASS", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

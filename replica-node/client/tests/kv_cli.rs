@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 
+use replica_node::testkit::node_with_password;
 use replica_node::{Node, NodeConfig};
 
 /// A real one-actor node on a free loopback port, and its client address.
@@ -21,7 +22,12 @@ fn dead() -> SocketAddr {
 }
 
 fn kv(servers: &[SocketAddr], args: &[&str], stdin: Option<&str>) -> Output {
+    kv_with_env(servers, args, stdin, &[])
+}
+
+fn kv_with_env(servers: &[SocketAddr], args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
+    cmd.env_remove("KV_PASSWORD").envs(env.iter().copied());
     for s in servers {
         cmd.arg("--server").arg(s.to_string());
     }
@@ -127,4 +133,24 @@ fn prompt_reads_commands_and_survives_errors() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("no server answered"), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("commands:"));
+}
+
+#[test]
+fn a_password_from_the_environment_or_the_flag() {
+    let node = node_with_password(1, "s3cret");
+    let s = [node.description().client_addrs()[0]];
+    let out = kv(&s, &["put", "k", "v"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("NOAUTH") && err.contains("KV_PASSWORD"), "{err}");
+    let out = kv_with_env(&s, &["put", "k", "v"], None, &[("KV_PASSWORD", "s3cret")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = kv(&s, &["--password", "s3cret", "get", "k"], None);
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "v\n".to_string()));
+    let out = kv(&s, &["-a", "wrong", "get", "k"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("WRONGPASS"), "{}", text(&out.stderr));
+    // The prompt authenticates too.
+    let out = kv_with_env(&s, &[], Some("get k\n"), &[("KV_PASSWORD", "s3cret")]);
+    assert_eq!(text(&out.stdout), "v\n");
 }

@@ -8,10 +8,6 @@ use crate::error::{too_large, too_many};
 use crate::scan::length_line;
 use crate::{MAX_ARGS, MAX_BULK, MAX_INLINE, MAX_REQUEST, ProtocolError};
 
-/// Bulk arguments from this size on get their whole body reserved in the read buffer at once,
-/// so the reader does not grow it (and copy it) read by read.
-const BIG_ARG: usize = 32 * 1024;
-
 /// Incremental parser of client requests, one per connection.
 ///
 /// Feed it the connection's read buffer after every read; each call consumes and returns at most
@@ -135,10 +131,10 @@ impl RequestParser {
                     }
                 };
                 if buf.len() < len + 2 {
-                    if len >= BIG_ARG {
-                        // Slack for the reader's next read, so it does not reallocate either.
-                        buf.reserve(len + 2 - buf.len() + 64 * 1024);
-                    }
+                    // Nothing is reserved for the announced length: a header costs the sender
+                    // a few bytes, and 16 MiB reserved per connection on its word would let a
+                    // thousand idle connections pin 16 GiB. The buffer grows as the bytes
+                    // arrive (doubling, so a large argument is still copied O(1) times).
                     return Ok(None);
                 }
                 if &buf[len..len + 2] != b"\r\n" {
@@ -367,6 +363,26 @@ mod tests {
         ok.extend(std::iter::repeat_n(b'x', 9_000_000));
         ok.extend_from_slice(b"\r\n");
         assert_eq!(parse_all(&ok).unwrap()[0][2].len(), 9_000_000);
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_before_the_bytes_arrive() {
+        let mut parser = RequestParser::new();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16000000\r\nxy"[..]);
+        let before = buf.capacity();
+        assert_eq!(parser.parse(&mut buf), Ok(None));
+        assert!(buf.capacity() <= before, "reserved {} bytes on a header's word", buf.capacity());
+        // As the value arrives the buffer grows with it, never far beyond what arrived.
+        let mut sent = 2;
+        while sent < 16_000_000 {
+            let n = (16_000_000 - sent).min(1 << 20);
+            buf.extend_from_slice(&vec![b'x'; n]);
+            sent += n;
+            assert!(buf.capacity() <= 2 * buf.len() + 64, "{} for {} bytes", buf.capacity(), buf.len());
+            assert_eq!(parser.parse(&mut buf), Ok(None));
+        }
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(parser.parse(&mut buf).unwrap().unwrap()[2].len(), 16_000_000);
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! `replica-node`: one server of the replicated key-value store.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use replica_node::{Description, MAX_ACTORS, Node, NodeConfig, default_actors};
+use replica_node::{
+    ClientOptions, DEFAULT_MAXCLIENTS, Description, MAX_ACTORS, MIN_OUTPUT_LIMIT, Node, NodeConfig, Password,
+    default_actors,
+};
+
+/// The environment variable that may hold the client password instead of a file.
+const REQUIREPASS_ENV: &str = "REPLICA_NODE_REQUIREPASS";
 
 /// A replica server of the geo-replicated CRDT key-value store.
 ///
@@ -23,6 +30,12 @@ use replica_node::{Description, MAX_ACTORS, Node, NodeConfig, default_actors};
 /// When every port listens, the node prints one line on stdout: its description, a JSON
 /// object {"node": ID, "peer": "HOST:PORT", "clients": ["HOST:PORT", ...]}. Logs go to
 /// stderr (set RUST_LOG, e.g. RUST_LOG=debug, for more). SIGINT or SIGTERM stops it cleanly.
+///
+/// Client security: with a password (--requirepass-file, or the REPLICA_NODE_REQUIREPASS
+/// environment variable) every client must AUTH first (redis-cli -a, kv --password). Without
+/// one, protected mode (the default) serves only clients on the loopback interface. The
+/// password is never taken from the command line, where other users of the machine can read
+/// it.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
@@ -55,10 +68,113 @@ struct Args {
     /// it the node is memory-only and relies on its peers after a restart.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// File holding the password every client must give (AUTH) before any other command; a
+    /// trailing newline is not part of it. Instead of a file, the password may be in the
+    /// REPLICA_NODE_REQUIREPASS environment variable (not both).
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
+    /// Protected mode: when no password is set, clients that are not on the loopback interface
+    /// are refused with -DENIED (a node bound to a public address is then not open to anyone
+    /// who can reach it).
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    protected_mode: bool,
+    /// Most client connections open at once on the whole node; more are refused with
+    /// "-ERR max number of clients reached" (counted in INFO rejected_connections).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAXCLIENTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    maxclients: u32,
+    /// Most reply bytes the node holds for one client that does not read them: a client past
+    /// it is disconnected (logged, and counted in INFO client_output_limit_disconnects). Takes
+    /// k, m and g suffixes (binary: 1k = 1024 bytes); at least 16k.
+    #[arg(long, value_name = "BYTES", default_value = "256m", value_parser = parse_output_limit)]
+    client_output_limit: usize,
+    /// Close client connections idle for this long: seconds, or a number with a unit (500ms,
+    /// 30s, 10m, 1h). 0 never closes them.
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 fn parse_description(arg: &str) -> Result<Description, String> {
     Description::parse(arg)
+}
+
+fn parse_yes_no(arg: &str) -> Result<bool, String> {
+    match arg.to_ascii_lowercase().as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("expected yes or no, not {arg:?}")),
+    }
+}
+
+/// A size in bytes: a number with an optional `k`, `m` or `g` suffix (binary multiples).
+fn parse_size(arg: &str) -> Result<usize, String> {
+    let lower = arg.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => lower.split_at(i),
+        None => (lower.as_str(), ""),
+    };
+    let shift = match unit {
+        "" | "b" => 0,
+        "k" | "kb" => 10,
+        "m" | "mb" => 20,
+        "g" | "gb" => 30,
+        _ => return Err(format!("{arg:?}: expected a number of bytes with an optional k, m or g suffix")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{arg:?}: expected a number of bytes, e.g. 256m"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{arg:?} is too large"))
+}
+
+fn parse_output_limit(arg: &str) -> Result<usize, String> {
+    let n = parse_size(arg)?;
+    if n < MIN_OUTPUT_LIMIT {
+        return Err(format!("{arg:?} is below the smallest limit, {}k", MIN_OUTPUT_LIMIT / 1024));
+    }
+    Ok(n)
+}
+
+/// A duration: a number of seconds, or a number with a unit (`ms`, `s`, `m`, `h`).
+fn parse_duration(arg: &str) -> Result<Duration, String> {
+    let s = arg.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 =
+        digits.parse().map_err(|_| format!("{arg:?}: expected seconds, or a number with ms, s, m or h"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{arg:?}: expected seconds, or a number with ms, s, m or h")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("{arg:?} is too long"))
+}
+
+/// The client password: from `--requirepass-file`, or else from the environment.
+fn requirepass(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<Option<Password>, String> {
+    let bytes = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "give the password either in --requirepass-file or in {REQUIREPASS_ENV}, not both"
+            ));
+        }
+        (Some(path), None) => {
+            let mut bytes = std::fs::read(path)
+                .map_err(|e| format!("--requirepass-file {}: cannot read it: {e}", path.display()))?;
+            // Editors and `echo` end a file with a newline; it is not part of the password.
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            Password::new(&bytes).map_err(|e| format!("--requirepass-file {}: {e}", path.display()))?
+        }
+        (None, Some(value)) => {
+            Password::new(value.as_encoded_bytes()).map_err(|e| format!("{REQUIREPASS_ENV}: {e}"))?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(bytes))
 }
 
 fn main() -> ExitCode {
@@ -69,6 +185,13 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    let requirepass = match requirepass(args.requirepass_file.as_deref(), std::env::var_os(REQUIREPASS_ENV)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("replica-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = NodeConfig {
         host: args.host,
         advertise: args.advertise,
@@ -78,6 +201,13 @@ fn main() -> ExitCode {
         join: args.join,
         progress: std::io::stderr().is_terminal(),
         data_dir: args.data_dir,
+        clients: ClientOptions {
+            requirepass,
+            protected_mode: args.protected_mode,
+            maxclients: args.maxclients as usize,
+            output_limit: args.client_output_limit,
+            idle_timeout: Some(args.timeout).filter(|t| !t.is_zero()),
+        },
         ..NodeConfig::default()
     };
     #[cfg(feature = "testkit")]
@@ -131,4 +261,53 @@ fn test_faults(config: NodeConfig) -> NodeConfig {
         }
     });
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("1gb"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "m", "12q", "-1k", "1.5m", "99999999999999999999g"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_output_limit("1k").unwrap_err().contains("smallest"));
+        assert_eq!(parse_output_limit("16k"), Ok(MIN_OUTPUT_LIMIT));
+    }
+
+    #[test]
+    fn durations_are_seconds_or_carry_a_unit() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "10 s", "1d", "-5", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pass");
+        std::fs::write(&file, "s3cret\r\n").unwrap();
+        let from_file = requirepass(Some(&file), None).unwrap().unwrap();
+        assert!(from_file.matches(b"s3cret"), "the trailing newline is not part of it");
+        let from_env = requirepass(None, Some("hunter2".into())).unwrap().unwrap();
+        assert!(from_env.matches(b"hunter2"));
+        assert_eq!(requirepass(None, None), Ok(None));
+        assert!(requirepass(Some(&file), Some("x".into())).unwrap_err().contains("not both"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(requirepass(Some(&file), None).unwrap_err().contains("empty"));
+        assert!(requirepass(None, Some("".into())).unwrap_err().contains(REQUIREPASS_ENV));
+        let missing = dir.path().join("nope");
+        assert!(requirepass(Some(&missing), None).unwrap_err().contains("cannot read"));
+    }
 }

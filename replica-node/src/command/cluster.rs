@@ -4,18 +4,20 @@
 use replica_core::Now;
 use replica_core::gateway::MemberStatus;
 
-use super::{Cmd, NodeInfo, printable};
+use super::{Ctx, NodeInfo, printable};
 use crate::runtime::AdminMsg;
 
-pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo, now: Now) {
+pub(super) fn cluster(c: &mut Ctx<'_>) {
     let sub = &c.args[1];
     let is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
     if is("NODES") && c.args.len() == 2 {
-        resp::bulk(c.out, nodes(info, now).as_bytes());
+        let text = nodes(&c.actor.info, c.now);
+        c.out.bulk(text.as_bytes());
     } else if is("MYID") && c.args.len() == 2 {
-        resp::bulk(c.out, info.node.as_bytes());
+        let id = c.actor.info.node.clone();
+        c.out.bulk(id.as_bytes());
     } else if is("FORGET") && c.args.len() == 3 {
-        forget(c, info);
+        forget(c);
     } else if is("HELP") {
         let lines = [
             "CLUSTER <subcommand>. Subcommands are:",
@@ -27,18 +29,15 @@ pub(super) fn cluster(c: Cmd<'_>, info: &NodeInfo, now: Now) {
             "FORGET <node-id>",
             "    Remove a server that is gone for good from the whole cluster.",
         ];
-        resp::array_header(c.out, lines.len());
+        c.array_header(lines.len());
         for l in lines {
-            resp::simple(c.out, l);
+            resp::simple(c.out.raw(), l);
         }
     } else {
-        resp::error(
-            c.out,
-            &format!(
-                "ERR unknown subcommand or wrong number of arguments for 'cluster|{}'. Try CLUSTER HELP.",
-                printable(sub, 32)
-            ),
-        );
+        c.error(&format!(
+            "ERR unknown subcommand or wrong number of arguments for 'cluster|{}'. Try CLUSTER HELP.",
+            printable(sub, 32)
+        ));
     }
 }
 
@@ -68,16 +67,19 @@ fn nodes(info: &NodeInfo, now: Now) -> String {
     text
 }
 
-fn forget(c: Cmd<'_>, info: &NodeInfo) {
+fn forget(c: &mut Ctx<'_>) {
+    let info = &c.actor.info;
     let id = String::from_utf8_lossy(&c.args[2]).into_owned();
     if id == info.node {
-        return resp::error(c.out, "ERR I tried hard but I can't forget myself...");
+        return c.error("ERR I tried hard but I can't forget myself...");
     }
     if !info.stats.members().iter().any(|m| m.node == id && m.status != MemberStatus::Myself) {
-        return resp::error(c.out, &format!("ERR unknown node {}", printable(&c.args[2], 64)));
+        return c.error(&format!("ERR unknown node {}", printable(&c.args[2], 64)));
     }
-    match &info.admin {
-        Some(admin) if admin.send(AdminMsg::Forget(id)).is_ok() => resp::simple(c.out, "OK"),
-        _ => resp::error(c.out, "ERR this node has no gateway running"),
+    let sent = info.admin.as_ref().is_some_and(|admin| admin.send(AdminMsg::Forget(id)).is_ok());
+    if sent {
+        c.ok();
+    } else {
+        c.error("ERR this node has no gateway running");
     }
 }

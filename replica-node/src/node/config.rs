@@ -7,6 +7,7 @@ use std::time::Duration;
 use net_quic::EndpointOptions;
 
 use super::Description;
+use crate::runtime::client_conn::ClientOptions;
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     /// Faults to inject (tests only).
     #[cfg(feature = "testkit")]
     pub faults: crate::testkit::Faults,
+    /// The client ports' password, protected mode and limits (design 4.8).
+    pub clients: ClientOptions,
     /// The host written into the description (`--advertise`): where other servers and clients
     /// reach this one when it binds `0.0.0.0` or sits behind NAT. `None`: the bound address.
     pub advertise: Option<String>,
@@ -62,6 +65,7 @@ impl Default for NodeConfig {
             data_dir: None,
             #[cfg(feature = "testkit")]
             faults: crate::testkit::Faults::default(),
+            clients: ClientOptions::default(),
             advertise: None,
             redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
             peer_pending_limit: replica_core::gateway::MAX_PENDING_WHILE_DOWN,

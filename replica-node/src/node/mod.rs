@@ -2,6 +2,7 @@
 //! thread per query actor, the gateway and the persistence actor, describe the node, shut
 //! down cleanly, and report at once when a thread it cannot do without dies.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ use replica_core::Replica;
 use replica_core::gateway::{Gateway, GatewayConfig, JoinTarget};
 
 use crate::command::NodeInfo;
+use crate::runtime::client_conn::MIN_OUTPUT_LIMIT;
 use crate::runtime::gateway_loop::{self, GatewayStart, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
 use crate::runtime::persist_loop::{self, Doorbell, PersistMsg, PersistStart};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
-use crate::runtime::{ActorMsg, Clock, random_u64};
+use crate::runtime::{ActorMsg, Clock, random_u64, rss_bytes};
 use crate::stats::NodeStats;
 
 mod config;
@@ -37,7 +39,10 @@ pub use desc::Description;
 #[derive(Debug)]
 pub struct Node {
     description: Description,
-    shutdown: Arc<AtomicBool>,
+    /// The query actors' stop channel: dropping it (and waking them) stops them.
+    stop: Option<crossbeam_channel::Sender<Infallible>>,
+    /// Set when the node stops: a thread that ends then is not a failure.
+    stopping: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     gateway: Option<JoinHandle<()>>,
@@ -112,10 +117,12 @@ impl Node {
 
         let stats = Arc::new(NodeStats::default());
         stats.persist_recovered_entries.store(recovered.entry_count() as u64, Ordering::Relaxed);
-        let shutdown = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (fail_tx, failures) = crossbeam_channel::unbounded();
+        // Nothing is ever sent: the actors stop when the sender is dropped.
+        let (stop, stopped) = crossbeam_channel::bounded::<Infallible>(0);
         let now = clock.now();
         let started = now.mono_ms;
-        let (fail_tx, failures) = crossbeam_channel::unbounded();
 
         let mut polls = Vec::new();
         let mut wakers = Vec::new();
@@ -182,15 +189,18 @@ impl Node {
                     peer_addr: description.peer.clone(),
                     started_mono_ms: started,
                     stats: stats.clone(),
+                    maxclients: config.clients.maxclients,
+                    rss: rss_bytes,
                     admin: Some(admin_addr.clone()),
                 },
-                shutdown: shutdown.clone(),
+                clients: config.clients.clone(),
+                stop: stopped.clone(),
                 clock,
                 persist: persist_writes.clone(),
                 #[cfg(feature = "testkit")]
                 faults: config.faults.clone(),
             };
-            threads.push(spawn_critical(format!("actor-{i}"), &shutdown, &fail_tx, move || {
+            threads.push(spawn_critical(format!("actor-{i}"), &stopping, &fail_tx, move || {
                 query_loop::run(start);
                 Ok(())
             })?);
@@ -206,7 +216,7 @@ impl Node {
             fanout_to.push(fanout_addr);
             persist_control = Some(writes_addr);
             persist_ring = Some(ring);
-            persist = Some(spawn_critical("persist".into(), &shutdown, &fail_tx, move || {
+            persist = Some(spawn_critical("persist".into(), &stopping, &fail_tx, move || {
                 persist_loop::run(start)
             })?);
         }
@@ -234,7 +244,7 @@ impl Node {
             stats: stats.clone(),
             progress: config.progress,
         };
-        let gateway = spawn_critical("gateway".into(), &shutdown, &fail_tx, move || {
+        let gateway = spawn_critical("gateway".into(), &stopping, &fail_tx, move || {
             gateway_loop::run(gateway_start);
             Ok(())
         })?;
@@ -242,7 +252,8 @@ impl Node {
         tracing::info!(node = %node, peer = %description.peer, actors = config.actors, "node ready");
         Ok(Node {
             description,
-            shutdown,
+            stop: Some(stop),
+            stopping,
             wakers,
             threads,
             gateway: Some(gateway),
@@ -280,7 +291,9 @@ impl Node {
     }
 
     fn stop(&mut self) {
-        self.shutdown.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
+        // Every actor sees its stop channel closed once it wakes.
+        drop(self.stop.take());
         for w in &self.wakers {
             let _ = w.wake();
         }
@@ -399,6 +412,15 @@ fn open_data_dir(path: &Path, config: &NodeConfig) -> Result<replica_persist::Op
 fn validate(config: &NodeConfig) -> Result<(IpAddr, Vec<JoinTarget>), StartError> {
     if config.actors == 0 || config.actors > MAX_ACTORS {
         return Err(StartError::Config(format!("--actors must be between 1 and {MAX_ACTORS}")));
+    }
+    if config.clients.maxclients == 0 {
+        return Err(StartError::Config("--maxclients must be at least 1".into()));
+    }
+    if config.clients.output_limit < MIN_OUTPUT_LIMIT {
+        return Err(StartError::Config(format!(
+            "--client-output-limit must be at least {} KiB: smaller, ordinary replies would not fit",
+            MIN_OUTPUT_LIMIT / 1024
+        )));
     }
     if config.port != 0 && usize::from(config.port) + config.actors > usize::from(u16::MAX) {
         return Err(StartError::Config(format!(

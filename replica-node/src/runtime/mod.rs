@@ -1,10 +1,12 @@
 //! The thin drivers around the core's state machines: the per-core query loop (mio), the gateway
-//! loop (tokio, QUIC) with its connection tasks and progress bar, the mailboxes between them and
-//! the clocks they read.
+//! loop (tokio, QUIC) with its connection tasks and progress bar, the client connections the
+//! query loop serves, the mailboxes between them and the clocks they read.
 
+pub(crate) mod client_conn;
 mod clock;
 pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
+mod memory;
 mod peer_conn;
 pub(crate) mod persist_loop;
 mod progress;
@@ -13,6 +15,7 @@ pub(crate) mod query_loop;
 use replica_core::SyncBatch;
 
 pub(crate) use clock::{Clock, random_u64};
+pub(crate) use memory::rss_bytes;
 
 /// Mail a query actor accepts.
 #[derive(Debug)]

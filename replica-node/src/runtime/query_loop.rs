@@ -1,28 +1,44 @@
 //! The per-core loop of a query actor: one OS thread that serves the actor's client port and
 //! its mailbox, with no lock on the data path.
 //!
-//! The loop is a thin driver around [`Replica`] and [`crate::command::execute`]: it reads
-//! bytes, hands parsed commands to the state machine, writes the replies, delivers mail, and
-//! sends the deltas the state machine asks it to send when they are due.
+//! The loop is a thin driver: it moves bytes between sockets and [`ClientConn`]s (which parse
+//! and run the commands), delivers mail to the [`Replica`], and sends the deltas the replica
+//! asks it to send when they are due.
+//!
+//! Fairness: the loop works in rounds. A connection with work (readable, writable, or with
+//! commands still buffered) gets one turn per round, of at most [`COMMAND_BUDGET`] commands and
+//! [`READ_BUDGET`] bytes read; a connection that still has work after its turn goes to the back
+//! of the queue. Every round ends with mail delivery and the sync flush. So a client pipelining
+//! without pause gets its share, and everyone else, the actor's mail and its sync get theirs:
+//! a round costs at most one turn per busy connection.
+//!
+//! Persistence: with a data directory, the writes of every round go to the persistence actor
+//! at the end of the round (or sooner, past [`DURABLE_BATCH`]), unpaced: see
+//! `persist_loop` for why that bounds the time an acknowledged write is only in memory.
+//!
+//! Shutdown: the node drops the sending side of the actor's stop channel and wakes it. The
+//! actor then stops accepting and reading, runs the complete commands it has received, hands
+//! their replies out within a grace period, sends its last delta, and returns.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::stats::NodeStats;
 use replica_core::stats::SyncStats;
 use replica_core::{Replica, SyncBatch};
-use resp::RequestParser;
 
+use super::client_conn::{ClientConn, ClientOptions, Refusal};
 use super::mailbox::{Address, Empty, Mailbox};
 use super::persist_loop::PersistMsg;
 use super::{ActorMsg, Clock};
-use crate::command::{self, ActorState, Cursors, Flow, NodeInfo, Session};
+use crate::command::{ActorState, Cursors, NodeInfo};
 
 /// Everything a query actor's thread starts with.
 #[derive(Debug)]
@@ -35,12 +51,14 @@ pub struct ActorStart {
     pub poll: Poll,
     /// Where other actors' mail arrives.
     pub mailbox: Mailbox<ActorMsg>,
-    /// The sync recipients: every other local actor (later also the gateway).
+    /// The sync recipients: every other local actor and the gateway.
     pub recipients: Vec<Address<ActorMsg>>,
     /// Node facts for INFO.
     pub info: NodeInfo,
-    /// Set when the node stops.
-    pub shutdown: Arc<AtomicBool>,
+    /// The client ports' limits and protections.
+    pub clients: ClientOptions,
+    /// Closed (every sender dropped) when the node stops; nothing is ever sent on it.
+    pub stop: Receiver<Infallible>,
     /// The node's clocks.
     pub clock: Clock,
     /// The persistence actor, with a data directory: it gets every client write at the end
@@ -56,41 +74,41 @@ const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Replies waiting beyond this make the actor stop reading from that client until it reads
-/// its replies: a client that pipelines without reading cannot make the server buffer forever.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
-/// Open client connections per actor; more are told so and closed.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Commands one connection runs per turn. Small enough that a round of many busy connections
+/// stays short (a `SET` costs about a microsecond), large enough that a pipelining client is
+/// not slowed by the round's fixed costs.
+pub const COMMAND_BUDGET: usize = 256;
+/// Bytes read from one connection per turn.
+pub const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Writes that make the actor hand its writes to the persistence actor before its round ends.
 pub const DURABLE_BATCH: usize = 4096;
 /// How long a stopping actor keeps trying to hand replies already computed to slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often connections are checked against the idle timeout, when there is one.
+const IDLE_CHECK_MS: u64 = 1000;
 
-struct Conn {
+/// A client connection: its socket and its protocol state.
+struct Client {
     stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    parser: RequestParser,
-    session: Session,
-    /// Close once the output is flushed (QUIT, protocol error, end of input).
-    closing: bool,
-}
-
-impl Conn {
-    fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
-    }
+    conn: ClientConn,
+    peer: SocketAddr,
+    /// In the actor's queue of connections with work.
+    queued: bool,
 }
 
 struct Actor {
     state: ActorState,
     recipients: Vec<Address<ActorMsg>>,
-    conns: Vec<Option<Conn>>,
+    clients: Vec<Option<Client>>,
     free: Vec<usize>,
+    /// Connections with work, in turn order.
+    ready: VecDeque<usize>,
     next_session: u64,
+    options: ClientOptions,
     clock: Clock,
+    /// Monotonic ms of the next idle check.
+    next_idle_check: u64,
     /// The replica's counters as last published to the node's.
     published: SyncStats,
     /// The replica's count of ignored far-future timestamps when last logged.
@@ -113,7 +131,8 @@ pub fn run(start: ActorStart) {
         mailbox,
         recipients,
         info,
-        shutdown,
+        clients,
+        stop,
         clock,
         persist,
         ..
@@ -122,12 +141,20 @@ pub fn run(start: ActorStart) {
         replica.keep_durable();
     }
     let mut actor = Actor {
-        state: ActorState { replica, cursors: Cursors::default(), info },
+        state: ActorState {
+            replica,
+            cursors: Cursors::default(),
+            info,
+            password: clients.requirepass.clone(),
+        },
         recipients,
-        conns: Vec::new(),
+        clients: Vec::new(),
         free: Vec::new(),
+        ready: VecDeque::new(),
         next_session: 1,
+        options: clients,
         clock,
+        next_idle_check: 0,
         published: SyncStats::default(),
         future_logged: 0,
         scratch: vec![0; READ_CHUNK],
@@ -140,19 +167,14 @@ pub fn run(start: ActorStart) {
     }
     let mut events = Events::with_capacity(1024);
     loop {
-        let now = clock.now();
-        let timeout = actor
-            .state
-            .replica
-            .next_sync_at()
-            .map(|at| Duration::from_millis(at.saturating_sub(now.mono_ms)));
+        let timeout = actor.poll_timeout();
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
             tracing::error!(actor = actor.state.replica.index(), "poll failed: {e}");
             break;
         }
-        if shutdown.load(Ordering::Acquire) {
+        if matches!(stop.try_recv(), Err(TryRecvError::Disconnected)) {
             break;
         }
         #[cfg(feature = "testkit")]
@@ -163,11 +185,13 @@ pub fn run(start: ActorStart) {
             match event.token() {
                 LISTENER => actor.accept(&listener, &poll),
                 WAKER => {}
-                Token(t) => actor.serve(t, &poll),
+                Token(t) => actor.enqueue(t - FIRST_CONN),
             }
         }
+        actor.serve_ready(&poll);
         actor.deliver_mail(&mailbox);
         actor.sync();
+        actor.close_idle(&poll);
     }
     let _ = poll.registry().deregister(&mut listener);
     drop(listener);
@@ -175,40 +199,39 @@ pub fn run(start: ActorStart) {
 }
 
 impl Actor {
+    /// How long the loop may sleep: not at all while connections have work, else until the
+    /// next sync or idle check is due.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.clock.now().mono_ms;
+        let idle = self.options.idle_timeout.filter(|_| self.clients.len() > self.free.len());
+        let due = [self.state.replica.next_sync_at(), idle.map(|_| self.next_idle_check)]
+            .into_iter()
+            .flatten()
+            .min();
+        due.map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+
     fn accept(&mut self, listener: &TcpListener, poll: &Poll) {
         loop {
             match listener.accept() {
-                Ok((mut stream, _)) => {
-                    let open = self.conns.len() - self.free.len();
-                    if open >= MAX_CONNECTIONS {
-                        let _ = stream.write(b"-ERR max number of clients reached\r\n");
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let slot = self.free.pop().unwrap_or_else(|| {
-                        self.conns.push(None);
-                        self.conns.len() - 1
-                    });
-                    let token = Token(slot + FIRST_CONN);
-                    if let Err(e) =
-                        poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                Ok((stream, peer)) => {
+                    let has_password = self.options.requirepass.is_some();
+                    if let Some(refusal) =
+                        Refusal::for_peer(self.options.protected_mode, has_password, peer.ip())
                     {
-                        tracing::warn!("cannot watch a client connection: {e}");
-                        self.free.push(slot);
+                        tracing::debug!(client = %peer, "refused: protected mode");
+                        refuse(stream, refusal);
                         continue;
                     }
-                    let session = Session::new(self.next_session);
-                    self.next_session += 1;
-                    self.conns[slot] = Some(Conn {
-                        stream,
-                        rbuf: BytesMut::with_capacity(READ_CHUNK),
-                        wbuf: Vec::new(),
-                        wpos: 0,
-                        parser: RequestParser::new(),
-                        session,
-                        closing: false,
-                    });
-                    NodeStats::add(&self.state.info.stats.clients_connected, 1);
+                    if !self.state.info.stats.admit_client(self.options.maxclients) {
+                        tracing::debug!(client = %peer, max = self.options.maxclients, "refused: maxclients");
+                        refuse(stream, Refusal::MaxClients);
+                        continue;
+                    }
+                    self.admit(stream, peer, poll);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -221,18 +244,56 @@ impl Actor {
         }
     }
 
-    /// Reads, executes and writes for one connection until it would block.
-    fn serve(&mut self, token: usize, poll: &Poll) {
-        let Some(slot) = token.checked_sub(FIRST_CONN) else { return };
-        let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
-        let keep = serve_conn(conn, &mut self.scratch, &mut self.state, &self.clock);
-        if !keep {
-            self.close(slot, poll);
+    /// Starts serving an admitted connection (its slot in the node's count is taken).
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, poll: &Poll) {
+        let _ = stream.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.clients.push(None);
+            self.clients.len() - 1
+        });
+        // A connection that sent its first request before being accepted is readable at once:
+        // registering it reports that.
+        if let Err(e) = poll.registry().register(
+            &mut stream,
+            Token(slot + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("cannot watch a client connection: {e}");
+            self.free.push(slot);
+            self.state.info.stats.client_closed();
+            return;
         }
-        // Normally once per round (in `sync`); a round that takes many writes hands them on
-        // before it ends, so a flood on one connection cannot hold them back.
-        if self.state.replica.durable_len() >= DURABLE_BATCH {
-            self.persist_writes();
+        let conn = ClientConn::new(self.next_session, self.options.output_limit, self.clock.now().mono_ms);
+        self.next_session += 1;
+        self.clients[slot] = Some(Client { stream, conn, peer, queued: false });
+    }
+
+    /// Queues a connection for a turn (once).
+    fn enqueue(&mut self, slot: usize) {
+        if let Some(Some(client)) = self.clients.get_mut(slot)
+            && !client.queued
+        {
+            client.queued = true;
+            self.ready.push_back(slot);
+        }
+    }
+
+    /// Gives every connection queued at the start of the round one turn.
+    fn serve_ready(&mut self, poll: &Poll) {
+        for _ in 0..self.ready.len() {
+            let Some(slot) = self.ready.pop_front() else { break };
+            let Some(Some(client)) = self.clients.get_mut(slot) else { continue };
+            client.queued = false;
+            match self.turn(slot, true) {
+                Turn::Close => self.close(slot, poll),
+                Turn::More => self.enqueue(slot),
+                Turn::Wait => {}
+            }
+            // Normally once per round (in `sync`); a round of many busy connections hands its
+            // writes on before it ends.
+            if self.state.replica.durable_len() >= DURABLE_BATCH {
+                self.persist_writes();
+            }
         }
     }
 
@@ -254,11 +315,71 @@ impl Actor {
         }
     }
 
+    /// One turn of a connection: write what is pending, run buffered commands, read (if
+    /// `read`) and run more, within the budgets, then write.
+    fn turn(&mut self, slot: usize, read: bool) -> Turn {
+        let Some(Some(client)) = self.clients.get_mut(slot) else { return Turn::Wait };
+        let Client { stream, conn, peer, .. } = client;
+        let now = self.clock.now();
+        if conn.wants_write() && conn.write_to(stream, now.mono_ms).is_err() {
+            return Turn::Close;
+        }
+        let ran = conn.process(&mut self.state, now, COMMAND_BUDGET);
+        let mut drained = true;
+        if read && conn.wants_read() {
+            if ran < COMMAND_BUDGET {
+                match conn.read_from(stream, &mut self.scratch, READ_BUDGET, now.mono_ms) {
+                    Ok(status) => drained = status.drained,
+                    Err(_) => return Turn::Close,
+                }
+                conn.process(&mut self.state, now, COMMAND_BUDGET - ran);
+            } else {
+                // Not read this turn: bytes may be waiting that no new event will announce.
+                drained = false;
+            }
+        }
+        if conn.output_over_limit() {
+            NodeStats::add(&self.state.info.stats.client_output_limit_disconnects, 1);
+            tracing::warn!(
+                actor = self.state.replica.index(),
+                client = %peer,
+                id = conn.session().id,
+                held = conn.pending_output(),
+                limit = self.options.output_limit,
+                "closing a client connection: its unsent replies passed the client output limit"
+            );
+            return Turn::Close;
+        }
+        if conn.write_to(stream, now.mono_ms).is_err() || conn.is_finished() {
+            return Turn::Close;
+        }
+        if conn.has_buffered_work() || (!drained && conn.wants_read()) { Turn::More } else { Turn::Wait }
+    }
+
     fn close(&mut self, slot: usize, poll: &Poll) {
-        if let Some(mut conn) = self.conns[slot].take() {
-            let _ = poll.registry().deregister(&mut conn.stream);
+        if let Some(mut client) = self.clients[slot].take() {
+            let _ = poll.registry().deregister(&mut client.stream);
             self.free.push(slot);
-            self.state.info.stats.clients_connected.fetch_sub(1, Ordering::Relaxed);
+            self.state.info.stats.client_closed();
+        }
+    }
+
+    /// Closes the connections idle for longer than the idle timeout, at most once a second.
+    fn close_idle(&mut self, poll: &Poll) {
+        let Some(timeout) = self.options.idle_timeout else { return };
+        let now = self.clock.now().mono_ms;
+        if now < self.next_idle_check {
+            return;
+        }
+        self.next_idle_check = now + IDLE_CHECK_MS;
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        for slot in 0..self.clients.len() {
+            if let Some(client) = &self.clients[slot]
+                && client.conn.idle_ms(now) >= limit
+            {
+                tracing::debug!(client = %client.peer, "closing an idle client connection");
+                self.close(slot, poll);
+            }
         }
     }
 
@@ -275,28 +396,23 @@ impl Actor {
         }
     }
 
-    /// Stops serving: executes the commands already received, hands the replies out within a
-    /// grace period, and sends the last writes to the other actors.
+    /// Stops serving: runs the complete commands already received, hands the replies out
+    /// within a grace period, and sends the last writes to the other actors.
     fn finish(&mut self, poll: &mut Poll) {
-        for slot in 0..self.conns.len() {
-            if let Some(conn) = &mut self.conns[slot] {
-                conn.closing = true;
-                execute_buffered(conn, &mut self.state, &self.clock);
-                if flush(conn).is_err() || conn.pending_output() == 0 {
-                    self.close(slot, poll);
-                }
+        self.ready.clear();
+        for slot in 0..self.clients.len() {
+            if let Some(client) = &mut self.clients[slot] {
+                client.conn.stop();
+                self.finish_turns(slot, poll);
             }
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let mut events = Events::with_capacity(256);
-        while self.conns.iter().any(Option::is_some) && Instant::now() < deadline {
+        while self.clients.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = poll.poll(&mut events, Some(deadline.saturating_duration_since(Instant::now())));
             for event in &events {
-                let Some(slot) = event.token().0.checked_sub(FIRST_CONN) else { continue };
-                if let Some(Some(conn)) = self.conns.get_mut(slot)
-                    && (flush(conn).is_err() || conn.pending_output() == 0)
-                {
-                    self.close(slot, poll);
+                if let Some(slot) = event.token().0.checked_sub(FIRST_CONN) {
+                    self.finish_turns(slot, poll);
                 }
             }
         }
@@ -304,6 +420,17 @@ impl Actor {
         // Sent regardless of pacing: this is the actor's last message.
         let last = self.state.replica.poll_sync_final(self.clock.now());
         self.send(last);
+    }
+
+    /// Turns without reading until the connection is done or waits for its client.
+    fn finish_turns(&mut self, slot: usize, poll: &Poll) {
+        loop {
+            match self.turn(slot, false) {
+                Turn::Close => return self.close(slot, poll),
+                Turn::More => continue,
+                Turn::Wait => return,
+            }
+        }
     }
 
     fn sync(&mut self) {
@@ -330,88 +457,27 @@ impl Actor {
     }
 }
 
-/// Serves one connection; returns whether to keep it open.
-fn serve_conn(conn: &mut Conn, scratch: &mut [u8], state: &mut ActorState, clock: &Clock) -> bool {
-    loop {
-        if flush(conn).is_err() {
-            return false;
-        }
-        if conn.closing {
-            return conn.pending_output() > 0;
-        }
-        if conn.pending_output() > MAX_PENDING_OUTPUT {
-            // Resume when the socket becomes writable again (a WRITABLE event).
-            return true;
-        }
-        // Read what is there, then execute every complete command it holds.
-        let mut eof = false;
-        let mut got = 0;
-        while conn.rbuf.len() < resp::MAX_REQUEST + READ_CHUNK {
-            match conn.stream.read(scratch) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.rbuf.extend_from_slice(&scratch[..n]);
-                    got += n;
-                    if n < scratch.len() {
-                        break;
-                    }
-                }
-                Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return false,
-                },
-            }
-        }
-        execute_buffered(conn, state, clock);
-        if eof {
-            conn.closing = true;
-        }
-        if got == 0 && !eof {
-            // Nothing more to read: flush what the commands produced and wait for an event.
-            return flush(conn).is_ok() && !(conn.closing && conn.pending_output() == 0);
-        }
-    }
+/// What a connection needs after its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Another turn in the next round: work is left.
+    More,
+    /// Nothing until its socket is ready again.
+    Wait,
+    /// Close it.
+    Close,
 }
 
-/// Executes the complete commands in the read buffer (stopping at a close or when the output
-/// backs up).
-fn execute_buffered(conn: &mut Conn, state: &mut ActorState, clock: &Clock) {
-    let now = clock.now();
-    while !conn.closing && conn.pending_output() <= MAX_PENDING_OUTPUT {
-        match conn.parser.parse(&mut conn.rbuf) {
-            Ok(Some(args)) => {
-                if command::execute(state, &mut conn.session, &args, now, &mut conn.wbuf) == Flow::Close {
-                    conn.closing = true;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                resp::error(&mut conn.wbuf, &format!("ERR Protocol error: {e}"));
-                conn.closing = true;
-            }
+/// Tells a refused connection why, then closes it. What it already sent is read and dropped
+/// first: closing a socket with unread input resets it, and the reset could overtake the
+/// error on its way to the client.
+fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let _ = stream.write(refusal.reply());
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            break;
         }
     }
-}
-
-/// Writes as much pending output as the socket takes.
-fn flush(conn: &mut Conn) -> io::Result<()> {
-    while conn.wpos < conn.wbuf.len() {
-        match conn.stream.write(&conn.wbuf[conn.wpos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => conn.wpos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    conn.wbuf.clear();
-    conn.wpos = 0;
-    if conn.wbuf.capacity() > 1024 * 1024 {
-        conn.wbuf.shrink_to(64 * 1024);
-    }
-    Ok(())
 }

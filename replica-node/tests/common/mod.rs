@@ -2,13 +2,14 @@
 //! testkit's clusters, clients and polling.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use replica_node::client::Client;
-use replica_node::{Node, NodeConfig};
+use replica_node::{Description, Node, NodeConfig};
 
 /// Starts a node on loopback with OS-chosen ports.
 pub fn start_node(actors: usize) -> Node {
@@ -63,6 +64,31 @@ impl Raw {
         self.send(req);
         let (out, _) = self.read_some(1);
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// `replica-node` as a process of its own (so its memory and exit status are its own); killed
+/// when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub desc: Description,
+}
+
+impl NodeProcess {
+    /// Runs `cmd`, a `replica-node` command line, and waits for its readiness line.
+    pub fn spawn(mut cmd: Command) -> NodeProcess {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let desc = Description::parse(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        NodeProcess { child, desc }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

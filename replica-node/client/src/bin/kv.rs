@@ -31,10 +31,15 @@ With no command, kv opens an interactive prompt that takes the same commands (pl
 and `quit`) and reports errors without exiting. Quote arguments that contain spaces:
   kv> put greeting \"hello world\"
 
+Password: a server started with one (--requirepass-file) answers only after AUTH. Give the
+password in the KV_PASSWORD environment variable (or with --password, which other users of the
+machine can see in the process list).
+
 Examples:
   kv put player:ada 42
   kv --server 127.0.0.1:6001 --server 127.0.0.1:6002 get player:ada
-  kv list player:";
+  kv list player:
+  KV_PASSWORD=$(cat secret) kv get player:ada";
 
 /// Read and write the replicated key-value store.
 #[derive(Debug, Parser)]
@@ -45,6 +50,10 @@ struct Cli {
     /// answer.
     #[arg(short, long = "server", value_name = "ADDR", default_value = "127.0.0.1:6001")]
     servers: Vec<String>,
+
+    /// The servers' password (their --requirepass-file), sent with AUTH on every connection.
+    #[arg(short = 'a', long, value_name = "PASSWORD", env = "KV_PASSWORD", hide_env_values = true)]
+    password: Option<OsString>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -125,7 +134,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let client = Client::new(router);
+    let mut builder = Client::builder();
+    if let Some(password) = cli.password {
+        builder = builder.password(password.into_encoded_bytes());
+    }
+    let client = builder.build(router);
     match cli.command {
         Some(command) => one_shot(&client, command.into()),
         None => interactive(&client),
@@ -161,9 +174,22 @@ fn one_shot(client: &Client, op: Op) -> ExitCode {
         // The reader went away (`kv list | head`): nothing left to do.
         Err(Error::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kv: {e}");
+            eprintln!("kv: {e}{}", hint(&e));
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// What to do about an error, when there is something obvious.
+fn hint(e: &Error) -> &'static str {
+    match e {
+        Error::Client(ClientError::Server(msg)) if msg.starts_with("NOAUTH") => {
+            " (the server wants a password: set KV_PASSWORD or give --password)"
+        }
+        Error::Client(ClientError::Server(msg)) if msg.starts_with("WRONGPASS") => {
+            " (check KV_PASSWORD or --password)"
+        }
+        _ => "",
     }
 }
 
@@ -287,7 +313,7 @@ fn interactive(client: &Client) -> ExitCode {
         match parse_line(&line) {
             Ok(Line::Op(op)) => {
                 if let Err(e) = execute(client, op, &mut io::stdout().lock(), true) {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e}{}", hint(&e));
                 }
             }
             Ok(Line::Help) => println!("{PROMPT_HELP}"),

@@ -4,28 +4,28 @@
 //! lines with rustyline, passes them and the time to a [`Game`], renders the replies with the
 //! story's pauses, and shows the message feed: after each command, and in a terminal also live,
 //! from a thread that polls the store while the player sits at the prompt and prints the news
-//! above it through rustyline's external printer.
+//! above it through rustyline's external printer (`feed`); `term` renders and completes.
 
 use std::hash::{BuildHasher, Hasher};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use cmud::{Game, Hardware, Item, Name, Place, Reply, SessionId, Tone};
-use replica_node::client::{Client, RoundRobin};
+use cmud::{Game, Name, Reply, SessionId, Tone};
+use replica_node::client::{Client, ClientError, RoundRobin};
 use replica_node::{Node, NodeConfig};
-use rustyline::completion::Completer;
+use rustyline::Editor;
 use rustyline::error::ReadlineError;
-use rustyline::highlight::Highlighter;
-use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
-use rustyline::validate::Validator;
-use rustyline::{Context, Editor, ExternalPrinter};
+
+use feed::{LiveFeed, Shared, lock};
+use term::{Completion, Output, use_color};
+
+mod feed;
+mod term;
 
 const AFTER_HELP: &str = "\
 Without --server, cmud starts a private replica node inside the game process (two actors on
@@ -35,7 +35,9 @@ memory and ends when that game quits; others on the same machine can join it mea
 
 To share a world, start servers (`replica-node --actors 2`) and give each player one or more of
 their client addresses. With several --server addresses, queries rotate over them and skip
-those that do not answer.
+those that do not answer. Servers started with a password (--requirepass-file) want it from
+every player: set CMUD_PASSWORD (or give --password, which other users of the machine can see in
+the process list). The embedded node has no password.
 
 Exit status: 0 after `quit` (or Ctrl-D), 2 when no server can be reached at start or the
 arguments are wrong.
@@ -44,6 +46,7 @@ Examples:
   cmud
   cmud --name ada
   cmud --server 127.0.0.1:6001 --server 127.0.0.1:6002 --name ada
+  CMUD_PASSWORD=$(cat secret) cmud --server 10.0.0.1:6001
   cmud --seed 7 --story-ms 0        # the same dice every time, no pauses";
 
 /// CMUD: a multi-user dungeon on a replicated key-value store.
@@ -54,6 +57,11 @@ struct Cli {
     /// Repeat for failover. Without any, an embedded node is started.
     #[arg(short, long = "server", value_name = "ADDR")]
     servers: Vec<String>,
+
+    /// The servers' password (their --requirepass-file), sent with AUTH on every connection.
+    /// Not used with the embedded node.
+    #[arg(short = 'a', long, value_name = "PASSWORD", env = "CMUD_PASSWORD", hide_env_values = true)]
+    password: Option<std::ffi::OsString>,
 
     /// Log in as NAME (3 to 16 characters: a letter, then letters, digits or _; case folded)
     /// instead of being asked.
@@ -106,11 +114,6 @@ fn entropy() -> u64 {
     h.finish()
 }
 
-/// Whether to colour: stdout is a terminal and NO_COLOR is unset or empty.
-fn use_color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let color = use_color();
     let (addrs, node) = if cli.servers.is_empty() {
@@ -122,12 +125,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (resolve(&cli.servers)?, None)
     };
     let router = RoundRobin::new(addrs.clone())?;
-    let client = Client::builder()
-        .connect_timeout(Duration::from_secs(1))
-        .read_timeout(Duration::from_secs(5))
-        .build(router);
-    if let Err(e) = client.ping() {
-        anyhow::bail!("cannot reach any server: {e}");
+    let mut builder =
+        Client::builder().connect_timeout(Duration::from_secs(1)).read_timeout(Duration::from_secs(5));
+    if let Some(password) = cli.password.filter(|_| node.is_none()) {
+        builder = builder.password(password.into_encoded_bytes());
+    }
+    let client = builder.build(router);
+    match client.ping() {
+        Ok(()) => {}
+        Err(ClientError::Server(msg)) if msg.starts_with("NOAUTH") || msg.starts_with("WRONGPASS") => {
+            anyhow::bail!("the server wants a password (set CMUD_PASSWORD or give --password): {msg}");
+        }
+        Err(e) => anyhow::bail!("cannot reach any server: {e}"),
     }
 
     let out = Output { color, story: Duration::from_millis(cli.story_ms) };
@@ -173,65 +182,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     drop(node);
     result
-}
-
-/// What the main thread and the live feed share.
-struct Shared {
-    game: Game<Client>,
-    /// Since when the player has been at the prompt; `None` while a line is handled and its
-    /// reply printed, so the live feed never prints into the middle of a reply.
-    prompt_since: Option<Instant>,
-}
-
-/// How often the live feed polls the store.
-const FEED_EVERY: Duration = Duration::from_millis(500);
-
-/// How long the prompt must have been up before the live feed prints: by then rustyline is
-/// reading in raw mode and redraws the prompt and the line being typed below the news.
-const PROMPT_SETTLE: Duration = Duration::from_millis(100);
-
-/// The live feed: a thread that polls the store for news while the player sits at the prompt
-/// and prints it through rustyline's external printer. It uses the session's one feed (under
-/// the lock the main thread takes for each line), so no message is shown twice.
-struct LiveFeed {
-    stop: mpsc::Sender<()>,
-    thread: thread::JoinHandle<()>,
-}
-
-impl LiveFeed {
-    fn start<P>(shared: Arc<Mutex<Shared>>, mut printer: P, out: Output) -> std::io::Result<LiveFeed>
-    where
-        P: ExternalPrinter + Send + 'static,
-    {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = thread::Builder::new().name("cmud-feed".into()).spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(FEED_EVERY) {
-                let news = {
-                    let mut s = lock(&shared);
-                    if s.prompt_since.is_none_or(|t| t.elapsed() < PROMPT_SETTLE) {
-                        continue;
-                    }
-                    // A failure is not worth a message: the next command reports it anyway.
-                    match s.game.poll_feed(now_ms()) {
-                        Ok(news) => news,
-                        Err(_) => continue,
-                    }
-                };
-                // Printed outside the lock: the printer may wait until the prompt takes the
-                // message, and the main thread must not wait for that.
-                if !news.items.is_empty() && printer.print(out.render(&news)).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(LiveFeed { stop, thread })
-    }
-
-    /// Stops the thread and waits for it.
-    fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
 }
 
 /// The game loop: reads lines until the player quits or input ends.
@@ -312,90 +262,3 @@ fn resolve(servers: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     }
     Ok(addrs)
 }
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its data consistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Renders replies to stdout.
-#[derive(Clone, Copy)]
-struct Output {
-    color: bool,
-    story: Duration,
-}
-
-impl Output {
-    /// Prints a reply, pausing at the story's beats.
-    fn print(&self, reply: &Reply) {
-        let mut stdout = std::io::stdout().lock();
-        for item in &reply.items {
-            match item {
-                Item::Line(l) => {
-                    let _ = writeln!(stdout, "{}", l.render(self.color));
-                }
-                Item::Pause => {
-                    let _ = stdout.flush();
-                    if !self.story.is_zero() {
-                        thread::sleep(self.story);
-                    }
-                }
-            }
-        }
-        let _ = stdout.flush();
-    }
-
-    /// A reply's lines as one text, without the pauses (for the external printer).
-    fn render(&self, reply: &Reply) -> String {
-        let mut text = String::new();
-        for item in &reply.items {
-            if let Item::Line(l) = item {
-                text.push_str(&l.render(self.color));
-                text.push('\n');
-            }
-        }
-        text
-    }
-}
-
-/// Tab completion: command words, then places after `move` and hardware after `buy`.
-struct Completion {
-    words: Arc<Mutex<&'static [&'static str]>>,
-}
-
-impl Completer for Completion {
-    type Candidate = String;
-
-    fn complete(
-        &self,
-        line: &str,
-        pos: usize,
-        _ctx: &Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        let before = line.get(..pos).unwrap_or(line);
-        let start =
-            before.char_indices().rev().find(|(_, c)| c.is_whitespace()).map_or(0, |(i, c)| i + c.len_utf8());
-        let word = before[start..].to_ascii_lowercase();
-        let earlier: Vec<String> = before[..start].split_whitespace().map(str::to_ascii_lowercase).collect();
-        let options: Vec<String> = match earlier.as_slice() {
-            [] => lock(&self.words).iter().map(|w| (*w).to_owned()).collect(),
-            [verb] if matches!(verb.as_str(), "move" | "go" | "walk") => {
-                Place::all().map(Place::id).collect()
-            }
-            [verb] if verb == "buy" => Hardware::ALL.iter().map(|h| h.name().to_owned()).collect(),
-            [verb, _] if verb == "buy" => vec!["max".to_owned()],
-            _ => Vec::new(),
-        };
-        Ok((start, options.into_iter().filter(|o| o.starts_with(&word)).collect()))
-    }
-}
-
-impl Hinter for Completion {
-    type Hint = String;
-}
-
-impl Highlighter for Completion {}
-
-impl Validator for Completion {}
-
-impl rustyline::Helper for Completion {}
