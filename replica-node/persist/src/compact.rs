@@ -4,7 +4,7 @@
 //!
 //! The log side is sorted in memory as borrowed entries (keys and values stay in the segment
 //! buffers they were read into); the snapshot side streams. So a compaction holds the log
-//! segments it compacts and about 64 bytes per log entry, never a copy of the snapshot, and
+//! segments it compacts and about 80 bytes per log entry, never a copy of the snapshot, and
 //! never any state between compactions.
 
 use std::cmp::Ordering;
@@ -21,9 +21,10 @@ pub struct LogRun<'a> {
 impl<'a> LogRun<'a> {
     /// Sorts `entries` (any order, any number per key) and keeps the LWW winner of each key.
     pub fn new(entries: Vec<RecordEntry<'a>>) -> Self {
-        // The first 8 bytes of the key as a big-endian integer order keys as their bytes do
-        // wherever they differ (see `lww_crdt::Key`), so most comparisons stay in the vector.
-        let mut keyed: Vec<(u64, RecordEntry<'a>)> = entries.into_iter().map(|e| (head(e.key), e)).collect();
+        // The first 16 bytes of the key as a big-endian integer order keys as their bytes do
+        // wherever they differ (see `lww_crdt::Key`, which uses 8), so most comparisons stay in
+        // the vector: keys often share their first 8 bytes (`user:000…`), rarely 16.
+        let mut keyed: Vec<(u128, RecordEntry<'a>)> = entries.into_iter().map(|e| (head(e.key), e)).collect();
         keyed.sort_unstable_by(|(ha, a), (hb, b)| {
             ha.cmp(hb).then_with(|| a.key.cmp(b.key)).then_with(|| b.lww_cmp(a))
         });
@@ -75,11 +76,11 @@ impl<'a> LogRun<'a> {
     }
 }
 
-fn head(key: &[u8]) -> u64 {
-    let mut padded = [0u8; 8];
-    let n = key.len().min(8);
+fn head(key: &[u8]) -> u128 {
+    let mut padded = [0u8; 16];
+    let n = key.len().min(16);
     padded[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(padded)
+    u128::from_be_bytes(padded)
 }
 
 #[cfg(test)]

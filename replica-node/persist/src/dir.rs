@@ -619,7 +619,7 @@ impl Compaction {
         self.covers
     }
 
-    /// Runs the compaction (any thread). Memory: the sealed segments and ~64 bytes per entry
+    /// Runs the compaction (any thread). Memory: the sealed segments and ~80 bytes per entry
     /// in them; the old snapshot streams a record at a time.
     pub fn run(self) -> Result<SnapshotInfo, CompactError> {
         let io = |what: String| move |source| CompactError::Io { what, source };
