@@ -7,7 +7,7 @@
 //! the node-wide count `--maxclients` bounds: [`NodeStats::admit_client`] takes a slot with a
 //! compare-and-swap, so the bound holds exactly however many actors accept at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use replica_core::gateway::MemberView;
@@ -36,6 +36,20 @@ pub struct NodeStats {
     pub clients_connected: AtomicU64,
     /// Client commands executed, all actors together.
     pub commands_processed: AtomicU64,
+    /// The node has a data directory (INFO shows the `persistence` section).
+    pub persist_enabled: AtomicBool,
+    /// Bytes of log segments on disk.
+    pub persist_log_bytes: AtomicU64,
+    /// When the log was last synced (monotonic ms of the node's clock).
+    pub persist_last_fsync_mono_ms: AtomicU64,
+    /// Snapshots written by compaction since the node started.
+    pub persist_snapshots_written: AtomicU64,
+    /// Entries (tombstones included) recovered from the data directory at start.
+    pub persist_recovered_entries: AtomicU64,
+    /// Set while the disk refuses the log: client writes get `-MISCONF` (reason below).
+    pub persist_refusing: AtomicBool,
+    /// Why the disk refuses the log, while it does.
+    pub persist_refusal: Mutex<String>,
     /// Client connections refused because the node had `--maxclients` open already.
     pub rejected_connections: AtomicU64,
     /// Client connections closed because their unsent replies passed `--client-output-limit`.
@@ -136,6 +150,15 @@ impl NodeStats {
     /// The cluster membership as last published: this node first.
     pub fn members(&self) -> Arc<Vec<MemberView>> {
         self.members.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Why writes are refused (`-MISCONF <reason>`), if they are: the disk refuses the log.
+    pub fn misconf(&self) -> Option<String> {
+        if !self.persist_refusing.load(Ordering::Acquire) {
+            return None;
+        }
+        let reason = self.persist_refusal.lock().map(|r| r.clone()).unwrap_or_default();
+        Some(reason)
     }
 
     /// Counts a new client connection unless `max` are open already, in which case it counts

@@ -258,6 +258,24 @@ pub fn eventually_every(
     }
 }
 
+/// Faults a test injects into a node ([`NodeConfig::faults`]): a failing disk under its data
+/// directory, a panic in one of its actors. Shared: set them while the node runs.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The data directory's disk: [`replica_persist::Fault::Full`] makes the log refuse
+    /// writes, [`replica_persist::Fault::Device`] fail for good.
+    pub disk: replica_persist::Faults,
+    /// Set to `i + 1` to make query actor `i` panic at its next round.
+    pub panic_actor: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Faults {
+    /// Whether actor `index` is to panic now.
+    pub(crate) fn actor_panics(&self, index: usize) -> bool {
+        self.panic_actor.load(std::sync::atomic::Ordering::Relaxed) == index + 1
+    }
+}
+
 /// A client that pipelines `SET`s to one actor without pause, as fast as the server takes
 /// them, and reads the replies on another thread: the flood of design 4.8's fairness
 /// requirement. Stops (and closes its connection) when dropped or [`Flood::stop`]ped.

@@ -67,6 +67,10 @@ pub struct Replica {
     future_timestamps_ignored: u64,
     /// How far ahead of the wall clock a merged timestamp may pull the clock.
     max_ahead_ms: u64,
+    /// With persistence: every client write that changed the replica since the driver last
+    /// took them, unpaced (see [`Replica::take_durable`]).
+    durable: Vec<(Bytes, Entry<Bytes>)>,
+    keep_durable: bool,
 }
 
 impl Replica {
@@ -83,6 +87,8 @@ impl Replica {
             stats: SyncStats::default(),
             future_timestamps_ignored: 0,
             max_ahead_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
+            durable: Vec::new(),
+            keep_durable: false,
         }
     }
 
@@ -91,6 +97,32 @@ impl Replica {
     pub fn with_max_clock_offset(mut self, ms: u64) -> Self {
         self.max_ahead_ms = ms;
         self
+    }
+
+    /// Starts from state recovered from disk: `map`, whose newest timestamp is `newest`. The
+    /// clock moves past it, so every write from now on wins over everything recovered, and
+    /// nothing recovered is sent to anyone (every recipient recovers the same state).
+    pub fn restore(&mut self, map: BytesMap, newest: Timestamp) {
+        self.map = map;
+        self.clock.observe(newest);
+    }
+
+    /// Keeps every client write that changes the replica for [`Replica::take_durable`] as well
+    /// as for the paced sync: the persistence actor must not wait for the pacer.
+    pub fn keep_durable(&mut self) {
+        self.keep_durable = true;
+    }
+
+    /// How many writes [`Replica::take_durable`] would return.
+    pub fn durable_len(&self) -> usize {
+        self.durable.len()
+    }
+
+    /// The client writes that changed the replica since the last call, oldest first (none
+    /// unless [`Replica::keep_durable`] was called). The driver hands them to the persistence
+    /// actor at the end of every round, however the pacer holds the same writes back.
+    pub fn take_durable(&mut self) -> std::vec::Drain<'_, (Bytes, Entry<Bytes>)> {
+        self.durable.drain(..)
     }
 
     /// This actor's index on its node.
@@ -117,6 +149,9 @@ impl Replica {
         let ts = self.clock.now(now.wall_ms);
         let entry = Entry { ts, value };
         if self.map.apply(key.clone(), entry.clone()) {
+            if self.keep_durable {
+                self.durable.push((key.clone(), entry.clone()));
+            }
             self.pending.record(key, entry);
             Ok(ts)
         } else {
@@ -299,6 +334,28 @@ mod tests {
         let ts = r.write(b("other"), Some(b("x")), now(1)).unwrap();
         assert!(ts.wall_ms <= now(0).wall_ms + DEFAULT_MAX_CLOCK_OFFSET_MS, "our clock stayed sane: {ts}");
         assert_eq!(r.future_timestamps_ignored(), 1);
+    }
+
+    #[test]
+    fn durable_writes_are_kept_unpaced_and_restored_state_is_not_sent() {
+        use crate::pacer::BURST;
+        let mut r = Replica::new(0, 1, 1);
+        let mut recovered = BytesMap::new();
+        recovered.put(b("old"), b("v"), Timestamp::new(now(5_000).wall_ms, 7, 9));
+        r.restore(recovered, Timestamp::new(now(5_000).wall_ms, 7, 9));
+        assert!(r.poll_sync(now(0)).is_none(), "recovered state is not sent");
+        let ts = r.write(b("old"), Some(b("new")), now(0)).unwrap();
+        assert!(ts > Timestamp::new(now(5_000).wall_ms, 7, 9), "the clock is past what was recovered");
+        assert_eq!(r.take_durable().count(), 0, "nothing kept unless asked");
+        r.keep_durable();
+        for i in 0..BURST as u64 + 5 {
+            r.write(b(&format!("k{i}")), Some(b("v")), now(0)).unwrap();
+            r.poll_sync(now(0));
+        }
+        assert!(r.poll_sync(now(0)).is_none(), "the pacer holds writes back");
+        let durable: Vec<_> = r.take_durable().collect();
+        assert_eq!(durable.len(), BURST + 5, "every write, unpaced");
+        assert_eq!(r.take_durable().count(), 0);
     }
 
     #[test]

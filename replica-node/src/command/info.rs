@@ -90,6 +90,18 @@ pub(super) fn info(c: &mut Ctx<'_>) {
             g(&stats.sync_entries_future),
         );
     }
+    if want("persistence") && stats.persist_enabled.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = write!(
+            text,
+            "\r\n# Persistence\r\nlog_bytes:{}\r\nlast_fsync_ms_ago:{}\r\nsnapshots_written:{}\r\n\
+             recovered_entries:{}\r\nmisconf:{}\r\n",
+            g(&stats.persist_log_bytes),
+            c.now.mono_ms.saturating_sub(g(&stats.persist_last_fsync_mono_ms)),
+            g(&stats.persist_snapshots_written),
+            g(&stats.persist_recovered_entries),
+            u8::from(stats.persist_refusing.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+    }
     c.out.bulk(text.as_bytes());
 }
 

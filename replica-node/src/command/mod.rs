@@ -422,6 +422,13 @@ pub fn execute(
         resp::error(out.raw(), "NOAUTH Authentication required.");
         return Flow::Continue;
     }
+    if spec.has(Flag::Write)
+        && let Some(reason) = actor.info.stats.misconf()
+    {
+        // The disk refuses the log: a write acknowledged now could be lost (design 4.3).
+        resp::error(out.raw(), &format!("MISCONF {reason}"));
+        return Flow::Continue;
+    }
     let mut ctx = Ctx { args, out, session, actor, now, flow: Flow::Continue };
     (spec.run)(&mut ctx);
     ctx.flow

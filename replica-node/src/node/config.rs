@@ -30,6 +30,12 @@ pub struct NodeConfig {
     /// A peer connection with no packet from the other side for this long is dead (keep-alive
     /// at a third of it keeps quiet links open). Default 15 s; tests of partitions lower it.
     pub peer_idle_timeout: Duration,
+    /// The data directory (`--data-dir`): with one the node is durable and keeps its id across
+    /// restarts; without, it is memory-only and relies on its peers after a restart.
+    pub data_dir: Option<PathBuf>,
+    /// Faults to inject (tests only).
+    #[cfg(feature = "testkit")]
+    pub faults: crate::testkit::Faults,
     /// The client ports' password, protected mode and limits (design 4.8).
     pub clients: ClientOptions,
     /// The host written into the description (`--advertise`): where other servers and clients
@@ -66,6 +72,9 @@ impl Default for NodeConfig {
             join: Vec::new(),
             progress: false,
             peer_idle_timeout: EndpointOptions::default().idle_timeout,
+            data_dir: None,
+            #[cfg(feature = "testkit")]
+            faults: crate::testkit::Faults::default(),
             clients: ClientOptions::default(),
             advertise: None,
             redial_newer: Some(Duration::from_millis(replica_core::gateway::DEFAULT_REDIAL_NEWER_MS)),
@@ -102,6 +111,9 @@ pub enum StartError {
     /// The cluster identity (CA, node certificate) could not be set up.
     #[error("cluster identity: {0}")]
     Cluster(String),
+    /// The data directory could not be opened (in use, damaged, unwritable).
+    #[error("{0}")]
+    DataDir(#[from] replica_persist::OpenError),
     /// Any other OS failure while starting.
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),

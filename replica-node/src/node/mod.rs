@@ -1,16 +1,22 @@
-//! Starting and stopping a whole node: bind every port, start one thread per query actor,
-//! describe the node, shut down cleanly.
+//! Starting and stopping a whole node: recover its data directory, bind every port, start one
+//! thread per query actor, the gateway and the persistence actor, describe the node, shut
+//! down cleanly, and report at once when a thread it cannot do without dies.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use replica_persist::{DataDir, Options};
 
 use mio::{Poll, Waker};
 use net_quic::{ClusterIdentity, EndpointOptions, PeerEndpoint};
 
-use lww_crdt::BytesMap;
+use lww_crdt::{BytesMap, Timestamp};
 use replica_core::Replica;
 use replica_core::gateway::{Gateway, GatewayConfig, JoinTarget};
 
@@ -18,6 +24,7 @@ use crate::command::NodeInfo;
 use crate::runtime::client_conn::MIN_OUTPUT_LIMIT;
 use crate::runtime::gateway_loop::{self, GatewayStart, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
+use crate::runtime::persist_loop::{self, Doorbell, PersistMsg, PersistStart};
 use crate::runtime::query_loop::{self, ActorStart, WAKER};
 use crate::runtime::{ActorMsg, Clock, random_u64, rss_bytes};
 use crate::stats::NodeStats;
@@ -34,22 +41,48 @@ pub struct Node {
     description: Description,
     /// The query actors' stop channel: dropping it (and waking them) stops them.
     stop: Option<crossbeam_channel::Sender<Infallible>>,
+    /// Set when the node stops: a thread that ends then is not a failure.
+    stopping: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     gateway: Option<JoinHandle<()>>,
     /// Wakes the gateway so it sees its mailbox closed once the actors have exited.
     gateway_mail: Arc<tokio::sync::Notify>,
+    /// The persistence actor, with a data directory: its thread, the address the node asks
+    /// it to sync through, and its doorbell.
+    persist: Option<JoinHandle<()>>,
+    persist_control: Option<Address<PersistMsg>>,
+    persist_ring: Option<Sender<()>>,
+    /// Why a thread the node cannot do without died (see [`Node::failed`]).
+    failures: Receiver<String>,
     stats: Arc<NodeStats>,
     /// A private cluster directory, removed when the node is dropped.
     _private_cluster: Option<tempfile::TempDir>,
 }
 
 impl Node {
-    /// Binds every port and starts the actors. When this returns, the node serves clients.
+    /// Recovers the data directory (if any), binds every port and starts the actors. When this
+    /// returns, the node serves clients, every actor holding the recovered state.
     pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
         let (ip, joins) = validate(config)?;
-        let node_num = random_u64() >> 16;
-        let node = format!("{:012x}", node_num);
+        // The data directory first: it holds the node's id, and a second process on it must be
+        // refused before anything is bound.
+        let mut data = match &config.data_dir {
+            Some(path) => Some(open_data_dir(path, config)?),
+            None => None,
+        };
+        let node = match &data {
+            Some(d) => d.dir.node().to_owned(),
+            None => format!("{:012x}", random_u64() >> 16),
+        };
+        let node_num =
+            u64::from_str_radix(&node, 16).ok().filter(|n| node.len() == 12 && *n < 1 << 48).ok_or_else(
+                || StartError::Config(format!("the data directory names node {node:?}, not 12 hex digits")),
+            )?;
+        let (recovered, newest): (BytesMap, Timestamp) = match &mut data {
+            Some(d) => (std::mem::take(&mut d.recovered.map), d.recovered.newest),
+            None => (BytesMap::new(), Timestamp::ZERO),
+        };
         let clock = Clock::with_skew(config.clock_skew_ms);
         let (runtime, endpoint, cluster, private_cluster) = bind_peer(config, ip, &node)?;
         if cluster.created() && !joins.is_empty() {
@@ -83,6 +116,9 @@ impl Node {
             .collect();
 
         let stats = Arc::new(NodeStats::default());
+        stats.persist_recovered_entries.store(recovered.entry_count() as u64, Ordering::Relaxed);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (fail_tx, failures) = crossbeam_channel::unbounded();
         // Nothing is ever sent: the actors stop when the sender is dropped.
         let (stop, stopped) = crossbeam_channel::bounded::<Infallible>(0);
         let now = clock.now();
@@ -106,6 +142,28 @@ impl Node {
         let (gateway_addr, gateway_mailbox) = Mailbox::with_notify(gateway_notify.clone());
         let (admin_addr, admin_mailbox) = Mailbox::with_notify(gateway_notify);
 
+        // The persistence actor: client writes from the actors (unpaced), remote writes from
+        // the gateway's fan-out, as a local peer gets them.
+        let mut persist_parts = None;
+        if let Some(d) = data {
+            let (ring, doorbell) = crossbeam_channel::bounded(1);
+            let notify = Notify::new(Doorbell(ring.clone()));
+            let (writes_addr, writes) = Mailbox::with_notify(notify.clone());
+            let (fanout_addr, fanout) = Mailbox::with_notify(notify);
+            let start = PersistStart {
+                dir: d.dir,
+                writes,
+                fanout,
+                doorbell,
+                ring: ring.clone(),
+                clock,
+                stats: stats.clone(),
+            };
+            persist_parts = Some((start, writes_addr, fanout_addr, ring));
+        }
+        let persist_writes = persist_parts.as_ref().map(|(_, w, _, _)| w.clone());
+
+        let mut copies = copies_of(&recovered, config.actors)?.into_iter();
         let mut threads = Vec::new();
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
             let recipients: Vec<_> = addresses
@@ -116,9 +174,11 @@ impl Node {
                 .chain([gateway_addr.clone()])
                 .collect();
             let replica_id = (node_num << 16) | i as u64;
+            let mut replica = Replica::new(i, replica_id, recipients.len())
+                .with_max_clock_offset(config.max_clock_offset.as_millis() as u64);
+            replica.restore(copies.next().unwrap_or_default(), newest);
             let start = ActorStart {
-                replica: Replica::new(i, replica_id, recipients.len())
-                    .with_max_clock_offset(config.max_clock_offset.as_millis() as u64),
+                replica,
                 listener,
                 poll,
                 mailbox,
@@ -137,14 +197,30 @@ impl Node {
                 clients: config.clients.clone(),
                 stop: stopped.clone(),
                 clock,
+                persist: persist_writes.clone(),
+                #[cfg(feature = "testkit")]
+                faults: config.faults.clone(),
             };
-            let t = std::thread::Builder::new()
-                .name(format!("actor-{i}"))
-                .spawn(move || query_loop::run(start))?;
-            threads.push(t);
+            threads.push(spawn_critical(format!("actor-{i}"), &stopping, &fail_tx, move || {
+                query_loop::run(start);
+                Ok(())
+            })?);
         }
         drop(gateway_addr);
         drop(admin_addr);
+        drop(persist_writes);
+        let mut fanout_to = addresses.clone();
+        let mut persist = None;
+        let mut persist_control = None;
+        let mut persist_ring = None;
+        if let Some((start, writes_addr, fanout_addr, ring)) = persist_parts {
+            fanout_to.push(fanout_addr);
+            persist_control = Some(writes_addr);
+            persist_ring = Some(ring);
+            persist = Some(spawn_critical("persist".into(), &stopping, &fail_tx, move || {
+                persist_loop::run(start)
+            })?);
+        }
         let gateway_config = GatewayConfig {
             node: node.clone(),
             advertised: description.peer.clone(),
@@ -162,30 +238,44 @@ impl Node {
         let gateway_start = GatewayStart {
             runtime,
             endpoint: Arc::new(endpoint),
-            gateway: Gateway::new(gateway_config, BytesMap::new(), now),
+            gateway: Gateway::new(gateway_config, recovered, now),
             mailbox: gateway_mailbox,
             admin: admin_mailbox,
             mail: gateway_mail.clone(),
-            actors: addresses.clone(),
+            actors: fanout_to,
             clock,
             stats: stats.clone(),
             progress: config.progress,
         };
-        let gateway = std::thread::Builder::new()
-            .name("gateway".into())
-            .spawn(move || gateway_loop::run(gateway_start))?;
+        let gateway = spawn_critical("gateway".into(), &stopping, &fail_tx, move || {
+            gateway_loop::run(gateway_start);
+            Ok(())
+        })?;
         drop(addresses);
         tracing::info!(node = %node, peer = %description.peer, actors = config.actors, "node ready");
         Ok(Node {
             description,
             stop: Some(stop),
+            stopping,
             wakers,
             threads,
             gateway: Some(gateway),
             gateway_mail,
+            persist,
+            persist_control,
+            persist_ring,
+            failures,
             stats,
             _private_cluster: private_cluster,
         })
+    }
+
+    /// Receives why, if a thread the node cannot do without (a query actor, the gateway, the
+    /// persistence actor) dies: a panic, an unrecoverable IO error. The node is then not whole
+    /// and must not go on serving (design 8, fail fast): `replica-node` exits non-zero at once
+    /// so that a supervisor restarts it, and recovery and its peers restore it.
+    pub fn failed(&self) -> &Receiver<String> {
+        &self.failures
     }
 
     /// The node's description (what it prints when ready).
@@ -204,23 +294,40 @@ impl Node {
     }
 
     fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         // Every actor sees its stop channel closed once it wakes.
         drop(self.stop.take());
         for w in &self.wakers {
             let _ = w.wake();
         }
         for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("an actor thread panicked");
+            let _ = t.join();
+        }
+        // The actors have handed the persistence actor their last writes: sync the log before
+        // the peer hand-off, which may take seconds.
+        if let Some(control) = self.persist_control.take() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if control.send(PersistMsg::Flush(tx)).is_ok() {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Ok(())) => tracing::info!("log synced"),
+                    Ok(Err(why)) => tracing::error!("the log could not be synced: {why}"),
+                    Err(_) => tracing::error!("the persistence actor did not sync the log in time"),
+                }
             }
         }
         // The actors have sent the gateway their last writes and dropped their addresses: its
         // mailbox is closed, which ends it once it looks.
         self.gateway_mail.notify_one();
-        if let Some(g) = self.gateway.take()
-            && g.join().is_err()
-        {
-            tracing::error!("the gateway thread panicked");
+        if let Some(g) = self.gateway.take() {
+            let _ = g.join();
+        }
+        // Every address of the persistence actor is gone now: it syncs what the gateway fanned
+        // out last and ends once it looks.
+        if let Some(ring) = self.persist_ring.take() {
+            let _ = ring.try_send(());
+        }
+        if let Some(p) = self.persist.take() {
+            let _ = p.join();
         }
     }
 }
@@ -229,6 +336,78 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `f` on a thread named `name`; if it panics, fails, or returns while the node is not
+/// stopping, logs why and reports it on `failures` (see [`Node::failed`]).
+fn spawn_critical(
+    name: String,
+    shutdown: &Arc<AtomicBool>,
+    failures: &Sender<String>,
+    f: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let (shutdown, failures) = (shutdown.clone(), failures.clone());
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) if shutdown.load(Ordering::Acquire) => return,
+            Ok(Ok(())) => "stopped unexpectedly".to_owned(),
+            Ok(Err(e)) => e,
+            Err(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(s), _) => format!("panicked: {s}"),
+                (_, Some(s)) => format!("panicked: {s}"),
+                _ => "panicked".to_owned(),
+            },
+        };
+        tracing::error!(thread = %name, "{why}; the node cannot go on without it");
+        let _ = failures.send(format!("{name}: {why}"));
+    })
+}
+
+/// `n` copies of `map` for the actors (the gateway takes `map` itself), made on as many threads
+/// as there are cores: a copy shares every key and value and copies only the tree, but for a
+/// million keys that is a tenth of a second each, and the node announces itself only after.
+fn copies_of(map: &BytesMap, n: usize) -> Result<Vec<BytesMap>, StartError> {
+    if map.entry_count() == 0 {
+        return Ok((0..n).map(|_| BytesMap::new()).collect());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).min(n);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || (t..n).step_by(threads).map(|_| map.clone()).collect::<Vec<_>>()))
+            .collect();
+        let mut copies = Vec::with_capacity(n);
+        for w in workers {
+            copies.extend(
+                w.join().map_err(|_| StartError::Config("copying the recovered state failed".into()))?,
+            );
+        }
+        Ok(copies)
+    })
+}
+
+/// Opens the data directory and recovers its state, timing it for the logs.
+fn open_data_dir(path: &Path, config: &NodeConfig) -> Result<replica_persist::Opened, StartError> {
+    let t0 = Instant::now();
+    let new_id = || format!("{:012x}", random_u64() >> 16);
+    #[cfg(feature = "testkit")]
+    let opened = DataDir::open_faulty(path, Options::default(), config.faults.disk.clone(), new_id)?;
+    #[cfg(not(feature = "testkit"))]
+    let opened = {
+        let _ = config;
+        DataDir::open(path, Options::default(), new_id)?
+    };
+    let r = &opened.recovered;
+    tracing::info!(
+        dir = %path.display(),
+        entries = r.map.entry_count(),
+        snapshot_entries = r.snapshot.as_ref().map_or(0, |s| s.entries),
+        log_entries = r.log_entries,
+        segments = r.segments.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        new = opened.created,
+        "data directory recovered"
+    );
+    Ok(opened)
 }
 
 /// Checks the configuration: the actor count, the host, the join descriptions (a second

@@ -122,6 +122,11 @@ impl<M> Mailbox<M> {
         }
     }
 
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next message, if one is waiting.
     pub fn try_recv(&self) -> Result<M, Empty> {
         self.rx.try_recv().map_err(|e| match e {

@@ -8,6 +8,7 @@ pub(crate) mod gateway_loop;
 pub(crate) mod mailbox;
 mod memory;
 mod peer_conn;
+pub(crate) mod persist_loop;
 mod progress;
 pub(crate) mod query_loop;
 

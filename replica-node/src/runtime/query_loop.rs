@@ -12,6 +12,10 @@
 //! without pause gets its share, and everyone else, the actor's mail and its sync get theirs:
 //! a round costs at most one turn per busy connection.
 //!
+//! Persistence: with a data directory, the writes of every round go to the persistence actor
+//! at the end of the round (or sooner, past [`DURABLE_BATCH`]), unpaced: see
+//! `persist_loop` for why that bounds the time an acknowledged write is only in memory.
+//!
 //! Shutdown: the node drops the sending side of the actor's stop channel and wakes it. The
 //! actor then stops accepting and reading, runs the complete commands it has received, hands
 //! their replies out within a grace period, sends its last delta, and returns.
@@ -33,6 +37,7 @@ use replica_core::{Replica, SyncBatch};
 
 use super::client_conn::{ClientConn, ClientOptions, Refusal};
 use super::mailbox::{Address, Empty, Mailbox};
+use super::persist_loop::PersistMsg;
 use super::{ActorMsg, Clock};
 use crate::command::{ActorState, Cursors, NodeInfo};
 
@@ -57,6 +62,12 @@ pub struct ActorStart {
     pub stop: Receiver<Infallible>,
     /// The node's clocks.
     pub clock: Clock,
+    /// The persistence actor, with a data directory: it gets every client write at the end
+    /// of the round that executed it, unpaced.
+    pub persist: Option<Address<PersistMsg>>,
+    /// Faults to inject (tests).
+    #[cfg(feature = "testkit")]
+    pub faults: crate::testkit::Faults,
 }
 
 const LISTENER: Token = Token(0);
@@ -71,6 +82,8 @@ pub const COMMAND_BUDGET: usize = 256;
 /// Bytes read from one connection per turn.
 pub const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// Writes that make the actor hand its writes to the persistence actor before its round ends.
+pub const DURABLE_BATCH: usize = 4096;
 /// How long a stopping actor keeps trying to hand replies already computed to slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often connections are checked against the idle timeout, when there is one.
@@ -103,12 +116,31 @@ struct Actor {
     future_logged: u64,
     /// Read buffer shared by the actor's connections (bytes are copied out per read).
     scratch: Vec<u8>,
+    persist: Option<Address<PersistMsg>>,
+    /// Encodes the writes for the persistence actor (on this thread, which holds them hot).
+    encoder: replica_persist::codec::BatchEncoder,
 }
 
 /// Runs a query actor until the node shuts down.
 pub fn run(start: ActorStart) {
-    let ActorStart { replica, mut listener, mut poll, mailbox, recipients, info, clients, stop, clock } =
-        start;
+    #[cfg(feature = "testkit")]
+    let faults = start.faults.clone();
+    let ActorStart {
+        mut replica,
+        mut listener,
+        mut poll,
+        mailbox,
+        recipients,
+        info,
+        clients,
+        stop,
+        clock,
+        persist,
+        ..
+    } = start;
+    if persist.is_some() {
+        replica.keep_durable();
+    }
     let mut actor = Actor {
         state: ActorState {
             replica,
@@ -127,6 +159,8 @@ pub fn run(start: ActorStart) {
         published: SyncStats::default(),
         future_logged: 0,
         scratch: vec![0; READ_CHUNK],
+        persist,
+        encoder: replica_persist::codec::BatchEncoder::new(),
     };
     if let Err(e) = poll.registry().register(&mut listener, LISTENER, Interest::READABLE) {
         tracing::error!(actor = actor.state.replica.index(), "cannot watch the client port: {e}");
@@ -143,6 +177,10 @@ pub fn run(start: ActorStart) {
         }
         if matches!(stop.try_recv(), Err(TryRecvError::Disconnected)) {
             break;
+        }
+        #[cfg(feature = "testkit")]
+        if faults.actor_panics(actor.state.replica.index()) {
+            panic!("injected fault: actor {} panics", actor.state.replica.index());
         }
         for event in &events {
             match event.token() {
@@ -261,6 +299,29 @@ impl Actor {
                 Turn::More => self.enqueue(slot),
                 Turn::Wait => {}
             }
+            // Normally once per round (in `sync`); a round of many busy connections hands its
+            // writes on before it ends.
+            if self.state.replica.durable_len() >= DURABLE_BATCH {
+                self.persist_writes();
+            }
+        }
+    }
+
+    /// Hands the writes executed since the last call to the persistence actor (if any), at
+    /// once: this is what bounds the time an acknowledged write is only in memory.
+    fn persist_writes(&mut self) {
+        let Some(persist) = &self.persist else { return };
+        for (key, entry) in self.state.replica.take_durable() {
+            self.encoder.push(&key, entry.value.as_deref(), entry.ts);
+            if self.encoder.is_full()
+                && let Some(payload) = self.encoder.take_payload()
+            {
+                let _ = persist.send(PersistMsg::Batch(payload));
+            }
+        }
+        if let Some(payload) = self.encoder.take_payload() {
+            // A stopped persistence actor stops the node (fail fast): nothing to do here.
+            let _ = persist.send(PersistMsg::Batch(payload));
         }
     }
 
@@ -368,6 +429,7 @@ impl Actor {
                 }
             }
         }
+        self.persist_writes();
         // Sent regardless of pacing: this is the actor's last message.
         let last = self.state.replica.poll_sync_final(self.now());
         self.send(last);
@@ -385,6 +447,7 @@ impl Actor {
     }
 
     fn sync(&mut self) {
+        self.persist_writes();
         let batch = self.state.replica.poll_sync(self.now());
         self.send(batch);
     }
