@@ -166,8 +166,11 @@ fn the_binary_with_a_skewed_clock_refuses_writes_and_serves_reads() {
     let err = client.put("k", "v").unwrap_err().to_string();
     assert!(err.contains("CLOCKSKEW clock ahead of the cluster by"), "{err}");
     let on_b = Client::new(replica_node::client::Fixed(b.desc.client_addrs()[0]));
+    // It learned of b from a, and connects to it too.
+    let meshed = eventually(Duration::from_secs(20), || info_field(&client, "peers_connected") == 2);
+    assert!(meshed.is_some(), "the skewed server did not connect to both others");
     on_b.put("k", "from b").unwrap();
-    let read = eventually(Duration::from_secs(5), || {
+    let read = eventually(Duration::from_secs(20), || {
         client.get("k").unwrap().is_some_and(|v| v.as_ref() == b"from b")
     });
     assert!(read.is_some(), "the skewed server still takes the cluster's writes and serves reads");
