@@ -7,6 +7,7 @@
 //! the node-wide count `--maxclients` bounds: [`NodeStats::admit_client`] takes a slot with a
 //! compare-and-swap, so the bound holds exactly however many actors accept at once.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -34,8 +35,14 @@ pub struct NodeStats {
     pub peers_connected: AtomicU64,
     /// Client connections currently open, all actors together.
     pub clients_connected: AtomicU64,
-    /// Client commands executed, all actors together.
+    /// Client commands executed, all actors together (published by each actor once per round).
     pub commands_processed: AtomicU64,
+    /// Reads of a key that found a value, all actors together.
+    pub keyspace_hits: AtomicU64,
+    /// Reads of a key that found none, all actors together.
+    pub keyspace_misses: AtomicU64,
+    /// Recent samples of `commands_processed`, for `instantaneous_ops_per_sec`.
+    ops_samples: Mutex<VecDeque<(u64, u64)>>,
     /// The node has a data directory (INFO shows the `persistence` section).
     pub persist_enabled: AtomicBool,
     /// Bytes of log segments on disk.
@@ -183,7 +190,41 @@ impl NodeStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Samples the commands processed at `now_ms` (monotonic), at most one sample per
+    /// [`OPS_SAMPLE_MS`]; the actors call this after publishing their counters.
+    pub(crate) fn sample_ops(&self, now_ms: u64) {
+        let count = Self::get(&self.commands_processed);
+        let mut samples = self.ops_samples.lock().unwrap_or_else(PoisonError::into_inner);
+        if samples.back().is_some_and(|&(at, _)| now_ms < at + OPS_SAMPLE_MS) {
+            return;
+        }
+        samples.push_back((now_ms, count));
+        while samples.len() > OPS_SAMPLES {
+            samples.pop_front();
+        }
+    }
+
+    /// Commands per second lately: from the oldest sample of the last [`OPS_WINDOW_MS`] (or,
+    /// when the node was idle that long, from the newest sample) to `count` now.
+    pub fn ops_per_sec(&self, now_ms: u64, count: u64) -> u64 {
+        let samples = self.ops_samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = samples
+            .iter()
+            .find(|&&(at, _)| at + OPS_WINDOW_MS >= now_ms && at < now_ms)
+            .or_else(|| samples.back().filter(|&&(at, _)| at < now_ms));
+        match from {
+            Some(&(at, then)) => count.saturating_sub(then) * 1000 / (now_ms - at),
+            None => 0,
+        }
+    }
 }
+
+/// Least time between two samples of the command count.
+pub const OPS_SAMPLE_MS: u64 = 100;
+/// The span `instantaneous_ops_per_sec` averages over, as Redis's (16 samples of 100 ms).
+pub const OPS_WINDOW_MS: u64 = 1600;
+const OPS_SAMPLES: usize = 20;
 
 #[cfg(test)]
 mod tests {
@@ -200,5 +241,22 @@ mod tests {
         stats.client_closed();
         assert!(stats.admit_client(2), "a closed connection frees its slot");
         assert!(!stats.admit_client(0));
+    }
+
+    #[test]
+    fn ops_per_sec_averages_the_last_samples() {
+        let stats = NodeStats::default();
+        assert_eq!(stats.ops_per_sec(1_000, 50), 0, "no sample yet");
+        for (ms, count) in [(0, 0), (50, 10), (100, 100), (1_000, 1_000), (2_000, 3_000)] {
+            NodeStats::add(&stats.commands_processed, count - NodeStats::get(&stats.commands_processed));
+            stats.sample_ops(ms);
+        }
+        assert_eq!(
+            stats.ops_per_sec(2_100, 3_100),
+            (3_100 - 1_000) * 1000 / 1_100,
+            "from the sample at 1000"
+        );
+        assert_eq!(stats.ops_per_sec(60_000, 3_000), 0, "idle since the last sample");
+        assert_eq!(stats.ops_per_sec(12_000, 13_000), 1_000, "idle for long: from the newest sample");
     }
 }

@@ -38,7 +38,7 @@ mod testutil;
 mod value;
 
 pub use error::ProtocolError;
-pub use reply::{Protocol, array_header, bulk, error, integer, map_header, null, simple};
+pub use reply::{Protocol, array_header, bulk, error, integer, map_header, null, null_array, simple};
 pub use request::{RequestParser, split_inline};
 pub use value::{Value, ValueParser, encode_command, parse_value};
 

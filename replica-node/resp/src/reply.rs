@@ -89,6 +89,15 @@ pub fn null(out: &mut Vec<u8>, proto: Protocol) {
     });
 }
 
+/// Appends a null array: `*-1` in RESP2 (what `EXEC` answers when a watched key changed),
+/// `_` in RESP3.
+pub fn null_array(out: &mut Vec<u8>, proto: Protocol) {
+    out.extend_from_slice(match proto {
+        Protocol::Resp2 => b"*-1\r\n",
+        Protocol::Resp3 => b"_\r\n",
+    });
+}
+
 /// Appends the header of an array of `n` elements (which the caller appends next).
 pub fn array_header(out: &mut Vec<u8>, n: usize) {
     put_header(out, b'*', n as u64);
@@ -120,12 +129,14 @@ mod tests {
         bulk(&mut out, b"hello");
         null(&mut out, Protocol::Resp2);
         null(&mut out, Protocol::Resp3);
+        null_array(&mut out, Protocol::Resp2);
+        null_array(&mut out, Protocol::Resp3);
         array_header(&mut out, 12);
         map_header(&mut out, 3, Protocol::Resp2);
         map_header(&mut out, 3, Protocol::Resp3);
         let expected = "+OK\r\n-ERR bad  thing\r\n:0\r\n:-42\r\n\
                         :-9223372036854775808\r\n:9223372036854775807\r\n$0\r\n\r\n$5\r\nhello\r\n\
-                        $-1\r\n_\r\n*12\r\n*6\r\n%3\r\n";
+                        $-1\r\n_\r\n*-1\r\n_\r\n*12\r\n*6\r\n%3\r\n";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 }

@@ -1,5 +1,5 @@
 //! Commands about the connection and the command set: `PING`, `ECHO`, `QUIT`, `HELLO`, `AUTH`,
-//! `CLIENT`, `SELECT`, `COMMAND`, `CONFIG`; and the [`Password`] that `AUTH` checks.
+//! `SELECT`, `RESET`, `COMMAND`, `CONFIG`; and the [`Password`] that `AUTH` checks.
 
 use std::fmt;
 use std::sync::Arc;
@@ -134,9 +134,9 @@ pub(super) fn hello(c: &mut Ctx<'_>) {
              select the RESP protocol version at the same time",
         );
     }
-    c.session.proto = proto;
+    c.session.set_proto(proto);
     if name.is_some() {
-        c.session.name = name;
+        c.session.set_name(name);
     }
     c.map_header(7);
     let out = c.out.raw();
@@ -169,7 +169,9 @@ fn command_info(out: &mut Vec<u8>, spec: &Spec) {
     let (first, last, step) = match spec.keys {
         KeyArgs::None => (0, 0, 0),
         KeyArgs::First => (1, 1, 1),
+        KeyArgs::Two => (1, 2, 1),
         KeyArgs::All => (1, -1, 1),
+        KeyArgs::Pairs => (1, -1, 2),
     };
     resp::integer(out, first);
     resp::integer(out, last);
@@ -238,31 +240,16 @@ pub(super) fn command(c: &mut Ctx<'_>) {
     }
 }
 
-pub(super) fn client(c: &mut Ctx<'_>) {
-    let sub = &c.args[1];
-    let is = |n: &str| sub.eq_ignore_ascii_case(n.as_bytes());
-    if is("SETNAME") && c.args.len() == 3 {
-        if c.args[2].iter().any(|&b| b == b' ' || b == b'\n') {
-            return c.error("ERR Client names cannot contain spaces, newlines or special characters.");
-        }
-        c.session.name = Some(c.args[2].clone()).filter(|n| !n.is_empty());
-        c.ok();
-    } else if is("GETNAME") {
-        match c.session.name.clone() {
-            Some(n) => c.out.bulk(&n),
-            None => c.null(),
-        }
-    } else if is("ID") {
-        c.integer(c.session.id as i64);
-    } else if is("SETINFO") || is("NO-EVICT") || is("NO-TOUCH") {
-        c.ok();
-    } else if is("INFO") {
-        let name = c.session.name.as_deref().map(|n| printable(n, 64)).unwrap_or_default();
-        let line = format!("id={} name={} resp={}\n", c.session.id, name, c.session.proto as u8);
-        c.out.bulk(line.as_bytes());
-    } else {
-        c.error(&format!("ERR unknown subcommand '{}' for 'client'", printable(sub, 32)));
-    }
+/// `RESET`: back to a fresh connection, as Redis does: the transaction and watched keys go,
+/// the protocol is RESP2 again, the name is cleared and, on a node with a password, the
+/// connection must authenticate again.
+pub(super) fn reset(c: &mut Ctx<'_>) {
+    c.session.multi = None;
+    c.session.watched = Default::default();
+    c.session.set_proto(Protocol::Resp2);
+    c.session.set_name(None);
+    c.session.authenticated = false;
+    resp::simple(c.out.raw(), "RESET");
 }
 
 pub(super) fn select(c: &mut Ctx<'_>) {
@@ -323,7 +310,7 @@ mod tests {
         assert_eq!(flat.len(), 14);
         assert_eq!(flat[4], bulk("proto"));
         assert_eq!(flat[5], Value::Integer(2));
-        assert_eq!(flat[7], Value::Integer(42), "the connection id");
+        assert_eq!(flat[7], Value::Integer(h.session.id as i64), "the connection id");
         let Value::Map(m) = h.run(&["HELLO", "3", "SETNAME", "ada"]) else { panic!("RESP3 answers a map") };
         assert_eq!(map_get(&m, "proto"), &Value::Integer(3));
         assert_eq!(map_get(&m, "server"), &bulk("replica-node"));
@@ -337,23 +324,6 @@ mod tests {
         let flat = array(h.run(&["HELLO", "2"]));
         assert_eq!(flat[5], Value::Integer(2));
         assert_eq!(h.session.proto, Protocol::Resp2);
-    }
-
-    #[test]
-    fn client_subcommands() {
-        let mut h = Harness::new();
-        assert_eq!(h.run(&["CLIENT", "ID"]), Value::Integer(42));
-        assert_eq!(h.run(&["CLIENT", "GETNAME"]), Value::Nil);
-        assert_eq!(h.run(&["client", "setname", "worker-1"]), ok());
-        assert_eq!(h.run(&["CLIENT", "GETNAME"]), bulk("worker-1"));
-        err_starting(&h.run(&["CLIENT", "SETNAME", "two words"]), "ERR Client names cannot contain spaces");
-        assert_eq!(h.run(&["CLIENT", "GETNAME"]), bulk("worker-1"), "a refused name changes nothing");
-        assert_eq!(h.run(&["CLIENT", "SETINFO", "lib-name", "redis-py"]), ok());
-        let Value::Bulk(info) = h.run(&["CLIENT", "INFO"]) else { panic!("CLIENT INFO is a bulk string") };
-        let info = String::from_utf8(info.to_vec()).unwrap();
-        assert!(info.starts_with("id=42 name=worker-1 "), "{info}");
-        err_starting(&h.run(&["CLIENT", "KILL"]), "ERR unknown subcommand 'KILL' for 'client'");
-        err_starting(&h.run(&["CLIENT"]), "ERR wrong number of arguments for 'client' command");
     }
 
     #[test]
@@ -372,7 +342,7 @@ mod tests {
         assert_eq!(h.run(&["CONFIG", "GET", "maxmemory"]), Value::Array(vec![]));
         err_starting(&h.run(&["CONFIG", "SET", "save", ""]), "ERR CONFIG: only CONFIG GET is supported");
         let Value::Integer(n) = h.run(&["COMMAND", "COUNT"]) else { panic!() };
-        assert_eq!(n, 21);
+        assert_eq!(n, COMMANDS.len() as i64);
     }
 
     #[test]
@@ -453,6 +423,21 @@ mod tests {
         assert_eq!(open.run(&["AUTH", "default", "anything"]), ok());
         assert_eq!(open.run(&["AUTH", "bob", "anything"]), wrongpass);
         assert!(matches!(open.run(&["HELLO", "3", "AUTH", "default", "x"]), Value::Map(_)));
+    }
+
+    #[test]
+    fn reset_returns_to_a_fresh_connection() {
+        let mut h = Harness::with_password("s3cret");
+        h.run(&["HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "ada"]);
+        h.run(&["WATCH", "k"]);
+        h.run(&["MULTI"]);
+        assert_eq!(h.run(&["RESET"]), Value::Simple("RESET".into()));
+        assert!(h.session.multi.is_none() && h.session.watched.is_empty());
+        assert_eq!(h.session.proto, Protocol::Resp2);
+        assert!(!h.session.authenticated);
+        assert_eq!(h.run(&["CLIENT", "GETNAME"]), Value::Error("NOAUTH Authentication required.".into()));
+        h.run(&["AUTH", "s3cret"]);
+        assert_eq!(h.run(&["CLIENT", "GETNAME"]), Value::Nil);
     }
 
     #[test]

@@ -3,34 +3,50 @@
 //! [`COMMANDS`] is the one place that names every command: its arity, its flags, its help text
 //! and its handler. Dispatch looks commands up there, and so do `COMMAND`, `COMMAND COUNT`,
 //! `COMMAND INFO` and `COMMAND DOCS`, so what the server says it understands is what it runs.
-//! The handlers live in files by family: [`keys`] (GET SET DEL MGET EXISTS DBSIZE), [`listing`]
-//! (LIST KEYS SCAN), [`connection`] (PING ECHO QUIT HELLO CLIENT AUTH SELECT COMMAND CONFIG),
-//! [`info`] (INFO) and [`cluster`] (CLUSTER NODES, MYID, FORGET).
+//! [`refused::REFUSED`] names the Redis commands this store deliberately does not run, each with the
+//! reason its error gives. The handlers live in files by family: [`strings`] (GET SET MSET
+//! GETDEL ...), [`keys`] (DEL EXISTS TYPE RANDOMKEY FLUSHALL ...), [`listing`] (LIST KEYS SCAN),
+//! [`transaction`] (MULTI EXEC DISCARD WATCH UNWATCH), [`connection`] (PING ECHO QUIT HELLO
+//! AUTH SELECT RESET COMMAND CONFIG), [`client`] (CLIENT and the node's list of connections),
+//! [`server`] (TIME ROLE MEMORY), [`info`] (INFO) and [`cluster`] (CLUSTER NODES, MYID,
+//! FORGET).
 //!
 //! Every command is answered by exactly one reply written into the connection's [`ReplyBuf`];
 //! nothing here does IO, so the whole command set is testable without sockets.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use replica_core::{MAX_KEY, Now, Replica};
+use lww_crdt::Timestamp;
+use replica_core::replica::Lost;
+use replica_core::{MAX_KEY, MAX_VALUE, Now, Replica};
 use resp::Protocol;
 
+use crate::runtime::ActorMsg;
+use crate::runtime::mailbox::Address;
 use crate::stats::NodeStats;
 
+mod client;
 mod cluster;
 mod connection;
 mod cursors;
 mod info;
 mod keys;
 mod listing;
+mod refused;
 mod reply;
+mod server;
+mod strings;
 #[cfg(test)]
 pub(crate) mod testutil;
+mod transaction;
 
+pub use client::{ClientRecord, ClientRegistry};
 pub use connection::Password;
-pub use cursors::Cursors;
+pub use cursors::ScanCursors;
 pub use reply::ReplyBuf;
+use transaction::{Transaction, Watched};
 
 /// The server version `HELLO` and `INFO` report.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -38,7 +54,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Per-connection state that commands may read or change.
 #[derive(Debug)]
 pub struct Session {
-    /// Connection id, unique per actor (for `CLIENT ID`).
+    /// Connection id, unique on the node (for `CLIENT ID`, `CLIENT KILL ID`).
     pub id: u64,
     /// Reply protocol chosen with `HELLO`.
     pub proto: Protocol,
@@ -47,12 +63,41 @@ pub struct Session {
     /// Whether the client gave the password (`AUTH`, `HELLO ... AUTH`). Consulted only when
     /// the node has one.
     pub authenticated: bool,
+    /// The commands queued since `MULTI`, while a transaction is open.
+    pub multi: Option<Transaction>,
+    /// The keys `WATCH`ed for the next `EXEC`.
+    pub watched: Watched,
+    /// The connection's entry in the node's list of clients (`CLIENT LIST`), if it has one.
+    pub record: Option<Arc<ClientRecord>>,
 }
 
 impl Session {
     /// A fresh RESP2 session that has not authenticated.
     pub fn new(id: u64) -> Self {
-        Session { id, proto: Protocol::Resp2, name: None, authenticated: false }
+        Session {
+            id,
+            proto: Protocol::Resp2,
+            name: None,
+            authenticated: false,
+            multi: None,
+            watched: Watched::default(),
+            record: None,
+        }
+    }
+
+    /// A fresh session listed in the node's clients as `record`.
+    pub fn listed(record: Arc<ClientRecord>) -> Self {
+        let mut s = Session::new(record.id);
+        s.record = Some(record);
+        s
+    }
+
+    /// The protocol version as clients name it (2 or 3).
+    pub fn resp_version(&self) -> u8 {
+        match self.proto {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
     }
 }
 
@@ -61,22 +106,71 @@ impl Session {
 pub enum Flow {
     /// Keep serving.
     Continue,
-    /// Send the replies written so far, then close (QUIT).
+    /// Send the replies written so far, then close (QUIT, CLIENT KILL of itself).
     Close,
 }
 
-/// What one query actor's commands act on: its replica, its `SCAN` cursors, the node facts it
-/// reports and the password clients must give.
+/// Counters an actor keeps for `INFO` without touching shared memory on every command; the
+/// query loop publishes them to the node's [`NodeStats`] once per round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Commands executed.
+    pub commands: u64,
+    /// Reads of a key that found a value.
+    pub hits: u64,
+    /// Reads of a key that found none.
+    pub misses: u64,
+}
+
+/// What one query actor's commands act on: its replica, the node facts it reports and the
+/// password clients must give.
 #[derive(Debug)]
 pub struct ActorState {
     /// The actor's replica state machine.
     pub replica: Replica,
-    /// The `SCAN` cursors this actor handed out.
-    pub cursors: Cursors,
     /// Node facts for `INFO` and `HELLO`.
     pub info: NodeInfo,
     /// The password every client must give before any other command (`None`: no password).
     pub password: Option<Password>,
+    /// This actor's counters.
+    pub counters: Counters,
+    /// The counters as last published to [`NodeInfo::stats`].
+    pub published: Counters,
+    /// State for picking random keys (`RANDOMKEY`): a xorshift generator seeded per actor.
+    pub rng: u64,
+}
+
+impl ActorState {
+    /// The state of an actor serving `replica`.
+    pub fn new(replica: Replica, info: NodeInfo, password: Option<Password>) -> Self {
+        let rng = 0x9E37_79B9_7F4A_7C15 ^ (replica.index() as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ActorState {
+            replica,
+            info,
+            password,
+            counters: Counters::default(),
+            published: Counters::default(),
+            rng,
+        }
+    }
+
+    /// Adds what the counters gained since the last call to the node's figures.
+    pub fn publish_counters(&mut self) {
+        let (now, before) = (self.counters, self.published);
+        if now == before {
+            return;
+        }
+        let stats = &self.info.stats;
+        NodeStats::add(&stats.commands_processed, now.commands - before.commands);
+        NodeStats::add(&stats.keyspace_hits, now.hits - before.hits);
+        NodeStats::add(&stats.keyspace_misses, now.misses - before.misses);
+        self.published = now;
+    }
+
+    /// A node-wide figure: what the node has published plus what this actor has not yet.
+    fn node_figure(&self, published: &std::sync::atomic::AtomicU64, pick: fn(&Counters) -> u64) -> u64 {
+        NodeStats::get(published) + pick(&self.counters) - pick(&self.published)
+    }
 }
 
 /// Facts about the node that `INFO` and `HELLO` report and the replica does not know.
@@ -93,14 +187,24 @@ pub struct NodeInfo {
     /// Monotonic ms at which the node started, for `uptime_in_seconds`.
     pub started_mono_ms: u64,
     /// The whole-node counters, as the drivers publish them.
-    pub stats: std::sync::Arc<NodeStats>,
+    pub stats: Arc<NodeStats>,
     /// Most client connections the node accepts (`--maxclients`), for `INFO clients`.
     pub maxclients: usize,
     /// Reads the process's resident memory in bytes (`used_memory_rss`). A function rather than
     /// a read here, so the command set stays free of IO.
     pub rss: fn() -> u64,
     /// Where operators' requests to the gateway go (`CLUSTER FORGET`); `None` without one.
-    pub admin: Option<crate::runtime::mailbox::Address<crate::runtime::AdminMsg>>,
+    pub admin: Option<Address<crate::runtime::AdminMsg>>,
+    /// Every client connection of the node (`CLIENT LIST`, `CLIENT KILL`).
+    pub clients: Arc<ClientRegistry>,
+    /// The mailboxes of the node's query actors, by index (`CLIENT KILL` of a connection on
+    /// another actor); empty in tests without a runtime.
+    pub actor_mail: Vec<Address<ActorMsg>>,
+    /// The `SCAN` cursors that could not carry their resume point (see [`cursors`]), shared by
+    /// every actor of the node.
+    pub scan_cursors: Arc<ScanCursors>,
+    /// Whether the node keeps a data directory (`INFO persistence`).
+    pub data_dir: bool,
 }
 
 /// What a command promises, as `COMMAND` reports it (Redis's flag names).
@@ -141,8 +245,12 @@ pub enum KeyArgs {
     None,
     /// The first argument only.
     First,
+    /// The first two arguments (`RENAME`-like).
+    Two,
     /// Every argument.
     All,
+    /// Every other argument, from the first (`MSET key value key value ...`).
+    Pairs,
 }
 
 /// A command: its name, arity, flags, help text and handler.
@@ -198,10 +306,118 @@ macro_rules! spec {
 
 /// Every command the server understands.
 pub static COMMANDS: &[Spec] = &[
-    spec!("get", 2, 2, [ReadOnly, Fast], First, "string", "Returns the value of a key.", keys::get),
-    spec!("set", 3, MANY, [Write], First, "string", "Sets the value of a key.", keys::set),
+    // Strings.
+    spec!("get", 2, 2, [ReadOnly, Fast], First, "string", "Returns the value of a key.", strings::get),
+    spec!("set", 3, MANY, [Write], First, "string", "Sets the value of a key.", strings::set),
+    spec!(
+        "setnx",
+        3,
+        3,
+        [Write, Fast],
+        First,
+        "string",
+        "Sets a key only if it has no value on this replica.",
+        strings::setnx
+    ),
+    spec!(
+        "getset",
+        3,
+        3,
+        [Write, Fast],
+        First,
+        "string",
+        "Sets a key and returns its previous value.",
+        strings::getset
+    ),
+    spec!(
+        "getdel",
+        2,
+        2,
+        [Write, Fast],
+        First,
+        "string",
+        "Returns a key's value and deletes it.",
+        strings::getdel
+    ),
+    spec!("mset", 3, MANY, [Write], Pairs, "string", "Sets several keys at once.", strings::mset),
+    spec!(
+        "msetnx",
+        3,
+        MANY,
+        [Write],
+        Pairs,
+        "string",
+        "Sets several keys at once, only if none of them has a value on this replica.",
+        strings::msetnx
+    ),
+    spec!("mget", 2, MANY, [ReadOnly, Fast], All, "string", "Returns the values of keys.", strings::mget),
+    spec!(
+        "strlen",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "string",
+        "Returns the length of a value.",
+        strings::strlen
+    ),
+    spec!(
+        "getrange",
+        4,
+        4,
+        [ReadOnly],
+        First,
+        "string",
+        "Returns a substring of a value (offsets as in Redis, negative from the end).",
+        strings::getrange
+    ),
+    spec!(
+        "substr",
+        4,
+        4,
+        [ReadOnly],
+        First,
+        "string",
+        "Returns a substring of a value, as GETRANGE.",
+        strings::getrange
+    ),
+    // Keys.
     spec!("del", 2, MANY, [Write], All, "generic", "Deletes keys (leaves tombstones).", keys::del),
     spec!("unlink", 2, MANY, [Write, Fast], All, "generic", "Deletes keys, as DEL.", keys::del),
+    spec!("exists", 2, MANY, [ReadOnly, Fast], All, "generic", "Counts the keys that exist.", keys::exists),
+    spec!(
+        "touch",
+        2,
+        MANY,
+        [ReadOnly, Fast],
+        All,
+        "generic",
+        "Counts the keys that exist, as EXISTS.",
+        keys::exists
+    ),
+    spec!(
+        "type",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "generic",
+        "Returns the type of a key: string or none.",
+        keys::type_
+    ),
+    spec!("rename", 3, 3, [Write], Two, "generic", "Renames a key.", keys::rename),
+    spec!(
+        "renamenx",
+        3,
+        3,
+        [Write, Fast],
+        Two,
+        "generic",
+        "Renames a key only if the new name has no value on this replica.",
+        keys::rename
+    ),
+    spec!("copy", 3, 6, [Write], Two, "generic", "Copies a key's value to another key.", keys::copy),
+    spec!("randomkey", 1, 1, [ReadOnly], None, "generic", "Returns a key picked at random.", keys::randomkey),
     spec!(
         "list",
         1,
@@ -212,8 +428,6 @@ pub static COMMANDS: &[Spec] = &[
         "Returns every live pair under a key prefix, sorted by key, as a flat array.",
         listing::list
     ),
-    spec!("mget", 2, MANY, [ReadOnly, Fast], All, "string", "Returns the values of keys.", keys::mget),
-    spec!("exists", 2, MANY, [ReadOnly, Fast], All, "generic", "Counts the keys that exist.", keys::exists),
     spec!(
         "keys",
         2,
@@ -225,7 +439,131 @@ pub static COMMANDS: &[Spec] = &[
         listing::keys
     ),
     spec!("scan", 2, MANY, [ReadOnly], None, "generic", "Iterates over the keys.", listing::scan),
+    // Server.
     spec!("dbsize", 1, 1, [ReadOnly, Fast], None, "server", "Returns the number of keys.", keys::dbsize),
+    spec!(
+        "flushall",
+        1,
+        2,
+        [Write],
+        None,
+        "server",
+        "Deletes every key: a tombstone for each, replicated to every server.",
+        keys::flushall
+    ),
+    spec!(
+        "flushdb",
+        1,
+        2,
+        [Write],
+        None,
+        "server",
+        "Deletes every key of the one keyspace, as FLUSHALL.",
+        keys::flushall
+    ),
+    spec!(
+        "info",
+        1,
+        MANY,
+        [Stale, Loading],
+        None,
+        "server",
+        "Returns information and counters about the server.",
+        info::info
+    ),
+    spec!("time", 1, 1, [Fast, Stale, Loading], None, "server", "Returns the server's time.", server::time),
+    spec!(
+        "role",
+        1,
+        1,
+        [Fast, Stale, Loading],
+        None,
+        "server",
+        "Returns the replication role: master (every server takes writes).",
+        server::role
+    ),
+    spec!(
+        "memory",
+        2,
+        MANY,
+        [ReadOnly],
+        None,
+        "server",
+        "MEMORY USAGE key: the approximate bytes a key takes.",
+        server::memory
+    ),
+    spec!(
+        "command",
+        1,
+        MANY,
+        [Stale, Loading],
+        None,
+        "server",
+        "Returns information about commands.",
+        connection::command
+    ),
+    spec!(
+        "config",
+        2,
+        MANY,
+        [Stale, Loading],
+        None,
+        "server",
+        "CONFIG GET: reports a few settings.",
+        connection::config
+    ),
+    // Transactions.
+    spec!(
+        "multi",
+        1,
+        1,
+        [Fast, Stale, Loading],
+        None,
+        "transactions",
+        "Starts a transaction: later commands are queued until EXEC.",
+        transaction::multi
+    ),
+    spec!(
+        "exec",
+        1,
+        1,
+        [Stale, Loading],
+        None,
+        "transactions",
+        "Runs the queued commands at once; their writes leave as one delta.",
+        transaction::exec
+    ),
+    spec!(
+        "discard",
+        1,
+        1,
+        [Fast, Stale, Loading],
+        None,
+        "transactions",
+        "Drops the queued commands.",
+        transaction::discard
+    ),
+    spec!(
+        "watch",
+        2,
+        MANY,
+        [Fast, Stale, Loading],
+        All,
+        "transactions",
+        "EXEC runs only if these keys do not change on this replica before it.",
+        transaction::watch
+    ),
+    spec!(
+        "unwatch",
+        1,
+        1,
+        [Fast, Stale, Loading],
+        None,
+        "transactions",
+        "Forgets the watched keys.",
+        transaction::unwatch
+    ),
+    // Connection.
     spec!(
         "ping",
         1,
@@ -267,36 +605,6 @@ pub static COMMANDS: &[Spec] = &[
         connection::hello
     ),
     spec!(
-        "info",
-        1,
-        MANY,
-        [Stale, Loading],
-        None,
-        "server",
-        "Returns information and counters about the server.",
-        info::info
-    ),
-    spec!(
-        "command",
-        1,
-        MANY,
-        [Stale, Loading],
-        None,
-        "server",
-        "Returns information about commands.",
-        connection::command
-    ),
-    spec!(
-        "client",
-        2,
-        MANY,
-        [Stale, Loading],
-        None,
-        "connection",
-        "Connection commands: SETNAME, GETNAME, ID, INFO.",
-        connection::client
-    ),
-    spec!(
         "auth",
         2,
         3,
@@ -305,6 +613,16 @@ pub static COMMANDS: &[Spec] = &[
         "connection",
         "Authenticates the connection.",
         connection::auth
+    ),
+    spec!(
+        "client",
+        2,
+        MANY,
+        [Stale, Loading],
+        None,
+        "connection",
+        "Connection commands: LIST, KILL, ID, INFO, SETNAME, GETNAME, SETINFO.",
+        client::client
     ),
     spec!(
         "select",
@@ -317,15 +635,16 @@ pub static COMMANDS: &[Spec] = &[
         connection::select
     ),
     spec!(
-        "config",
-        2,
-        MANY,
-        [Stale, Loading],
+        "reset",
+        1,
+        1,
+        [Fast, NoAuth, Stale, Loading],
         None,
-        "server",
-        "CONFIG GET: reports a few settings.",
-        connection::config
+        "connection",
+        "Resets the connection: transaction, watched keys, protocol, name, authentication.",
+        connection::reset
     ),
+    // Cluster.
     spec!(
         "cluster",
         2,
@@ -340,7 +659,12 @@ pub static COMMANDS: &[Spec] = &[
 
 /// The command called `name` (any case).
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| name.eq_ignore_ascii_case(s.name.as_bytes()))
+    find(name).map(|(_, spec)| spec)
+}
+
+/// The command called `name` (any case) and its index in [`COMMANDS`].
+fn find(name: &[u8]) -> Option<(usize, &'static Spec)> {
+    COMMANDS.iter().enumerate().find(|(_, s)| name.eq_ignore_ascii_case(s.name.as_bytes()))
 }
 
 /// A command being executed: its arguments, the connection and actor it runs on, where its
@@ -389,6 +713,42 @@ impl Ctx<'_> {
     fn replica(&self) -> &Replica {
         &self.actor.replica
     }
+
+    /// The live value of `key` on this replica, counted as a keyspace hit or miss.
+    fn read(&mut self, key: &[u8]) -> Option<Bytes> {
+        let found = self.actor.replica.map().get(key).cloned();
+        match found {
+            Some(_) => self.actor.counters.hits += 1,
+            None => self.actor.counters.misses += 1,
+        }
+        found
+    }
+
+    /// A client write through the replica, the same path for every write command: `Some`
+    /// puts, `None` deletes. The value is copied out of the connection's read buffer (a slice
+    /// of it would pin the whole buffer for as long as the value is stored).
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<Timestamp, Lost> {
+        let key = Bytes::copy_from_slice(key);
+        self.actor.replica.write(key, value.map(Bytes::copy_from_slice), self.now)
+    }
+
+    /// Replies to a write that lost to an entry stamped ahead of this server's clock.
+    fn lost(&mut self, lost: Lost) {
+        self.error(&format!(
+            "CLOCKSKEW the key holds a write stamped {} ms ahead of this server's clock; this write was not applied",
+            lost.newer.wall_ms.saturating_sub(self.now.wall_ms)
+        ));
+    }
+}
+
+/// Whether a command runs on its own or as part of an `EXEC`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Sent by the client.
+    Direct,
+    /// Queued in a transaction and run by `EXEC`, which made the checks that apply to the
+    /// transaction as a whole (the disk, the clock) once, before its first command.
+    InExec,
 }
 
 /// Executes one command and appends its reply to `out`.
@@ -399,39 +759,81 @@ pub fn execute(
     now: Now,
     out: &mut ReplyBuf,
 ) -> Flow {
-    NodeStats::add(&actor.info.stats.commands_processed, 1);
+    actor.counters.commands += 1;
     let Some(name) = args.first() else {
         resp::error(out.raw(), "ERR empty command");
         return Flow::Continue;
     };
-    // The order of the checks is Redis's: an unknown command and a wrong arity are reported
-    // before a missing password.
-    let Some(spec) = lookup(name) else {
-        let mut msg = format!("ERR unknown command '{}', with args beginning with:", printable(name, 64));
-        for a in args.iter().skip(1).take(8) {
-            let _ = write!(msg, " '{}'", printable(a, 64));
+    if session.multi.is_some() && !transaction::runs_inside_multi(name) {
+        transaction::queue(actor, session, args, out);
+        return Flow::Continue;
+    }
+    dispatch(actor, session, args, now, out, Mode::Direct)
+}
+
+/// Looks a command up, checks it may run, and runs it.
+fn dispatch(
+    actor: &mut ActorState,
+    session: &mut Session,
+    args: &[Bytes],
+    now: Now,
+    out: &mut ReplyBuf,
+    mode: Mode,
+) -> Flow {
+    let (index, spec) = match check(actor, session, args) {
+        Ok(found) => found,
+        Err(msg) => {
+            resp::error(out.raw(), &msg);
+            return Flow::Continue;
         }
-        resp::error(out.raw(), &msg);
-        return Flow::Continue;
     };
-    if !(spec.min_args..=spec.max_args).contains(&args.len()) {
-        resp::error(out.raw(), &format!("ERR wrong number of arguments for '{}' command", spec.name));
-        return Flow::Continue;
-    }
-    if actor.password.is_some() && !session.authenticated && !spec.has(Flag::NoAuth) {
-        resp::error(out.raw(), "NOAUTH Authentication required.");
-        return Flow::Continue;
-    }
-    if spec.has(Flag::Write)
-        && let Some(reason) = actor.info.stats.misconf()
+    if mode == Mode::Direct
+        && spec.has(Flag::Write)
+        && let Some(why) = write_refusal(actor)
     {
-        // The disk refuses the log: a write acknowledged now could be lost (design 4.3).
-        resp::error(out.raw(), &format!("MISCONF {reason}"));
+        resp::error(out.raw(), &why);
         return Flow::Continue;
+    }
+    if let Some(record) = &session.record {
+        record.touch(now.mono_ms, index);
     }
     let mut ctx = Ctx { args, out, session, actor, now, flow: Flow::Continue };
     (spec.run)(&mut ctx);
     ctx.flow
+}
+
+/// What `dispatch` checks before a command runs (and `MULTI` before it queues one), in
+/// Redis's order: an unknown command and a wrong arity are reported before a missing
+/// password.
+fn check(actor: &ActorState, session: &Session, args: &[Bytes]) -> Result<(usize, &'static Spec), String> {
+    let name = &args[0];
+    let Some((index, spec)) = find(name) else {
+        if let Some(why) = refused::reason(name) {
+            return Err(why);
+        }
+        let mut msg = format!("ERR unknown command '{}', with args beginning with:", printable(name, 64));
+        for a in args.iter().skip(1).take(8) {
+            let _ = write!(msg, " '{}'", printable(a, 64));
+        }
+        return Err(msg);
+    };
+    if !(spec.min_args..=spec.max_args).contains(&args.len()) {
+        return Err(format!("ERR wrong number of arguments for '{}' command", spec.name));
+    }
+    if actor.password.is_some() && !session.authenticated && !spec.has(Flag::NoAuth) {
+        return Err("NOAUTH Authentication required.".into());
+    }
+    Ok((index, spec))
+}
+
+/// Why client writes are refused right now, if they are: the disk refuses the log (an
+/// acknowledged write could be lost, design 4.3), or this server's clock is too far from its
+/// peers' (design 4.9). Reads are still served.
+fn write_refusal(actor: &ActorState) -> Option<String> {
+    if let Some(reason) = actor.info.stats.misconf() {
+        return Some(format!("MISCONF {reason}"));
+    }
+    actor.info.stats.clock_refusal().map(|why| format!("CLOCKSKEW {why}"))
 }
 
 /// A short, printable rendering of client bytes for error messages.
@@ -449,6 +851,24 @@ fn key_ok(c: &mut Ctx<'_>, key: &[u8]) -> bool {
     true
 }
 
+/// Whether `value` is within the value limit; replies with an error otherwise.
+fn value_ok(c: &mut Ctx<'_>, value: &[u8]) -> bool {
+    if value.len() > MAX_VALUE {
+        c.error(&format!("ERR value too large: {} bytes (the limit is {MAX_VALUE})", value.len()));
+        return false;
+    }
+    true
+}
+
+/// An integer argument, or an error reply in Redis's words.
+fn parse_int(c: &mut Ctx<'_>, arg: &[u8]) -> Option<i64> {
+    let n = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<i64>().ok());
+    if n.is_none() {
+        c.error("ERR value is not an integer or out of range");
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::testutil::*;
@@ -463,8 +883,22 @@ mod tests {
             Value::Error("ERR wrong number of arguments for 'get' command".into())
         );
         err_starting(&h.run(&["SET", "a"]), "ERR wrong number of arguments for 'set' command");
-        err_starting(&h.run(&["FLUSHALL"]), "ERR unknown command 'FLUSHALL', with args beginning with:");
+        err_starting(&h.run(&["NOSUCH", "x"]), "ERR unknown command 'NOSUCH', with args beginning with: 'x'");
         assert_eq!(h.run_flow(&[]).0, Value::Error("ERR empty command".into()));
+    }
+
+    #[test]
+    fn refused_commands_say_why() {
+        let mut h = Harness::new();
+        err_starting(&h.run(&["INCR", "n"]), "ERR INCR is not supported: ");
+        let Value::Error(e) = h.run(&["incrby", "n", "5"]) else { panic!() };
+        assert!(e.contains("last-writer-wins"), "{e}");
+        err_starting(&h.run(&["LPUSH", "l", "x"]), "ERR LPUSH is not supported: ");
+        assert_eq!(h.run(&["DBSIZE"]), Value::Integer(0), "nothing was written");
+        for (name, _) in refused::REFUSED {
+            assert!(lookup(name.as_bytes()).is_none(), "{name} is both run and refused");
+            err_starting(&h.run(&[name]), &format!("ERR {} is not supported: ", name.to_ascii_uppercase()));
+        }
     }
 
     #[test]
@@ -483,7 +917,33 @@ mod tests {
         }
         assert_eq!(lookup(b"GET").unwrap().redis_arity(), 2);
         assert_eq!(lookup(b"mget").unwrap().redis_arity(), -2);
-        assert!(lookup(b"flushall").is_none());
+        assert!(lookup(b"incr").is_none());
+    }
+
+    /// The README's command list names exactly the commands of the table and of the refused
+    /// list: every word in capitals between backticks in its "Commands (RESP)" section that is
+    /// a command name, and no command left out.
+    #[test]
+    fn the_readme_lists_the_table() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("### Commands (RESP)").expect("the README has a command section");
+        let section = &readme[start..];
+        let end = section[4..].find("\n### ").map_or(section.len(), |i| i + 4);
+        let section = &section[..end];
+        let mut named = std::collections::BTreeSet::new();
+        for code in section.split('`').skip(1).step_by(2) {
+            for word in code.split(|c: char| !c.is_ascii_alphanumeric()) {
+                if word.len() > 1 && word.chars().all(|c| c.is_ascii_uppercase()) {
+                    named.insert(word.to_ascii_lowercase());
+                }
+            }
+        }
+        for spec in COMMANDS {
+            assert!(named.contains(spec.name), "the README does not name {}", spec.name);
+        }
+        for (name, _) in refused::REFUSED {
+            assert!(named.contains(*name), "the README does not name the refused {name}");
+        }
     }
 
     #[test]
@@ -507,10 +967,39 @@ mod tests {
         err_starting(&h.run(&["NOSUCH"]), "ERR unknown command");
         err_starting(&h.run(&["GET"]), "ERR wrong number of arguments");
         let allowed: Vec<&str> = COMMANDS.iter().filter(|s| s.has(Flag::NoAuth)).map(|s| s.name).collect();
-        assert_eq!(allowed, ["quit", "hello", "auth"]);
+        assert_eq!(allowed, ["quit", "hello", "auth", "reset"]);
         assert_eq!(h.run(&["AUTH", "s3cret"]), ok());
         assert_eq!(h.run(&["SET", "k", "v"]), ok());
         assert_eq!(h.run(&["GET", "k"]), bulk("v"));
         assert_eq!(h.actor.replica.map().len(), 1, "nothing was written before AUTH");
+    }
+
+    #[test]
+    fn writes_are_refused_while_the_disk_or_the_clock_refuses_them() {
+        let mut h = Harness::new();
+        let stats = h.actor.info.stats.clone();
+        stats.persist_refusing.store(true, std::sync::atomic::Ordering::Release);
+        *stats.persist_refusal.lock().unwrap() = "disk full".into();
+        let writes: &[&[&str]] = &[
+            &["SET", "k", "v"],
+            &["MSET", "a", "1", "b", "2"],
+            &["SETNX", "k", "v"],
+            &["GETSET", "k", "v"],
+            &["GETDEL", "k"],
+            &["DEL", "k"],
+            &["FLUSHALL"],
+        ];
+        for w in writes {
+            assert_eq!(h.run(w), Value::Error("MISCONF disk full".into()), "{w:?}");
+        }
+        assert_eq!(h.run(&["GET", "k"]), Value::Nil, "reads go on");
+        stats.persist_refusing.store(false, std::sync::atomic::Ordering::Release);
+        stats.clock_ahead_ms.store(900, std::sync::atomic::Ordering::Relaxed);
+        for w in writes {
+            err_starting(&h.run(w), "CLOCKSKEW clock ahead of the cluster by 900 ms");
+        }
+        assert_eq!(h.actor.replica.map().entry_count(), 0, "nothing was written");
+        stats.clock_ahead_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(h.run(&["SET", "k", "v"]), ok());
     }
 }

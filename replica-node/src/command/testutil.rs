@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use replica_core::{Now, Replica};
 pub use resp::{Protocol, Value};
 
-use super::{ActorState, Cursors, Flow, NodeInfo, Password, ReplyBuf, Session, execute};
+use super::{ActorState, ClientRegistry, Flow, NodeInfo, Password, ReplyBuf, ScanCursors, Session, execute};
 use crate::stats::NodeStats;
 
 /// The resident memory a harness reports for `INFO`.
@@ -31,10 +31,19 @@ impl Harness {
             maxclients: 10_000,
             rss: || FAKE_RSS,
             admin: None,
+            clients: Arc::new(ClientRegistry::default()),
+            actor_mail: Vec::new(),
+            scan_cursors: Arc::new(ScanCursors::default()),
+            data_dir: false,
         };
-        let actor =
-            ActorState { replica: Replica::new(0, 7, 1), cursors: Cursors::default(), info, password: None };
-        Harness { actor, session: Session::new(42), ms: 0 }
+        let record = info.clients.register(0, "127.0.0.1:40000".into(), "127.0.0.1:6001".into(), 0);
+        let actor = ActorState::new(Replica::new(0, 7, 1), info, None);
+        Harness { actor, session: Session::listed(record), ms: 0 }
+    }
+
+    /// The time of the next command.
+    pub fn now(&self) -> Now {
+        Now { wall_ms: 1_700_000_000_000 + self.ms + 1, mono_ms: self.ms + 1 }
     }
 
     /// A harness whose node requires `password`.
@@ -46,8 +55,8 @@ impl Harness {
 
     /// Runs one command; returns its reply bytes and what the connection does next.
     pub fn run_raw(&mut self, args: &[&[u8]], limit: usize) -> (ReplyBuf, Flow) {
+        let now = self.now();
         self.ms += 1;
-        let now = Now { wall_ms: 1_700_000_000_000 + self.ms, mono_ms: self.ms };
         let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
         let mut out = ReplyBuf::new(limit);
         let flow = execute(&mut self.actor, &mut self.session, &args, now, &mut out);

@@ -20,7 +20,7 @@ use lww_crdt::{BytesMap, Timestamp};
 use replica_core::Replica;
 use replica_core::gateway::{Gateway, GatewayConfig, JoinTarget};
 
-use crate::command::NodeInfo;
+use crate::command::{ClientRegistry, NodeInfo, ScanCursors};
 use crate::runtime::client_conn::MIN_OUTPUT_LIMIT;
 use crate::runtime::gateway_loop::{self, GatewayStart, TokioWake};
 use crate::runtime::mailbox::{Address, Mailbox, Notify};
@@ -164,6 +164,8 @@ impl Node {
         let persist_writes = persist_parts.as_ref().map(|(_, w, _, _)| w.clone());
 
         let mut copies = copies_of(&recovered, config.actors)?.into_iter();
+        let client_registry = Arc::new(ClientRegistry::default());
+        let scan_cursors = Arc::new(ScanCursors::default());
         let mut threads = Vec::new();
         for (i, ((listener, poll), mailbox)) in listeners.into_iter().zip(polls).zip(mailboxes).enumerate() {
             let recipients: Vec<_> = addresses
@@ -193,6 +195,10 @@ impl Node {
                     maxclients: config.clients.maxclients,
                     rss: rss_bytes,
                     admin: Some(admin_addr.clone()),
+                    clients: client_registry.clone(),
+                    actor_mail: addresses.clone(),
+                    scan_cursors: scan_cursors.clone(),
+                    data_dir: config.data_dir.is_some(),
                 },
                 clients: config.clients.clone(),
                 stop: stopped.clone(),

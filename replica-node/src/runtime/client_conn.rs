@@ -67,11 +67,17 @@ pub struct ReadStatus {
 impl ClientConn {
     /// A new connection, with session id `id`, whose unsent replies may not exceed
     /// `output_limit` bytes.
+    #[cfg(test)]
     pub fn new(id: u64, output_limit: usize, now_ms: u64) -> Self {
+        Self::with_session(Session::new(id), output_limit, now_ms)
+    }
+
+    /// A new connection with `session` (one listed in the node's clients).
+    pub fn with_session(session: Session, output_limit: usize, now_ms: u64) -> Self {
         ClientConn {
             rbuf: BytesMut::new(),
             parser: RequestParser::new(),
-            session: Session::new(id),
+            session,
             out: ReplyBuf::new(output_limit),
             closing: false,
             eof: false,

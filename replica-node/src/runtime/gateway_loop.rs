@@ -172,8 +172,8 @@ impl Driver {
                 Ok(ActorMsg::Sync(batch)) => {
                     self.gateway.handle(Event::Local(batch.delta), self.clock.now());
                 }
-                // Only the gateway sends these.
-                Ok(ActorMsg::Collect(_)) => {}
+                // Only the gateway sends these; connections are the actors' business.
+                Ok(ActorMsg::Collect(_) | ActorMsg::KillClient(_)) => {}
                 Err(why) => return why,
             }
         }

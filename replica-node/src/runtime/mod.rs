@@ -25,6 +25,8 @@ pub enum ActorMsg {
     /// Tombstones every server of the cluster holds, older than the grace: remove them (each
     /// only if the replica holds that very tombstone).
     Collect(std::sync::Arc<Vec<(bytes::Bytes, lww_crdt::Timestamp)>>),
+    /// `CLIENT KILL` on another actor: close this actor's client connection with that id.
+    KillClient(u64),
 }
 
 /// Requests from operators to the gateway (through a query actor's client port).

@@ -217,6 +217,7 @@ pub(crate) fn run(start: PersistStart) -> Result<(), String> {
                 // Collected tombstones stay in the log until compaction drops what is
                 // superseded; after a restart they are collected again.
                 Ok(ActorMsg::Collect(_)) => got = true,
+                Ok(ActorMsg::KillClient(_)) => {}
                 Err(why) => fanout_closed = why == Empty::Closed,
             }
             if !got {

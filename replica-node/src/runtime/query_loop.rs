@@ -39,7 +39,7 @@ use super::client_conn::{ClientConn, ClientOptions, Refusal};
 use super::mailbox::{Address, Empty, Mailbox};
 use super::persist_loop::PersistMsg;
 use super::{ActorMsg, Clock};
-use crate::command::{ActorState, Cursors, NodeInfo};
+use crate::command::{ActorState, NodeInfo, Session};
 
 /// Everything a query actor's thread starts with.
 #[derive(Debug)]
@@ -105,7 +105,8 @@ struct Actor {
     free: Vec<usize>,
     /// Connections with work, in turn order.
     ready: VecDeque<usize>,
-    next_session: u64,
+    /// Monotonic ms of the next sample of the node's command count.
+    next_ops_sample: u64,
     options: ClientOptions,
     clock: Clock,
     /// Monotonic ms of the next idle check.
@@ -142,17 +143,12 @@ pub fn run(start: ActorStart) {
         replica.keep_durable();
     }
     let mut actor = Actor {
-        state: ActorState {
-            replica,
-            cursors: Cursors::default(),
-            info,
-            password: clients.requirepass.clone(),
-        },
+        state: ActorState::new(replica, info, clients.requirepass.clone()),
         recipients,
         clients: Vec::new(),
         free: Vec::new(),
         ready: VecDeque::new(),
-        next_session: 1,
+        next_ops_sample: 0,
         options: clients,
         clock,
         next_idle_check: 0,
@@ -190,7 +186,7 @@ pub fn run(start: ActorStart) {
             }
         }
         actor.serve_ready(&poll);
-        actor.deliver_mail(&mailbox);
+        actor.deliver_mail(&mailbox, &poll);
         actor.sync();
         actor.close_idle(&poll);
     }
@@ -273,8 +269,15 @@ impl Actor {
             self.state.info.stats.client_closed();
             return;
         }
-        let conn = ClientConn::new(self.next_session, self.options.output_limit, self.clock.now().mono_ms);
-        self.next_session += 1;
+        let now = self.clock.now().mono_ms;
+        let info = &self.state.info;
+        let record = info.clients.register(
+            self.state.replica.index(),
+            peer.to_string(),
+            info.client_addr.clone(),
+            now,
+        );
+        let conn = ClientConn::with_session(Session::listed(record), self.options.output_limit, now);
         self.clients[slot] = Some(Client { stream, conn, peer, queued: false });
     }
 
@@ -371,6 +374,18 @@ impl Actor {
             let _ = poll.registry().deregister(&mut client.stream);
             self.free.push(slot);
             self.state.info.stats.client_closed();
+            self.state.info.clients.unregister(client.conn.session().id);
+        }
+    }
+
+    /// Closes the connection with session id `id` (`CLIENT KILL` from another connection).
+    fn kill(&mut self, id: u64, poll: &Poll) {
+        let slot = self.clients.iter().position(|c| c.as_ref().is_some_and(|c| c.conn.session().id == id));
+        if let Some(slot) = slot {
+            if let Some(client) = &self.clients[slot] {
+                tracing::debug!(client = %client.peer, id, "closing a client connection: CLIENT KILL");
+            }
+            self.close(slot, poll);
         }
     }
 
@@ -393,7 +408,7 @@ impl Actor {
         }
     }
 
-    fn deliver_mail(&mut self, mailbox: &Mailbox<ActorMsg>) {
+    fn deliver_mail(&mut self, mailbox: &Mailbox<ActorMsg>, poll: &Poll) {
         mailbox.begin_drain();
         loop {
             match mailbox.try_recv() {
@@ -404,6 +419,7 @@ impl Actor {
                 Ok(ActorMsg::Collect(tombstones)) => {
                     self.state.replica.collect(&tombstones);
                 }
+                Ok(ActorMsg::KillClient(id)) => self.kill(id, poll),
                 Err(Empty::Empty | Empty::Closed) => return,
             }
         }
@@ -461,6 +477,12 @@ impl Actor {
             }
         }
         self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
+        self.state.publish_counters();
+        let now = self.clock.now().mono_ms;
+        if now >= self.next_ops_sample {
+            self.state.info.stats.sample_ops(now);
+            self.next_ops_sample = now + crate::stats::OPS_SAMPLE_MS;
+        }
         let future = self.state.replica.future_timestamps_ignored();
         if future > self.future_logged {
             // One line per round at most, however many merges brought such timestamps.
