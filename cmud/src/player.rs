@@ -10,7 +10,7 @@ use crate::chat::{self, Kind, Message};
 use crate::keys::{self, LedgerId, Name, SessionId};
 use crate::ledger::{self, Holdings, Ledger};
 use crate::problem;
-use crate::rules::{Place, Rank};
+use crate::rules::{Hardware, Place, Rank};
 use crate::store::{Store, StoreError};
 
 /// What a command may use: the store, the dice, the time, and a place to leave warnings about
@@ -93,6 +93,10 @@ pub enum Arrival {
     Created(Player),
     /// An existing character was loaded.
     Returned(Player),
+    /// An existing character was loaded that had no hardware at all (its starting kit's record
+    /// was missing): it got the starting cpu back, as after a wipe-out, rather than mine with
+    /// no power.
+    Reequipped(Player),
 }
 
 impl Player {
@@ -110,6 +114,10 @@ impl Player {
         if exists {
             player.refresh_place(ctx)?;
             player.touch(ctx);
+            if player.holdings(ctx)?.units() == 0 {
+                player.reequip(ctx)?;
+                return Ok(Arrival::Reequipped(player));
+            }
             return Ok(Arrival::Returned(player));
         }
         // The starting kit goes to a key shared by every creator with the same bytes, so a
@@ -123,6 +131,18 @@ impl Player {
         let text = format!("{} enrolls at the university.", player.name);
         player.post(Kind::Event, &text, ctx)?;
         Ok(Arrival::Created(player))
+    }
+
+    /// Gives a character with no hardware the starting cpu back: the starting kit again if its
+    /// record is missing (the same bytes every creator writes, so two sessions doing this at
+    /// once still give one cpu), else a spare cpu in this session's ledger.
+    fn reequip(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StoreError> {
+        let genesis = keys::ledger(&self.name, LedgerId::Genesis);
+        if ctx.store.get(&genesis)?.is_none() {
+            ctx.store.put(&genesis, &Ledger::genesis().encode())
+        } else {
+            self.record(ctx, |l| l.gain(Hardware::Cpu, 1))
+        }
     }
 
     /// The player's name.

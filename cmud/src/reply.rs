@@ -203,6 +203,12 @@ pub fn num(n: impl Into<i128>) -> String {
     out
 }
 
+/// A number and its noun, singular for exactly one: `1 coin`, `0 coins`, `1,200 units`.
+pub fn count(n: impl Into<i128>, one: &str, many: &str) -> String {
+    let n: i128 = n.into();
+    format!("{} {}", num(n), if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +232,13 @@ mod tests {
         assert_eq!(num(1000), "1,000");
         assert_eq!(num(10_000_000), "10,000,000");
         assert_eq!(num(-1234), "-1,234");
+    }
+
+    #[test]
+    fn one_is_singular() {
+        assert_eq!(count(1, "coin", "coins"), "1 coin");
+        assert_eq!(count(0, "coin", "coins"), "0 coins");
+        assert_eq!(count(-1, "coin", "coins"), "-1 coins");
+        assert_eq!(count(2500, "unit", "units"), "2,500 units");
     }
 }

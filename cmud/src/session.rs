@@ -137,6 +137,11 @@ impl Login {
                 let reply = story::welcome_back(player.name(), player.place());
                 (Phase::Playing(Playing { player }), reply)
             }
+            Ok(Arrival::Reequipped(player)) => {
+                let mut reply = story::welcome_back(player.name(), player.place());
+                reply.add(Tone::Warn, "Your rig is gone. A kind TA lends you a spare cpu to start again.");
+                (Phase::Playing(Playing { player }), reply)
+            }
             Err(e) => (Phase::Login(self), cmd::store_error(&e)),
         }
     }

@@ -68,7 +68,11 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
 impl From<ClientError> for StoreError {
     fn from(e: ClientError) -> Self {
-        if e.is_unavailable() {
+        if let ClientError::Unavailable { attempts } = &e {
+            // Only the details: the variant already says that no server answered.
+            let tried: Vec<String> = attempts.iter().map(|(addr, e)| format!("{addr}: {e}")).collect();
+            StoreError::Unavailable(format!("tried {}", tried.join(", ")))
+        } else if e.is_unavailable() {
             StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Failed(e.to_string())

@@ -76,7 +76,7 @@ fn a_new_character_gets_the_story_and_comes_back_to_a_welcome() {
     let stats = run(&mut game, "stats");
     assert!(stats.contains("ada, Undergraduate"), "{stats}");
     assert!(stats.contains("coins  0"), "{stats}");
-    assert!(stats.contains("power  1"), "{stats}");
+    assert!(stats.contains("power  1  (1 unit)"), "{stats}");
     assert!(stats.contains("Gates floor 5"), "{stats}");
     assert!(stats.contains("0 of 100 solved"), "{stats}");
     assert_eq!(game.phase().prompt(), "[gates5] ada> ");
@@ -97,6 +97,25 @@ fn the_intro_is_paced_in_beats() {
     let intro = game.input("ada", tick());
     let pauses = intro.items.iter().filter(|i| matches!(i, cmud::Item::Pause)).count();
     assert!(pauses >= 3, "{intro:?}");
+}
+
+#[test]
+fn a_returning_player_without_hardware_gets_the_starting_cpu_back() {
+    let store = Arc::new(MemStore::new());
+    let ada = Name::parse("ada").unwrap();
+    login(&store, 1, "ada");
+    // The starting kit's record is lost: ada would mine with no power.
+    store.delete(&keys::ledger(&ada, LedgerId::Genesis)).unwrap();
+    assert_eq!(holdings(&*store, "ada").units(), 0);
+    let mut back = Game::new(store.clone(), SessionId(2), 2);
+    let reply = run(&mut back, "ada");
+    assert!(reply.contains("Welcome back, ada.") && reply.contains("spare cpu"), "{reply}");
+    assert_eq!(holdings(&*store, "ada").count(Hardware::Cpu), 1);
+    assert!(run(&mut back, "stats").contains("power  1  (1 unit)"));
+    // With hardware, a return changes nothing.
+    let mut again = Game::new(store.clone(), SessionId(3), 3);
+    assert!(!run(&mut again, "ada").contains("spare cpu"));
+    assert_eq!(holdings(&*store, "ada").count(Hardware::Cpu), 1);
 }
 
 #[test]
@@ -180,10 +199,19 @@ fn buying_checks_the_balance_the_rank_and_the_limits() {
     let have = coins(&game);
     assert!(run(&mut game, &format!("buy cpu {}", have + 1)).contains("can't afford"));
     let bought = run(&mut game, "buy cpus max");
-    assert!(bought.contains(&format!("You buy {have} cpu for {have} coins")), "{bought}");
+    assert!(bought.contains(&format!("You buy {have} cpu for {have} coins.")), "{bought}");
     assert_eq!(coins(&game), 0);
     let inv = run(&mut game, "inv");
     assert!(inv.contains(&format!("total power {}", have + 1)), "{inv}");
+    assert!(run(&mut game, "shop").contains("(you have 0 coins):"));
+    mine_until(&mut game, 1);
+    let one = coins(&game);
+    run(&mut game, &format!("buy cpu {}", one - 1));
+    assert!(run(&mut game, "shop").contains("(you have 1 coin):"), "one coin, singular");
+    let bought = run(&mut game, "buy cpu 1");
+    assert!(bought.contains("You buy 1 cpu for 1 coin."), "{bought}");
+    let mine = run(&mut game, "mine");
+    assert!(mine.contains("You mine once") && !mine.contains("of 1 tries"), "{mine}");
 }
 
 #[test]
@@ -430,7 +458,7 @@ fn a_wipe_out_leaves_one_cpu_and_ends_the_battle() {
             break;
         }
     }
-    assert!(log.contains("Smoke! 1 of your 1 cpu burn out."), "{log}");
+    assert!(log.contains("Smoke! 1 of your 1 cpu burns out."), "{log}");
     assert!(log.contains("spare cpu"), "{log}");
     assert!(!game.phase().in_battle());
     let h = holdings(&*store, "ada");

@@ -213,12 +213,67 @@ fn news_appears_live_at_an_idle_prompt() {
     }
 }
 
+/// Two free TCP ports in a row on loopback (and the UDP port below them for the node).
+fn free_ports() -> u16 {
+    for _ in 0..100 {
+        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base > 2
+            && base < 65534
+            && TcpListener::bind(("127.0.0.1", base + 1)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", base - 1)).is_ok()
+        {
+            return base;
+        }
+    }
+    panic!("no free ports")
+}
+
+#[test]
+fn listen_puts_the_embedded_world_at_a_known_address_behind_the_password() {
+    let port = free_ports();
+    let listen = format!("127.0.0.1:{port}");
+    let mut ada = Command::new(CMUD);
+    ada.args(["--listen", &listen, "--name", "ada", "--seed", "1", "--story-ms", "0"])
+        .env("CMUD_PASSWORD", "open sesame")
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm");
+    let mut ada = Session::spawn(ada).expect("spawn cmud in a pty");
+    ada.set_expect_timeout(Some(Duration::from_secs(15)));
+    expect(&mut ada, &format!("Others on this machine can join it meanwhile: cmud --server {listen}"));
+    expect(&mut ada, "[gates5] ada> ");
+    // The known address needs the password...
+    let out = Command::new(CMUD).args(["--server", &listen]).env_remove("CMUD_PASSWORD").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the server wants a password"));
+    // ... and with it, Bob plays in Ada's world, on either of its ports.
+    let second = format!("127.0.0.1:{}", port + 1);
+    let mut bob = Command::new(CMUD);
+    bob.args(["--server", &second, "--name", "bob", "--story-ms", "0"])
+        .env("CMUD_PASSWORD", "open sesame")
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm");
+    let mut bob = Session::spawn(bob).expect("spawn cmud in a pty");
+    bob.set_expect_timeout(Some(Duration::from_secs(15)));
+    expect(&mut bob, "bob> ");
+    send(&mut bob, "who");
+    expect(&mut bob, "ada");
+    for mut s in [bob, ada] {
+        send(&mut s, "quit");
+        expect(&mut s, "Goodbye");
+        exits_cleanly(s);
+    }
+    let out = Command::new(CMUD).args(["--listen", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the port must be from 2 to 65534"));
+}
+
 #[test]
 fn a_world_that_cannot_be_reached_exits_with_a_clear_message() {
     let out = Command::new(CMUD).args(["--server", &dead_addr(), "--server", &dead_addr()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cmud: cannot reach any server: no server answered"), "{err}");
+    assert_eq!(err.matches("no server answered").count(), 1, "said once: {err}");
 
     let out = Command::new(CMUD).args(["--server", "nowhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -231,7 +286,9 @@ fn a_world_that_cannot_be_reached_exits_with_a_clear_message() {
     let out = Command::new(CMUD).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--server", "--name", "--seed", "--story-ms", "embedded", "--password", "CMUD_PASSWORD"] {
+    for flag in
+        ["--server", "--name", "--seed", "--story-ms", "embedded", "--password", "CMUD_PASSWORD", "--listen"]
+    {
         assert!(help.contains(flag), "{help}");
     }
 }

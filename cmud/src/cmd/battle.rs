@@ -175,12 +175,15 @@ fn step(mut fight: Fight, player: &mut Player, ctx: &mut Ctx<'_>) -> Result<(Rep
                 }
             })?;
             if lost > 0 {
-                r.push(
-                    Line::new().push(
-                        Tone::Bad,
-                        format!("Smoke! {} of your {} {hw} burn out.", num(lost), num(count)),
+                r.push(Line::new().push(
+                    Tone::Bad,
+                    format!(
+                        "Smoke! {} of your {} {hw} {}.",
+                        num(lost),
+                        num(count),
+                        if lost == 1 { "burns out" } else { "burn out" }
                     ),
-                );
+                ));
             }
             if wiped {
                 r.add(

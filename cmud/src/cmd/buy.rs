@@ -1,7 +1,7 @@
 //! `buy <hw> [n|max]`: coins for hardware.
 
 use crate::player::{Ctx, Player};
-use crate::reply::{Line, Reply, Tone, num};
+use crate::reply::{Line, Reply, Tone, count, num};
 use crate::rules::{Hardware, MAX_BUY};
 use crate::store::StoreError;
 
@@ -57,8 +57,8 @@ pub fn apply(
     Ok(Reply::line(
         Line::new()
             .push(Tone::Good, format!("You buy {} {hw} for ", num(n)))
-            .push(Tone::Coin, num(cost))
-            .push(Tone::Good, " coins.")
+            .push(Tone::Coin, count(cost, "coin", "coins"))
+            .push(Tone::Good, ".")
             .plain(format!(" Power: {}. Balance: ", num(power)))
             .push(Tone::Coin, num(h.coins() - i128::from(cost)))
             .plain("."),

@@ -23,7 +23,11 @@ pub fn apply(player: &mut Player, attempts: u32, ctx: &mut Ctx<'_>) -> Result<Re
     let balance = h.coins().saturating_add(i128::from(coins));
     r.push(
         Line::new()
-            .plain(format!("{} of {} tries struck coins: ", num(found), num(attempts)))
+            .plain(if attempts == 1 {
+                if found == 1 { "You struck coins: ".to_owned() } else { "Nothing this time: ".to_owned() }
+            } else {
+                format!("{} of {} tries struck coins: ", num(found), num(attempts))
+            })
             .push(Tone::Coin, format!("+{}", num(coins)))
             .plain(". Balance: ")
             .push(Tone::Coin, num(balance))

@@ -1,7 +1,7 @@
 //! `shop`: the price list, and what the player's rank may buy.
 
 use crate::player::{Ctx, Player};
-use crate::reply::{Line, Reply, Tone, num};
+use crate::reply::{Line, Reply, Tone, count, num};
 use crate::rules::Hardware;
 use crate::store::StoreError;
 
@@ -12,8 +12,8 @@ pub fn apply(player: &Player, ctx: &mut Ctx<'_>) -> Result<Reply, StoreError> {
         Line::new()
             .push(Tone::Title, "The shop")
             .plain(" (you have ")
-            .push(Tone::Coin, num(h.coins()))
-            .plain(" coins):"),
+            .push(Tone::Coin, count(h.coins(), "coin", "coins"))
+            .plain("):"),
     );
     r.add(Tone::Dim, format!("  {:<12}{:>8}{:>8}  {}", "hardware", "price", "power", "for you"));
     for hw in Hardware::ALL {

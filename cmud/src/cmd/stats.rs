@@ -2,7 +2,7 @@
 
 use crate::player::{Ctx, Player};
 use crate::problem;
-use crate::reply::{Line, Reply, Tone, num};
+use crate::reply::{Line, Reply, Tone, count, num};
 use crate::store::StoreError;
 
 pub fn apply(player: &Player, ctx: &mut Ctx<'_>) -> Result<Reply, StoreError> {
@@ -20,7 +20,7 @@ pub fn apply(player: &Player, ctx: &mut Ctx<'_>) -> Result<Reply, StoreError> {
         Line::new()
             .plain("  power  ")
             .plain(num(h.power()))
-            .push(Tone::Dim, format!("  ({} units)", num(h.units()))),
+            .push(Tone::Dim, format!("  ({})", count(h.units(), "unit", "units"))),
     );
     r.push(Line::new().plain("  place  ").push(Tone::Place, player.place().title()));
     match problem::status(ctx.store, h.rank(), player.session(), player.damage_map(), &mut ctx.warnings)? {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use cmud::{Game, Name, Reply, SessionId, Tone};
 use replica_node::client::{Client, ClientError, RoundRobin};
-use replica_node::{Node, NodeConfig};
+use replica_node::{Node, NodeConfig, Password};
 use rustyline::Editor;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
@@ -31,13 +31,16 @@ const AFTER_HELP: &str = "\
 Without --server, cmud starts a private replica node inside the game process (two actors on
 free loopback ports) and prints its addresses, so one command plays at once. The world lives in
 memory and ends when that game quits; others on the same machine can join it meanwhile with
---server.
+--server. With --listen HOST:PORT the embedded node takes fixed ports instead (players connect
+to HOST:PORT and HOST:PORT+1), so friends can join a known address; to let in players on other
+machines, listen on a public address and set a password (CMUD_PASSWORD or --password), which
+the embedded node then requires.
 
 To share a world, start servers (`replica-node --actors 2`) and give each player one or more of
 their client addresses. With several --server addresses, queries rotate over them and skip
 those that do not answer. Servers started with a password (--requirepass-file) want it from
 every player: set CMUD_PASSWORD (or give --password, which other users of the machine can see in
-the process list). The embedded node has no password.
+the process list).
 
 Exit status: 0 after `quit` (or Ctrl-D), 2 when no server can be reached at start or the
 arguments are wrong.
@@ -45,6 +48,7 @@ arguments are wrong.
 Examples:
   cmud
   cmud --name ada
+  CMUD_PASSWORD=hunter2 cmud --listen 0.0.0.0:7001   # friends: cmud --server MY-HOST:7001
   cmud --server 127.0.0.1:6001 --server 127.0.0.1:6002 --name ada
   CMUD_PASSWORD=$(cat secret) cmud --server 10.0.0.1:6001
   cmud --seed 7 --story-ms 0        # the same dice every time, no pauses";
@@ -59,9 +63,14 @@ struct Cli {
     servers: Vec<String>,
 
     /// The servers' password (their --requirepass-file), sent with AUTH on every connection.
-    /// Not used with the embedded node.
+    /// With --listen, the password the embedded node requires from every player.
     #[arg(short = 'a', long, value_name = "PASSWORD", env = "CMUD_PASSWORD", hide_env_values = true)]
     password: Option<std::ffi::OsString>,
+
+    /// Start the embedded node on fixed ports: players connect to HOST:PORT and HOST:PORT+1
+    /// (its server-to-server port is PORT-1). Without it, free loopback ports are used.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "servers", value_parser = parse_listen)]
+    listen: Option<(String, u16)>,
 
     /// Log in as NAME (3 to 16 characters: a letter, then letters, digits or _; case folded)
     /// instead of being asked.
@@ -78,6 +87,22 @@ struct Cli {
     story_ms: u64,
 }
 
+/// `--listen HOST:PORT`: the host and the first client port (at least 2: the node's own port is
+/// the one below).
+fn parse_listen(s: &str) -> Result<(String, u16), String> {
+    let (host, port) =
+        s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected HOST:PORT, e.g. 0.0.0.0:7001"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{s:?}: the port is not a number from 2 to 65534"))?;
+    if !(2..=65534).contains(&port) {
+        return Err(format!("{s:?}: the port must be from 2 to 65534 (the next one is used too)"));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("{s:?}: the host must be an IP address, e.g. 0.0.0.0 or 127.0.0.1"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 fn parse_name(s: &str) -> Result<Name, String> {
     Name::parse(s).map_err(|e| e.to_string())
 }
@@ -85,8 +110,12 @@ fn parse_name(s: &str) -> Result<Name, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
+        // Colours only for a person at a terminal: not in files or pipes, nor with NO_COLOR.
+        let ansi =
+            std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
@@ -116,8 +145,17 @@ fn entropy() -> u64 {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let color = use_color();
+    let password = cli.password.map(std::ffi::OsString::into_encoded_bytes);
     let (addrs, node) = if cli.servers.is_empty() {
-        let config = NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 2, ..NodeConfig::default() };
+        let (host, port) = cli.listen.clone().unwrap_or_else(|| ("127.0.0.1".into(), 1));
+        let mut config = NodeConfig { host, port: port - 1, actors: 2, ..NodeConfig::default() };
+        if cli.listen.is_none() {
+            config.port = 0;
+        }
+        if let Some(p) = password.as_deref().filter(|_| cli.listen.is_some()) {
+            let secret = Password::new(p).map_err(|e| anyhow::anyhow!("--password: {e}"))?;
+            config.clients.requirepass = Some(secret);
+        }
         let node =
             Node::start(&config).map_err(|e| anyhow::anyhow!("cannot start the embedded node: {e}"))?;
         (node.description().client_addrs(), Some(node))
@@ -127,8 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let router = RoundRobin::new(addrs.clone())?;
     let mut builder =
         Client::builder().connect_timeout(Duration::from_secs(1)).read_timeout(Duration::from_secs(5));
-    if let Some(password) = cli.password.filter(|_| node.is_none()) {
-        builder = builder.password(password.into_encoded_bytes());
+    let embedded_open = node.is_some() && cli.listen.is_none();
+    if let Some(password) = password.as_ref().filter(|_| !embedded_open) {
+        builder = builder.password(password);
     }
     let client = builder.build(router);
     match client.ping() {
@@ -148,7 +187,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Tone::Dim,
             format!("A private world runs inside this game on {} and ends when you quit.", list.join(", ")),
         );
-        r.add(Tone::Dim, format!("Others on this machine can join it meanwhile: cmud --server {}", list[0]));
+        let loopback = addrs[0].ip().is_loopback();
+        if loopback || cli.listen.is_none() {
+            r.add(
+                Tone::Dim,
+                format!("Others on this machine can join it meanwhile: cmud --server {}", list[0]),
+            );
+        } else if password.is_some() {
+            r.add(
+                Tone::Dim,
+                format!(
+                    "Others can join it meanwhile, with the password: cmud --server THIS-HOST:{}",
+                    addrs[0].port()
+                ),
+            );
+        } else {
+            r.add(
+                Tone::Warn,
+                format!(
+                    "Without a password only players on this machine can join (cmud --server 127.0.0.1:{}); \
+                     set CMUD_PASSWORD to let others in.",
+                    addrs[0].port()
+                ),
+            );
+        }
         out.print(&r);
     }
 
