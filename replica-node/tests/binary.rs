@@ -180,3 +180,31 @@ fn a_taken_port_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on") && err.contains(&(port + 1).to_string()), "{err}");
 }
+
+#[test]
+fn help_gives_the_summary_and_logs_in_a_pipe_carry_no_colour_codes() {
+    let help = Command::new(env!("CARGO_BIN_EXE_replica-node")).arg("-h").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.starts_with("A replica server of the geo-replicated CRDT key-value store"),
+        "-h starts with the summary: {help}"
+    );
+    // Logs go to stderr; here stderr is a pipe, so they are plain text.
+    let dir = cluster_dir("plain-logs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", "0", "--actors", "1", "--cluster-dir", &dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    assert!(line.starts_with('{'), "{line}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("node ready"), "{logs}");
+    assert!(!logs.contains('\x1b'), "no ANSI codes in a pipe: {logs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,7 +37,7 @@ const REQUIREPASS_ENV: &str = "REPLICA_NODE_REQUIREPASS";
 /// password is never taken from the command line, where other users of the machine can read
 /// it.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, long_about)]
 struct Args {
     /// Address to listen on (and advertise, unless --advertise says otherwise).
     #[arg(long, default_value = "127.0.0.1")]
@@ -192,8 +192,11 @@ fn requirepass(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<O
 }
 
 fn main() -> ExitCode {
+    // Colours only for a person at a terminal: not in files, pipes or journals, nor with NO_COLOR.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

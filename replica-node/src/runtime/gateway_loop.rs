@@ -84,7 +84,8 @@ pub(crate) fn run(start: GatewayStart) {
                 }
             });
         }
-        let progress = progress.then(|| tokio::spawn(super::progress::show(stats.clone())));
+        // Always watched (a log line ends every fill); drawn only on a terminal.
+        let progress = tokio::spawn(super::progress::watch(stats.clone(), progress));
         let mut driver = Driver {
             gateway,
             endpoint: endpoint.clone(),
@@ -98,9 +99,7 @@ pub(crate) fn run(start: GatewayStart) {
             published: GatewayStats::default(),
         };
         driver.run(events_rx, &mailbox, &admin, &mail).await;
-        if let Some(p) = progress {
-            p.abort();
-        }
+        progress.abort();
         driver.finish().await;
     });
 }

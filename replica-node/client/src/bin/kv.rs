@@ -8,7 +8,7 @@
 //! Exit status: 0 on success, 1 when the key is absent, 2 on errors.
 
 use std::ffi::OsString;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
@@ -34,6 +34,8 @@ and `quit`) and reports errors without exiting. Quote arguments that contain spa
 Password: a server started with one (--requirepass-file) answers only after AUTH. Give the
 password in the KV_PASSWORD environment variable (or with --password, which other users of the
 machine can see in the process list).
+
+Logs: RUST_LOG=debug shows failovers between servers on stderr.
 
 Examples:
   kv put player:ada 42
@@ -127,6 +129,16 @@ enum Error {
 fn main() -> ExitCode {
     // Usage errors exit with 2, `--help` and `--version` with 0.
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Logs (failovers, retries) on stderr when asked for, coloured only for a person at a
+        // terminal: not in files or pipes, nor with NO_COLOR.
+        let ansi = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_ansi(ansi)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let router = match resolve(&cli.servers) {
         Ok(router) => router,
         Err(msg) => {
