@@ -50,6 +50,21 @@ impl std::fmt::Display for Timestamp {
 /// carries a greater timestamp than that value (causality is preserved even under clock skew).
 ///
 /// The clock never reads time itself: the caller passes `wall_ms` in.
+///
+/// ```
+/// use lww_crdt::{Hlc, Timestamp};
+///
+/// let mut clock = Hlc::new(7);
+/// let a = clock.now(1_000);
+/// let b = clock.now(990); // the wall clock stepped back: the logical counter moves on
+/// assert!(b > a);
+/// assert_eq!((b.wall_ms, b.logical, b.replica), (1_000, 1, 7));
+///
+/// // A timestamp from a replica whose clock is ahead: our next write still comes after it.
+/// let theirs = Timestamp::new(5_000, 3, 9);
+/// clock.observe(theirs);
+/// assert!(clock.now(1_001) > theirs);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hlc {
     replica: ReplicaId,

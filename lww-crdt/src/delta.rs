@@ -12,6 +12,24 @@ pub type Delta<K, V> = LwwMap<K, V>;
 ///
 /// Record only entries that changed local state (a write that won, or a merge's changed
 /// entries via [`LwwMap::merge_with`]); that keeps redundant traffic out of the buffer.
+///
+/// ```
+/// use lww_crdt::{DeltaBuffer, Entry, Hlc, LwwMap};
+///
+/// let (mut replica, mut clock, mut pending) = (LwwMap::new(), Hlc::new(1), DeltaBuffer::new());
+/// for value in ["a", "b", "c"] {
+///     let entry = Entry::live(value, clock.now(1_000));
+///     if replica.apply("k", entry.clone()) {
+///         pending.record("k", entry);
+///     }
+/// }
+/// let delta = pending.flush(); // three writes, one entry to send
+/// assert_eq!(delta.entry_count(), 1);
+///
+/// let mut elsewhere = LwwMap::new();
+/// elsewhere.merge(&delta);
+/// assert_eq!(elsewhere, replica);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeltaBuffer<K, V> {
     pending: Delta<K, V>,

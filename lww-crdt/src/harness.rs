@@ -20,23 +20,60 @@ const REPLICAS: usize = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Replica `at` writes `value` under `key`.
-    Put { at: usize, key: u8, value: u16 },
+    Put {
+        /// The replica.
+        at: usize,
+        /// The key.
+        key: u8,
+        /// The value.
+        value: u16,
+    },
     /// Replica `at` deletes `key`.
-    Delete { at: usize, key: u8 },
+    Delete {
+        /// The replica.
+        at: usize,
+        /// The key.
+        key: u8,
+    },
     /// Replica `at` reads `key` (its clock observes the entry, as a client read would).
-    Read { at: usize, key: u8 },
+    Read {
+        /// The replica.
+        at: usize,
+        /// The key.
+        key: u8,
+    },
     /// Virtual time moves on by `ms`.
-    Advance { ms: u8 },
+    Advance {
+        /// Milliseconds.
+        ms: u8,
+    },
     /// Replica `at`'s wall clock jumps back by `ms` (its HLC must stay monotonic).
-    StepBack { at: usize, ms: u8 },
+    StepBack {
+        /// The replica.
+        at: usize,
+        /// Milliseconds.
+        ms: u8,
+    },
     /// Replica `at` flushes its delta buffer to both other replicas.
-    Send { at: usize },
+    Send {
+        /// The replica.
+        at: usize,
+    },
     /// The in-flight message at `index` (modulo the number in flight) is delivered.
-    Deliver { index: u8 },
+    Deliver {
+        /// Which message, modulo the number in flight.
+        index: u8,
+    },
     /// The in-flight message at `index` is delivered but stays in flight (a duplicate).
-    Duplicate { index: u8 },
+    Duplicate {
+        /// Which message, modulo the number in flight.
+        index: u8,
+    },
     /// The in-flight message at `index` is lost (it is resent at the end).
-    Drop { index: u8 },
+    Drop {
+        /// Which message, modulo the number in flight.
+        index: u8,
+    },
 }
 
 impl Op {

@@ -39,6 +39,7 @@
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
 
 mod clock;
 mod delta;
@@ -57,3 +58,8 @@ pub use map::{Entry, LwwMap, MergeStats};
 
 /// The map the store replicates: binary keys and values in shared, cheaply cloned buffers.
 pub type BytesMap = LwwMap<bytes::Bytes, bytes::Bytes>;
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(all(doctest, feature = "serde"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -80,6 +80,24 @@ impl AddAssign for MergeStats {
 /// of the whole map. The tree orders keys by their [`Key::head`] first (for byte strings, the
 /// first 8 bytes, held inline in the tree's nodes), so most comparisons never touch a key's
 /// own buffer.
+///
+/// ```
+/// use lww_crdt::{LwwMap, Timestamp};
+///
+/// let ts = |ms| Timestamp::new(ms, 0, 1);
+/// let mut a: LwwMap<&str, &str> = LwwMap::new();
+/// a.put("user:1", "ada", ts(10));
+/// a.put("user:2", "grace", ts(11));
+/// a.delete("user:2", ts(12)); // a tombstone: it beats every older write of the key
+/// assert!(!a.put("user:2", "late", ts(11)), "an older write loses");
+///
+/// let mut b = LwwMap::new();
+/// b.put("user:1", "ada lovelace", ts(20)); // newer
+/// let stats = a.merge(&b);
+/// assert_eq!((stats.changed, stats.redundant), (1, 0));
+/// assert_eq!(a.get("user:1"), Some(&"ada lovelace"));
+/// assert_eq!((a.len(), a.tombstones()), (1, 1));
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct LwwMap<K, V> {
     entries: BTreeMap<Slot<K>, Entry<V>>,

@@ -110,6 +110,25 @@ impl ClientBuilder {
 /// A connection-pooling client; see the [crate documentation](crate).
 ///
 /// Cloning is cheap and shares the router and the pool.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let config = replica_node::NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 2, ..Default::default() };
+/// # let node = replica_node::Node::start(&config)?;
+/// use replica_client::{Client, RoundRobin};
+///
+/// // The client ports of a node's actors (its description line lists them).
+/// let servers = node.description().client_addrs();
+/// let client = Client::new(RoundRobin::new(servers)?);
+/// client.put("player:ada", "42")?;
+/// client.put("player:bob", "7")?;
+/// assert_eq!(client.get("player:ada")?.as_deref(), Some(&b"42"[..]));
+/// assert_eq!(client.list("player:")?.len(), 2);
+/// assert!(client.delete("player:bob")?);
+/// assert_eq!(client.get("player:bob")?, None);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -223,6 +242,22 @@ impl Client {
 
     /// Sends any command and returns its reply. An error reply (`-ERR ...`) is returned as
     /// [`ClientError::Server`]; errors nested inside an aggregate stay [`Value::Error`]s.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let config = replica_node::NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 1, ..Default::default() };
+    /// # let node = replica_node::Node::start(&config)?;
+    /// # let client = replica_client::Client::new(replica_client::Fixed(node.description().client_addrs()[0]));
+    /// use replica_client::{ClientError, Value};
+    ///
+    /// client.command(&["MSET", "a", "1", "b", "2"])?;
+    /// let Value::Array(values) = client.command(&["MGET", "a", "b"])? else { panic!() };
+    /// assert_eq!(values.len(), 2);
+    /// let refused = client.command(&["INCR", "a"]);
+    /// assert!(matches!(refused, Err(ClientError::Server(msg)) if msg.contains("last-writer-wins")));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn command<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Value, ClientError> {
         if args.is_empty() {
             // A server ignores an empty request, so no reply would ever come.

@@ -28,8 +28,10 @@
 //!
 //! The crate: `router` ([`Router`], [`Fixed`], [`RoundRobin`]: which server a query goes to),
 //! `client` ([`Client`], [`ClientBuilder`]: the pool, routing and failover), `conn` (one
-//! connection: connect, send, read a reply), `error` ([`ClientError`]). The `kv` binary
-//! (feature `cli`) is the command-line client.
+//! connection: connect, send, read a reply), `error` ([`ClientError`]); [`Value`] is a reply of
+//! [`Client::command`]. The `kv` binary (feature `cli`) is the command-line client.
+
+#![warn(missing_docs)]
 
 mod client;
 mod conn;
@@ -40,4 +42,6 @@ pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_IDLE, DEFAULT_READ_TIMEOUT, parse_info,
 };
 pub use error::ClientError;
+/// A RESP reply, as [`Client::command`] returns it.
+pub use resp::Value;
 pub use router::{DEFAULT_HOLD_OFF, Fixed, RoundRobin, Router};
