@@ -4,16 +4,18 @@
 //!
 //! The network between gateways delays, drops, duplicates and reorders messages, partitions
 //! and heals pairs of servers, and connections die with whatever is in flight; servers crash
-//! and restart without their data (a new node id at the same address, as a real restart
-//! without a data directory). Inside a server, mail between actors and the gateway is FIFO
-//! and reliable, as the in-process mailboxes are.
+//! (`kill -9`) and restart. A server without a data directory restarts without its data (a
+//! new node id at the same address); one with a data directory restarts as itself with what
+//! its disk held: every write it acknowledged or received, except those of its last
+//! [`DISK_LAG_MS`] (what a killed process had not yet handed to the OS). Inside a server, mail
+//! between actors and the gateway is FIFO and reliable, as the in-process mailboxes are.
 //!
 //! A run has a fault phase with writes and deletes from clients, then heals every fault,
 //! restarts every crashed server and stays quiet. Then it checks:
 //! - every replica (every actor and gateway of every server) holds the same map;
 //! - every acknowledged write is visible or overwritten by a later one (the Jepsen set
-//!   check), except writes acknowledged by a server that crashed before any other server had
-//!   them (a server without a data directory loses those, by design);
+//!   check), except writes acknowledged by a server that crashed before any other server (or
+//!   its own disk) had them (a server without a data directory loses those, by design);
 //! - no server is still loading, every server is connected to every other, and the servers
 //!   that were replaced are shown as such.
 //!
@@ -58,6 +60,8 @@ pub struct Scenario {
     /// Tombstones older than this are collected once every server has them (short, so runs
     /// exercise it; the quiet phase must leave time for it).
     pub tombstone_grace_ms: u64,
+    /// The share of servers (addresses) run with a data directory, drawn at the start.
+    pub data_dirs: f64,
     /// Print what happens (to stderr), to study a failing seed.
     pub trace: bool,
 }
@@ -136,6 +140,7 @@ impl Default for Scenario {
             pending_limit: 20,
             max_clock_offset_ms: 500,
             tombstone_grace_ms: 5_000,
+            data_dirs: 0.5,
             trace: false,
         }
     }
@@ -150,8 +155,12 @@ pub struct Report {
     pub lost_with_crash: usize,
     /// Messages delivered between gateways.
     pub messages: u64,
-    /// Crashes, partitions and killed connections.
+    /// Crashes (each followed by a restart).
     pub crashes: u32,
+    /// Restarts that recovered a data directory (as the same node).
+    pub recoveries: u32,
+    /// Entries those restarts recovered, all together.
+    pub recovered_entries: u64,
     /// Partitions started.
     pub partitions: u32,
     /// Connections killed.
@@ -227,6 +236,33 @@ const HANDSHAKE_MS: u64 = 30;
 const DETECT_MS: u64 = 3_000;
 /// Bulk messages a connection holds in flight before its sender waits.
 const BULK_WINDOW: usize = 2;
+/// A write reaches the disk (is handed to the OS, where a killed process cannot lose it) this
+/// long after its server took it, at most: the persistence actor's round.
+pub const DISK_LAG_MS: u64 = 10;
+
+/// The data directory of one address: it outlives the processes started on it.
+#[derive(Debug, Default)]
+struct Disk {
+    /// The node id it holds (written at the first start), as its number.
+    node_num: Option<u64>,
+    /// What is on disk.
+    map: BytesMap,
+    /// Writes not yet on disk, with when they were taken (virtual ms).
+    tail: VecDeque<(u64, Bytes, Entry<Bytes>)>,
+}
+
+impl Disk {
+    /// Puts on disk what was taken by `upto`.
+    fn settle(&mut self, upto: u64) {
+        while let Some((at, ..)) = self.tail.front() {
+            if *at > upto {
+                break;
+            }
+            let (_, key, entry) = self.tail.pop_front().expect("checked");
+            self.map.apply(key, entry);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Server {
@@ -313,7 +349,10 @@ struct Sim {
     lost: BTreeSet<usize>,
     /// Node ids that were replaced by a restart.
     replaced_ids: BTreeSet<String>,
+    /// Every address's data directory, if it has one.
+    disks: Vec<Option<Disk>>,
     next_node: u64,
+    next_epoch: u32,
     next_write: u64,
     next_partition: u64,
     next_kill: u64,
@@ -347,7 +386,9 @@ impl Sim {
             history: Vec::new(),
             lost: BTreeSet::new(),
             replaced_ids: BTreeSet::new(),
+            disks: Vec::new(),
             next_node: 1,
+            next_epoch: 1,
             next_write,
             next_partition,
             next_kill,
@@ -373,13 +414,28 @@ impl Sim {
         now
     }
 
-    /// Starts server `i` (without data), joining the servers started before it, as their
-    /// first descriptions name them.
+    /// Starts server `i`, joining the servers started before it, as their first descriptions
+    /// name them: with what its data directory holds, as the node it names, if it has one;
+    /// else without data, as a new node.
     fn start(&mut self, i: usize) -> Server {
-        let num = self.next_node;
-        self.next_node += 1;
-        // Node numbers are unique: they tell processes at one address apart.
-        let epoch = num as u32;
+        let disk = self.disks[i].as_mut();
+        let (num, recovered) = match disk {
+            Some(Disk { node_num: Some(num), map, tail, .. }) => {
+                debug_assert!(tail.is_empty(), "a crash settles the disk");
+                (*num, map.clone())
+            }
+            disk => {
+                let num = self.next_node;
+                self.next_node += 1;
+                if let Some(d) = disk {
+                    d.node_num = Some(num);
+                }
+                (num, BytesMap::new())
+            }
+        };
+        // Epochs are unique: they tell processes at one address apart.
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
         let node = format!("n{num:03}");
         let joins = (0..i)
             .filter_map(|j| {
@@ -414,13 +470,22 @@ impl Sim {
             tombstone_grace_ms: self.scenario.tombstone_grace_ms,
         };
         let now = Now { wall_ms: wall as u64, mono_ms: self.now };
-        let gateway = Gateway::new(config, BytesMap::new(), now);
+        let newest = recovered.max_timestamp().unwrap_or(Timestamp::ZERO);
         let actors = (0..self.scenario.actors)
             .map(|a| {
-                Replica::new(a, (num << 16) | a as u64, self.scenario.actors)
-                    .with_max_clock_offset(self.scenario.max_clock_offset_ms)
+                let mut r = Replica::new(a, (num << 16) | a as u64, self.scenario.actors)
+                    .with_max_clock_offset(self.scenario.max_clock_offset_ms);
+                r.restore(recovered.clone(), newest, now);
+                r
             })
             .collect();
+        if recovered.entry_count() > 0 || self.disks[i].is_some() {
+            self.trace(
+                i,
+                &format!("{node} recovers {} entries from its data directory", recovered.entry_count()),
+            );
+        }
+        let gateway = Gateway::new(config, recovered, now);
         self.trace(
             i,
             &format!("{node} starts with its clock off by {offset_ms} ms, drifting {drift_ppm} ppm"),
@@ -438,6 +503,10 @@ impl Sim {
     }
 
     fn run(&mut self) -> Result<(), String> {
+        for _ in 0..self.scenario.servers {
+            let disk = self.rng.chance(self.scenario.data_dirs).then(Disk::default);
+            self.disks.push(disk);
+        }
         for i in 0..self.scenario.servers {
             let s = self.start(i);
             self.first_ids.push(s.node.clone());
@@ -664,6 +733,9 @@ impl Sim {
                 }
             }
             Transmit::FanOut(batch) => {
+                for (key, entry) in batch.delta.entries() {
+                    self.persist(i, key.clone(), entry.clone());
+                }
                 if let Some(s) = self.servers[i].as_mut() {
                     for to in 0..s.actors.len() {
                         s.mail.push_back(Mail::Actor { to, batch: batch.clone() });
@@ -717,6 +789,14 @@ impl Sim {
         let at = self.now + HANDSHAKE_MS;
         self.push(at, from, Wire::Connected { conn, dialed: Some(addr.to_owned()) });
         self.push(at, (target, to_epoch), Wire::Connected { conn, dialed: None });
+    }
+
+    /// Server `i`'s persistence actor takes `entry` (if it has a data directory).
+    fn persist(&mut self, i: usize, key: Bytes, entry: Entry<Bytes>) {
+        if let Some(d) = self.disks[i].as_mut() {
+            d.settle(self.now.saturating_sub(DISK_LAG_MS));
+            d.tail.push_back((self.now, key, entry));
+        }
     }
 
     fn trace(&self, i: usize, what: &str) {
@@ -881,13 +961,14 @@ impl Sim {
             self.report.refused_skewed += 1;
             return;
         }
-        let Ok(ts) = s.actors[a].write(key.clone(), value, now) else {
+        let Ok(ts) = s.actors[a].write(key.clone(), value.clone(), now) else {
             // The key holds a write stamped further ahead than this server's clock may follow:
             // the client is told (an error), not acknowledged.
             self.report.refused_skewed += 1;
             return;
         };
         let guarded = clock.peers_measured > 0 || self.scenario.servers == 1;
+        self.persist(i, key.clone(), Entry { ts, value });
         if self.scenario.trace
             && guarded
             && ts.wall_ms.abs_diff(EPOCH_MS + at) > self.scenario.max_clock_offset_ms
@@ -943,6 +1024,11 @@ impl Sim {
         let i = live[self.rng.below(live.len() as u64) as usize];
         let s = self.servers[i].take().expect("live");
         self.report.crashes += 1;
+        // What the process had not yet handed to the OS dies with it.
+        if let Some(d) = self.disks[i].as_mut() {
+            d.settle(self.now.saturating_sub(DISK_LAG_MS));
+            d.tail.clear();
+        }
         self.mark_lost();
         // Its connections stay up for what is already on the wire; the other ends notice the
         // crash a while later (messages to the dead process are dropped on arrival).
@@ -961,15 +1047,17 @@ impl Sim {
             }
         }
         self.trace(i, &format!("crash of {}", s.node));
-        self.replaced_ids.insert(s.node.clone());
+        if self.disks[i].is_none() {
+            self.replaced_ids.insert(s.node.clone());
+        }
         self.down_until.insert(i, self.now + self.rng.range(500, 5_000));
         let _ = s;
     }
 
-    /// Marks as lost every acknowledged write that no live process holds (nor a newer write
-    /// to its key) and that no message on its way to a live process carries: the servers that
-    /// had it crashed without a data directory. Called when a server crashes and when a
-    /// message with entries is discarded.
+    /// Marks as lost every acknowledged write that no live process or data directory holds
+    /// (nor a newer write to its key) and that no message on its way to a live process
+    /// carries: the servers that had it crashed without a data directory, or before it reached
+    /// their disk. Called when a server crashes and when a message with entries is discarded.
     fn mark_lost(&mut self) {
         for (w, write) in self.history.iter().enumerate() {
             if self.lost.contains(&w) {
@@ -980,7 +1068,12 @@ impl Sim {
                     .chain(o.actors.iter().map(Replica::map))
                     .any(|m| m.get_entry(&write.key).is_some_and(|e| e.ts >= write.ts))
             });
-            if held {
+            // The disks of live servers hold nothing their processes lack.
+            let on_disk = self.disks.iter().flatten().any(|d| {
+                d.map.get_entry(&write.key).is_some_and(|e| e.ts >= write.ts)
+                    || d.tail.iter().any(|(_, k, e)| *k == write.key && e.ts >= write.ts)
+            });
+            if held || on_disk {
                 continue;
             }
             let on_its_way = self.wire.values().any(|m| match &m.wire {
@@ -1003,6 +1096,10 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         self.down_until.remove(&i);
+        if let Some(d) = &self.disks[i] {
+            self.report.recoveries += 1;
+            self.report.recovered_entries += d.map.entry_count() as u64;
+        }
         let s = self.start(i);
         self.servers[i] = Some(s);
         self.trace(i, "restarted");
