@@ -338,3 +338,112 @@ fn the_binary_exits_non_zero_at_once_when_its_log_or_an_actor_dies() {
         assert!(stderr.is_some(), "{fault}: {}", child.1.lock().unwrap());
     }
 }
+
+/// A server with a data directory, killed with SIGKILL and started again with the same command
+/// line, catches up through repair (design 4.3): within 5 s (50 ms links) it holds every write
+/// its peer accepted while it was cut off and down, and its peer holds the writes it accepted
+/// while its link was cut, just before the kill (nobody else had them: only its disk).
+#[test]
+fn a_recovered_server_and_its_peer_exchange_what_each_missed_within_5s() {
+    const CATCH_UP: Duration = Duration::from_secs(5);
+    let data = tempfile::tempdir().unwrap();
+    let cluster = tempfile::tempdir().unwrap();
+    let port = free_port_block(41_000, 3);
+    let a_args = args(port, 2, data.path(), cluster.path());
+    let (mut a, a_desc) = start_process(&a_args, None);
+    // The peer joins through a 50 ms relay, which the test cuts. (The older server dials the
+    // newer directly only after 5 s without a link: the test's cuts are shorter.)
+    let relay = net_quic::LinkEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        a_desc.peer_addr().unwrap(),
+        net_quic::LinkConfig::with_delay(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let mut via_relay = a_desc.clone();
+    via_relay.peer = relay.local_addr().to_string();
+    let b_port = free_port_block(port + 11, 2).to_string();
+    let b_args = [
+        "--port",
+        &b_port,
+        "--actors",
+        "2",
+        "--cluster-dir",
+        &cluster.path().display().to_string(),
+        "--join",
+        &via_relay.to_line(),
+    ]
+    .map(String::from);
+    let (_b, b_desc) = start_process(&b_args, None);
+    let on = |desc: &Description| -> Vec<Client> {
+        desc.client_addrs().into_iter().map(|addr| Client::new(Fixed(addr))).collect()
+    };
+    let (a_clients, b_clients) = (on(&a_desc), on(&b_desc));
+    let holds_all = |clients: &[Client], expect: &BTreeMap<String, Option<String>>| {
+        clients.iter().all(|c| {
+            expect
+                .iter()
+                .all(|(k, v)| c.get(k).is_ok_and(|got| got.as_deref() == v.as_deref().map(str::as_bytes)))
+        })
+    };
+    // Both hold a common past.
+    let mut both = BTreeMap::new();
+    for i in 0..200 {
+        let (k, v) = (format!("old-{i:03}"), format!("v{i}"));
+        a_clients[i % 2].put(&k, &v).unwrap();
+        both.insert(k, Some(v));
+    }
+    assert!(eventually(Duration::from_secs(10), || holds_all(&b_clients, &both)).is_some(), "initial sync");
+
+    // The link is cut: each side takes writes the other misses.
+    relay.cut();
+    let mut only_a = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("cut-a-{i:03}"), format!("a{i}"));
+        a_clients[i % 2].put(&k, &v).unwrap();
+        only_a.insert(k, Some(v));
+    }
+    let mut only_b = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("cut-b-{i:03}"), format!("b{i}"));
+        b_clients[i % 2].put(&k, &v).unwrap();
+        only_b.insert(k, Some(v));
+    }
+    // Past the contract's 100 ms, then kill -9.
+    std::thread::sleep(Duration::from_millis(200));
+    let a_id = a_desc.node.clone();
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    // While it is down: new keys, overwrites and deletes of the common past.
+    for i in 0..100 {
+        let (k, v) = (format!("down-b-{i:03}"), format!("d{i}"));
+        b_clients[i % 2].put(&k, &v).unwrap();
+        only_b.insert(k, Some(v));
+    }
+    for i in 0..20 {
+        let k = format!("old-{i:03}");
+        if i % 2 == 0 {
+            b_clients[0].put(&k, "new").unwrap();
+            only_b.insert(k, Some("new".into()));
+        } else {
+            b_clients[1].delete(&k).unwrap();
+            only_b.insert(k, None);
+        }
+    }
+    relay.heal();
+    let (_a, a_desc) = start_process(&a_args, None);
+    let restarted = Instant::now();
+    assert_eq!(a_desc.node, a_id, "the same node, from its data directory");
+    let a_clients = on(&a_desc);
+    // What it recovered is served at once (the description line is printed after recovery).
+    assert!(holds_all(&a_clients, &only_a), "its own writes, from its disk");
+    let a_caught_up = eventually(CATCH_UP, || holds_all(&a_clients, &only_b));
+    let b_caught_up =
+        eventually(CATCH_UP.saturating_sub(restarted.elapsed()), || holds_all(&b_clients, &only_a));
+    eprintln!(
+        "after the restart: the recovered server had its peer's writes after {a_caught_up:?}, the peer had its writes \
+         after {:?}",
+        b_caught_up.map(|_| restarted.elapsed())
+    );
+    assert!(a_caught_up.is_some(), "the recovered server lacks its peer's writes after {CATCH_UP:?}");
+    assert!(b_caught_up.is_some(), "the peer lacks the recovered server's writes after {CATCH_UP:?}");
+}
