@@ -24,8 +24,11 @@ impl Replica {
 
     /// A local write (`None` deletes), stamped at the caller's wall-clock reading.
     fn write(&mut self, key: &str, value: Option<&str>, wall_ms: u64) {
-        let entry =
-            Entry { ts: self.clock.now(wall_ms), value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())) };
+        let ts = self.clock.now(wall_ms);
+        let entry = match value {
+            Some(v) => Entry::live(Bytes::copy_from_slice(v.as_bytes()), ts),
+            None => Entry::tombstone(ts),
+        };
         let key = Bytes::copy_from_slice(key.as_bytes());
         if self.map.apply(key.clone(), entry.clone()) {
             self.pending.record(key, entry);

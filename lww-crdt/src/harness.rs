@@ -1,10 +1,11 @@
 //! Model-checking harness shared by the fuzz targets and the tests (feature `harness`).
 //!
 //! [`run`] decodes arbitrary bytes into a schedule of operations on three replicas (writes,
-//! deletes, clock movements, message sends, deliveries in any order, duplicates and drops),
+//! some with a deadline, deletes, sweeps that turn expired entries into tombstones, clock
+//! movements, message sends, deliveries in any order, duplicates and drops),
 //! then delivers every message ever sent (a dropped message counts as resent later) and checks
 //! the outcome against a trivial model: a `BTreeMap` to which every write is applied in
-//! timestamp order. Any difference is returned as an error, which the fuzz target turns into a
+//! timestamp order, read at the end of the schedule (a value past its deadline is absent). Any difference is returned as an error, which the fuzz target turns into a
 //! crash and the tests into a failure.
 
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ const REPLICAS: usize = 3;
 /// One step of a schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Replica `at` writes `value` under `key`.
+    /// Replica `at` writes `value` under `key`, expiring `ttl` ms later if `ttl` is not 0.
     Put {
         /// The replica.
         at: usize,
@@ -27,6 +28,8 @@ pub enum Op {
         key: u8,
         /// The value.
         value: u16,
+        /// Milliseconds until the value expires (0: never).
+        ttl: u8,
     },
     /// Replica `at` deletes `key`.
     Delete {
@@ -41,6 +44,12 @@ pub enum Op {
         at: usize,
         /// The key.
         key: u8,
+    },
+    /// Replica `at` turns the entries whose deadline has passed by its clock into tombstones,
+    /// and records them for sending (a node's sweep).
+    Sweep {
+        /// The replica.
+        at: usize,
     },
     /// Virtual time moves on by `ms`.
     Advance {
@@ -84,7 +93,13 @@ impl Op {
                 let (a, b, c) = (c[0], c.get(1).copied().unwrap_or(0), c.get(2).copied().unwrap_or(0));
                 let at = usize::from(a >> 4) % REPLICAS;
                 match a % 9 {
-                    0 | 1 => Op::Put { at, key: b % 8, value: u16::from(c) },
+                    // One put in four expires, 8 to 56 ms later.
+                    0 | 1 => Op::Put {
+                        at,
+                        key: b % 8,
+                        value: u16::from(c),
+                        ttl: if b % 32 >= 24 { b / 32 * 8 + 8 } else { 0 },
+                    },
                     2 => Op::Delete { at, key: b % 8 },
                     3 => Op::Read { at, key: b % 8 },
                     4 => Op::Advance { ms: b },
@@ -95,6 +110,7 @@ impl Op {
                         1 => Op::Duplicate { index: c },
                         _ => Op::Drop { index: c },
                     },
+                    _ if c % 4 == 3 => Op::Sweep { at },
                     _ => Op::Deliver { index: b },
                 }
             })
@@ -115,6 +131,8 @@ struct Write {
     ts: Timestamp,
     key: u8,
     value: Option<u16>,
+    /// The deadline of the value, if it expires.
+    deadline: Option<u64>,
 }
 
 /// Runs a schedule decoded from `data` and checks convergence against the model.
@@ -161,8 +179,27 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
 
     for op in ops {
         match *op {
-            Op::Put { at, key, value } => local_write(&mut replicas[at], now, key, Some(value), &mut writes)?,
-            Op::Delete { at, key } => local_write(&mut replicas[at], now, key, None, &mut writes)?,
+            Op::Put { at, key, value, ttl } => {
+                local_write(&mut replicas[at], now, key, Some(value), u64::from(ttl), &mut writes)?
+            }
+            Op::Delete { at, key } => local_write(&mut replicas[at], now, key, None, 0, &mut writes)?,
+            Op::Sweep { at } => {
+                let r = &mut replicas[at];
+                let local = now.saturating_add_signed(r.skew);
+                let expired: Vec<(u8, Entry<u16>)> = r
+                    .map
+                    .entries()
+                    .filter(|(_, e)| e.is_expired_at(local))
+                    .map(|(k, e)| (*k, e.expired()))
+                    .collect();
+                for (k, tomb) in expired {
+                    if !r.map.apply(k, tomb.clone()) {
+                        return Err(format!("the tombstone of an expired entry lost: {k} {tomb:?}"));
+                    }
+                    r.buffer.record(k, tomb);
+                }
+                check_invariants(&r.map)?;
+            }
             Op::Read { at, key } => {
                 let r = &mut replicas[at];
                 if let Some(e) = r.map.get_entry(&key) {
@@ -224,16 +261,21 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
     let mut model = BTreeMap::new();
     for w in &writes {
         match w.value {
-            Some(v) => model.insert(w.key, v),
+            Some(v) => model.insert(w.key, (v, w.deadline)),
             None => model.remove(&w.key),
         };
     }
+    // Read at the end: a value whose deadline has passed by virtual time is gone. (A sweep
+    // runs on a replica's own clock, which is never ahead of virtual time here.)
+    let model: BTreeMap<u8, u16> =
+        model.into_iter().filter(|(_, (_, d))| d.is_none_or(|d| now < d)).map(|(k, (v, _))| (k, v)).collect();
 
     for (i, r) in replicas.iter().enumerate() {
         if r.map != replicas[0].map {
             return Err(format!("replica {i} differs from replica 0: {:?} vs {:?}", r.map, replicas[0].map));
         }
-        let live: BTreeMap<u8, u16> = r.map.iter().map(|(k, v)| (*k, *v)).collect();
+        let live: BTreeMap<u8, u16> =
+            r.map.entries().filter_map(|(k, e)| e.value_at(now).map(|v| (*k, *v))).collect();
         if live != model {
             return Err(format!("replica {i} holds {live:?}, the model {model:?}"));
         }
@@ -241,12 +283,13 @@ pub fn run_ops(ops: &[Op]) -> Result<(), String> {
     Ok(())
 }
 
-/// A client write on replica `r` at virtual time `now`.
+/// A client write on replica `r` at virtual time `now`, expiring `ttl` ms later (0: never).
 fn local_write(
     r: &mut Replica,
     now: u64,
     key: u8,
     value: Option<u16>,
+    ttl: u64,
     writes: &mut Vec<Write>,
 ) -> Result<(), String> {
     let ts = r.clock.now(now.saturating_add_signed(r.skew));
@@ -255,24 +298,33 @@ fn local_write(
     {
         return Err(format!("clock issued {ts}, not above the stored {}", prev.ts));
     }
-    let entry = Entry { ts, value };
+    // The deadline on the writer's clock, as a client's TTL is.
+    let deadline = (ttl > 0 && value.is_some()).then(|| ts.wall_ms + ttl);
+    let entry = Entry { ts, value, expires: deadline.and_then(std::num::NonZeroU64::new) };
     if !r.map.apply(key, entry.clone()) {
         return Err(format!("a fresh local write at {ts} lost"));
     }
     r.buffer.record(key, entry);
-    writes.push(Write { ts, key, value });
+    writes.push(Write { ts, key, value, deadline });
     Ok(())
 }
 
 /// Checks the bookkeeping of a map: counts agree with the entries.
 pub fn check_invariants<K: Ord, V: Ord>(map: &LwwMap<K, V>) -> Result<(), String> {
     let tombstones = map.entries().filter(|(_, e)| e.is_tombstone()).count();
+    let expiring = map.entries().filter(|(_, e)| e.is_expiring()).count();
     let live = map.iter().count();
-    if tombstones != map.tombstones() || live != map.len() || live + tombstones != map.entry_count() {
+    if tombstones != map.tombstones()
+        || live != map.len()
+        || live + tombstones != map.entry_count()
+        || expiring != map.expiring()
+    {
         return Err(format!(
-            "counts disagree: {} live / {} tombstones reported, {live} / {tombstones} present",
+            "counts disagree: {} live / {} tombstones / {} expiring reported, {live} / {tombstones} / \
+             {expiring} present",
             map.len(),
-            map.tombstones()
+            map.tombstones(),
+            map.expiring()
         ));
     }
     Ok(())

@@ -8,9 +8,11 @@
 //!   timestamps from different replicas always distinct.
 //! - [`Hlc`]: a hybrid logical clock that issues strictly increasing timestamps even when the
 //!   wall clock stalls or steps back, and moves past every timestamp it observes.
-//! - [`LwwMap`]: `key -> (Option<value>, Timestamp)`; `None` is a tombstone. Merge is a join in
+//! - [`LwwMap`]: `key -> (Option<value>, Timestamp, deadline)`; `None` is a tombstone, and a
+//!   value may expire at a deadline written with it ([`Entry::expiring`]). Merge is a join in
 //!   a semilattice: associative, commutative and idempotent, for *any* input, including two
-//!   different entries with the same timestamp (see [`Entry`] for the tie-break).
+//!   different entries with the same timestamp (see [`Entry`] for the tie-break and for the
+//!   tombstone an expired entry turns into).
 //! - [`Key`]: what a map key provides besides `Ord`, a 64-bit head that agrees with the key
 //!   order (for byte strings, the first 8 bytes), so the tree compares most keys without
 //!   reading their buffers.

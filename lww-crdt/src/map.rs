@@ -4,42 +4,121 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::collections::btree_map;
+use std::num::NonZeroU64;
 use std::ops::{AddAssign, Bound, RangeBounds};
 
 use crate::Timestamp;
 use crate::key::{Key, Probe, Query, Slot};
 
-/// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
-/// produced it.
+/// The state of one key: a value, or a tombstone (`None`), the timestamp of the write that
+/// produced it, and optionally the deadline after which the value counts as deleted.
 ///
-/// Entries are ordered by timestamp first and value second (a tombstone below any value), and
-/// the greater entry wins a merge. Timestamps issued by [`crate::Hlc`]s never tie, so the value
-/// comparison only matters for arbitrary input (a peer bug, a fuzzer, a hand-made delta): it
-/// makes the winner of a tie independent of delivery order, which is what keeps merge
-/// commutative and associative for every input rather than only for well-behaved callers.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The deadline (`expires`, wall-clock milliseconds since the Unix epoch) is part of the write:
+/// every replica that holds the entry holds the same deadline, so every replica agrees on when
+/// the key expires. Changing a deadline is a write of the whole entry with a new timestamp, and
+/// resolves against other writes of the key by timestamp like any write. An entry whose
+/// deadline has passed reads as absent ([`Entry::is_live_at`]); a replica may replace it with a
+/// tombstone of the same timestamp ([`Entry::expired`]), which wins over it in a merge, so that
+/// it is then reclaimed like any tombstone and never lets an older write of the key back.
+///
+/// Entries are ordered by timestamp first. Between entries of the same timestamp (which only
+/// an expiry or arbitrary input produce: clocks never issue one timestamp twice) a value with a
+/// deadline ranks below a tombstone, which ranks below a value without one; then the values
+/// and the deadlines are compared. The greater entry wins a merge. The ranks make the tombstone
+/// an expired entry turns into win over that entry; the rest makes the winner of any tie
+/// independent of delivery order, which is what keeps merge commutative and associative for
+/// every input (a peer bug, a fuzzer, a hand-made delta) rather than only for well-behaved
+/// callers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry<V> {
-    /// When the write happened (the primary sort key; field order matters for `Ord`).
+    /// When the write happened (the primary sort key).
     pub ts: Timestamp,
     /// The value written, or `None` for a delete.
     pub value: Option<V>,
+    /// When the value expires (wall-clock ms since the Unix epoch), if it does. Meaningful
+    /// with a value only; a tombstone has none.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub expires: Option<NonZeroU64>,
 }
 
 impl<V> Entry<V> {
     /// An entry holding `value`.
     pub fn live(value: V, ts: Timestamp) -> Self {
-        Entry { ts, value: Some(value) }
+        Entry { ts, value: Some(value), expires: None }
+    }
+
+    /// An entry holding `value` until `deadline_ms` (wall-clock ms since the Unix epoch); a
+    /// deadline of 0 means none.
+    pub fn expiring(value: V, ts: Timestamp, deadline_ms: u64) -> Self {
+        Entry { ts, value: Some(value), expires: NonZeroU64::new(deadline_ms) }
     }
 
     /// A tombstone: the key was deleted at `ts`.
     pub fn tombstone(ts: Timestamp) -> Self {
-        Entry { ts, value: None }
+        Entry { ts, value: None, expires: None }
     }
 
     /// Whether this entry records a delete.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The deadline of a value that expires (wall-clock ms since the Unix epoch).
+    pub fn deadline(&self) -> Option<u64> {
+        self.expires.filter(|_| self.value.is_some()).map(NonZeroU64::get)
+    }
+
+    /// Whether the entry holds a value that expires.
+    pub fn is_expiring(&self) -> bool {
+        self.deadline().is_some()
+    }
+
+    /// Whether the entry holds a value at `now_ms` (wall-clock ms): not a tombstone, and not
+    /// past its deadline (a value expires at its deadline, not after it).
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.deadline().is_none_or(|d| now_ms < d)
+    }
+
+    /// Whether the entry holds a value whose deadline has passed at `now_ms`.
+    pub fn is_expired_at(&self, now_ms: u64) -> bool {
+        self.deadline().is_some_and(|d| now_ms >= d)
+    }
+
+    /// The value at `now_ms`, if the entry is live then.
+    pub fn value_at(&self, now_ms: u64) -> Option<&V> {
+        self.value.as_ref().filter(|_| self.is_live_at(now_ms))
+    }
+
+    /// The tombstone an expired entry turns into: the same timestamp, no value. It is greater
+    /// than the entry, so a merge keeps it wherever the two meet.
+    pub fn expired(&self) -> Entry<V> {
+        Entry::tombstone(self.ts)
+    }
+
+    /// Where the entry ranks among entries of the same timestamp (see the type's docs).
+    fn rank(&self) -> u8 {
+        match (&self.value, self.expires) {
+            (Some(_), Some(_)) => 0,
+            (None, _) => 1,
+            (Some(_), None) => 2,
+        }
+    }
+}
+
+impl<V: Ord> Ord for Entry<V> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.ts
+            .cmp(&other.ts)
+            .then_with(|| self.rank().cmp(&other.rank()))
+            .then_with(|| self.value.cmp(&other.value))
+            .then_with(|| self.expires.cmp(&other.expires))
+    }
+}
+
+impl<V: Ord> PartialOrd for Entry<V> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -102,6 +181,8 @@ impl AddAssign for MergeStats {
 pub struct LwwMap<K, V> {
     entries: BTreeMap<Slot<K>, Entry<V>>,
     tombstones: usize,
+    /// Entries holding a value with a deadline.
+    expiring: usize,
 }
 
 /// How an incoming entry compared with what the map held for its key.
@@ -125,7 +206,7 @@ impl Outcome {
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
-        LwwMap { entries: BTreeMap::new(), tombstones: 0 }
+        LwwMap { entries: BTreeMap::new(), tombstones: 0, expiring: 0 }
     }
 }
 
@@ -154,6 +235,12 @@ impl<K, V> LwwMap<K, V> {
     /// Number of tombstones held.
     pub fn tombstones(&self) -> usize {
         self.tombstones
+    }
+
+    /// Number of entries holding a value with a deadline, whether it has passed or not (the
+    /// map does not know the time; see [`Entry::is_live_at`]).
+    pub fn expiring(&self) -> usize {
+        self.expiring
     }
 
     /// Number of entries, live and tombstones.
@@ -404,6 +491,7 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         match self.entries.entry(slot) {
             btree_map::Entry::Vacant(vacant) => {
                 self.tombstones += usize::from(entry.is_tombstone());
+                self.expiring += usize::from(entry.is_expiring());
                 vacant.insert(entry);
                 (Outcome::Inserted, None)
             }
@@ -413,6 +501,8 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
                     Ordering::Greater => {
                         self.tombstones += usize::from(entry.is_tombstone());
                         self.tombstones -= usize::from(current.is_tombstone());
+                        self.expiring += usize::from(entry.is_expiring());
+                        self.expiring -= usize::from(current.is_expiring());
                         (Outcome::Won, Some(std::mem::replace(current, entry)))
                     }
                     Ordering::Equal => (Outcome::Tied, None),
@@ -435,13 +525,15 @@ pub(crate) struct Builder<K, V> {
     sorted: Vec<(Slot<K>, Entry<V>)>,
     /// Tombstones in `sorted`.
     tombstones: usize,
+    /// Expiring values in `sorted`.
+    expiring: usize,
     /// Set once a key broke the order: the map the rest is merged into.
     merged: Option<LwwMap<K, V>>,
 }
 
 impl<K, V> Default for Builder<K, V> {
     fn default() -> Self {
-        Builder { sorted: Vec::new(), tombstones: 0, merged: None }
+        Builder { sorted: Vec::new(), tombstones: 0, expiring: 0, merged: None }
     }
 }
 
@@ -452,6 +544,7 @@ impl<K: Key, V: Ord> Builder<K, V> {
             map.apply_slot(slot, entry);
         } else if self.sorted.last().is_none_or(|(last, _)| *last < slot) {
             self.tombstones += usize::from(entry.is_tombstone());
+            self.expiring += usize::from(entry.is_expiring());
             self.sorted.push((slot, entry));
         } else {
             let mut map = self.bulk();
@@ -469,7 +562,11 @@ impl<K: Key, V: Ord> Builder<K, V> {
         // `from_iter` sorts first; on sorted input that is one linear pass, and the keys are
         // distinct, so nothing is deduplicated away.
         let entries = BTreeMap::from_iter(std::mem::take(&mut self.sorted));
-        LwwMap { entries, tombstones: std::mem::take(&mut self.tombstones) }
+        LwwMap {
+            entries,
+            tombstones: std::mem::take(&mut self.tombstones),
+            expiring: std::mem::take(&mut self.expiring),
+        }
     }
 }
 

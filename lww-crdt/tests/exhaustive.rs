@@ -2,7 +2,9 @@
 //! triple for associativity, every pair for commutativity, each map for idempotence, with both
 //! `merge` and `merge_owned`. The sample is chosen for the awkward cases: ties on timestamps
 //! with different values, a value against a tombstone at the same timestamp, versions that
-//! differ only in the logical counter or the replica, and maps with several keys.
+//! differ only in the logical counter or the replica, values with deadlines (against the same
+//! value without one, another deadline, and the tombstone an expiry makes), and maps with
+//! several keys.
 
 mod common;
 
@@ -11,7 +13,12 @@ use lww_crdt::{BytesMap, Entry};
 
 fn sample() -> Vec<(&'static str, BytesMap)> {
     let m = |entries: &[(&str, Option<&str>, lww_crdt::Timestamp)]| -> BytesMap {
-        entries.iter().map(|&(k, v, t)| (b(k), Entry { ts: t, value: v.map(b) })).collect()
+        entries.iter().map(|&(k, v, t)| (b(k), Entry { ts: t, value: v.map(b), expires: None })).collect()
+    };
+    // A value that expires at 50, and the same with another deadline (an EXPIRE racing nothing
+    // but itself, or hand-made input).
+    let until = |k: &str, v: &str, t, d| -> BytesMap {
+        std::iter::once((b(k), Entry::expiring(b(v), t, d))).collect()
     };
     let t1 = ts(10, 0, 1);
     vec![
@@ -32,6 +39,10 @@ fn sample() -> Vec<(&'static str, BytesMap)> {
             "k=x@newer,j=x@t1,kk=tomb@t1",
             m(&[("k", Some("x"), ts(11, 0, 0)), ("j", Some("x"), t1), ("kk", None, t1)]),
         ),
+        ("k=x@t1 until 50", until("k", "x", t1, 50)),
+        ("k=x@t1 until 60", until("k", "x", t1, 60)),
+        ("k=y@t1 until 50", until("k", "y", t1, 50)),
+        ("k=z@newer until 50", until("k", "z", ts(11, 0, 0), 50)),
     ]
 }
 

@@ -22,7 +22,9 @@ fn op() -> impl Strategy<Value = Op> {
     let key = || 0u8..8;
     let ms = || prop_oneof![3 => 0u8..3, 1 => any::<u8>()];
     prop_oneof![
-        4 => (at(), key(), 0u16..4).prop_map(|(at, key, value)| Op::Put { at, key, value }),
+        3 => (at(), key(), 0u16..4).prop_map(|(at, key, value)| Op::Put { at, key, value, ttl: 0 }),
+        1 => (at(), key(), 0u16..4, 1u8..40).prop_map(|(at, key, value, ttl)| Op::Put { at, key, value, ttl }),
+        1 => at().prop_map(|at| Op::Sweep { at }),
         2 => (at(), key()).prop_map(|(at, key)| Op::Delete { at, key }),
         1 => (at(), key()).prop_map(|(at, key)| Op::Read { at, key }),
         2 => ms().prop_map(|ms| Op::Advance { ms }),

@@ -252,12 +252,20 @@ proptest! {
     fn winner_is_the_greatest_ts_value_pair(
         (writes, shuffled) in vec(write(), 0..24).prop_flat_map(|w| (Just(w.clone()), Just(w).prop_shuffle()))
     ) {
-        // The model: for each key, the maximum of (timestamp, value) over every write, with a
-        // tombstone (None) below any value at the same timestamp.
-        let mut expected: BTreeMap<Bytes, (Timestamp, Option<Bytes>)> = BTreeMap::new();
+        // The model: for each key, the maximum over every write of (timestamp, rank, value,
+        // deadline), where at one timestamp a value with a deadline ranks below a tombstone,
+        // which ranks below a value without one (the tombstone an expiry makes wins over the
+        // entry it replaces).
+        type Model = (Timestamp, u8, Option<Bytes>, Option<std::num::NonZeroU64>);
+        let rank = |e: &Entry<Bytes>| match (&e.value, e.expires) {
+            (Some(_), Some(_)) => 0,
+            (None, _) => 1,
+            (Some(_), None) => 2,
+        };
+        let mut expected: BTreeMap<Bytes, Model> = BTreeMap::new();
         let mut by_apply = LwwMap::new();
         for (k, e) in &writes {
-            let candidate = (e.ts, e.value.clone());
+            let candidate = (e.ts, rank(e), e.value.clone(), e.expires);
             let wins = expected.get(k).is_none_or(|best| candidate > *best);
             // `apply` reports a change exactly when the write beats everything before it.
             prop_assert_eq!(by_apply.apply(k.clone(), e.clone()), wins);
@@ -270,9 +278,10 @@ proptest! {
         // in a random order.
         let mut by_put = LwwMap::new();
         for (k, e) in writes.iter().rev() {
-            match &e.value {
-                Some(v) => by_put.put(k.clone(), v.clone(), e.ts),
-                None => by_put.delete(k.clone(), e.ts),
+            match (&e.value, e.deadline()) {
+                (Some(v), None) => by_put.put(k.clone(), v.clone(), e.ts),
+                (Some(v), Some(d)) => by_put.apply(k.clone(), Entry::expiring(v.clone(), e.ts, d)),
+                (None, _) => by_put.delete(k.clone(), e.ts),
             };
         }
         let mut by_delta = LwwMap::new();
@@ -284,8 +293,8 @@ proptest! {
             prop_assert_eq!(m.entry_count(), expected.len());
             for k in KEYS {
                 let want = expected.get(k);
-                prop_assert_eq!(m.get_entry(k).map(|e| (e.ts, e.value.clone())), want.cloned());
-                prop_assert_eq!(m.get(k), want.and_then(|(_, v)| v.as_ref()));
+                prop_assert_eq!(m.get_entry(k).map(|e| (e.ts, rank(e), e.value.clone(), e.expires)), want.cloned());
+                prop_assert_eq!(m.get(k), want.and_then(|(_, _, v, _)| v.as_ref()));
             }
             consistent(m)?;
         }

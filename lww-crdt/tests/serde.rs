@@ -23,8 +23,14 @@ fn any_timestamp() -> impl Strategy<Value = Timestamp> {
 /// Maps with arbitrary binary keys and values too, not only the small alphabet.
 fn any_map() -> impl Strategy<Value = BytesMap> {
     let bytes = || vec(any::<u8>(), 0..40).prop_map(Bytes::from);
-    let wide = vec((bytes(), any_timestamp(), prop::option::of(bytes())), 0..12)
-        .prop_map(|es| es.into_iter().map(|(k, ts, value)| (k, Entry { ts, value })).collect::<BytesMap>());
+    let deadline = || prop::option::of(1..=u64::MAX).prop_map(|d| d.and_then(std::num::NonZeroU64::new));
+    let wide = vec((bytes(), any_timestamp(), prop::option::of(bytes()), deadline()), 0..12).prop_map(|es| {
+        es.into_iter()
+            .map(|(k, ts, value, expires)| {
+                (k, Entry { ts, expires: expires.filter(|_| value.is_some()), value })
+            })
+            .collect::<BytesMap>()
+    });
     (map(), wide).prop_map(|(a, b)| merged_owned(a, b))
 }
 

@@ -1,15 +1,17 @@
 //! Generators and helpers shared by the integration tests.
 //!
 //! Inputs are deliberately small: four keys (one of them a prefix of another, one empty), three
-//! values plus tombstones, and timestamps from a range of eight, so that two entries for the
-//! same key with the same timestamp but different values (or a value and a tombstone) are
-//! common rather than a one-in-a-billion draw. Style item 7: merge must need no caller
+//! values plus tombstones, two deadlines, and timestamps from a range of eight, so that two
+//! entries for the same key with the same timestamp but different values (or a value and a
+//! tombstone, or two deadlines) are common rather than a one-in-a-billion draw. Style item 7: merge must need no caller
 //! validation, so the tests never filter ties out.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use std::num::NonZeroU64;
+
 use lww_crdt::{BytesMap, Entry, Timestamp};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -64,8 +66,20 @@ pub fn timestamp() -> impl Strategy<Value = Timestamp> {
         .prop_map(|(wall_ms, logical, replica)| Timestamp::new(wall_ms, logical.into(), replica.into()))
 }
 
+/// No deadline (one draw in two) or one of two, so entries that differ only by their
+/// deadline, and a value with a deadline against a tombstone at the same timestamp (what an
+/// expiry produces), are common.
+pub fn deadline() -> impl Strategy<Value = Option<NonZeroU64>> {
+    prop_oneof![2 => Just(None), 1 => Just(NonZeroU64::new(1)), 1 => Just(NonZeroU64::new(2))]
+}
+
+/// An entry: a value or a tombstone, and for a value maybe a deadline. (Tombstones never carry
+/// one: `Entry::tombstone` and `Entry::expired` make none.)
 pub fn entry() -> impl Strategy<Value = Entry<Bytes>> {
-    (timestamp(), value()).prop_map(|(ts, value)| Entry { ts, value })
+    (timestamp(), value(), deadline()).prop_map(|(ts, value, expires)| {
+        let expires = expires.filter(|_| value.is_some());
+        Entry { ts, value, expires }
+    })
 }
 
 /// One write: a key and the entry written (a put or a delete).
