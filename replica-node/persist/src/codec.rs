@@ -20,6 +20,11 @@
 //!   integer is an unsigned LEB128 varint. Within a batch the timestamps are close together and
 //!   the replicas few, so a timestamp costs 3 bytes instead of 20: a SET of a 16-byte key and a
 //!   100-byte value costs 121 bytes plus its share of the record and batch headers.
+//! - [`KIND_ENTRIES_EXPIRY`] (what this version writes): the same, except the `value` tag, which
+//!   is `0` for a tombstone, `1` for a value with a deadline (followed by `len`, the bytes, and
+//!   the deadline as the zigzag difference from the entry's `wall_ms`), and `len + 2` followed
+//!   by the bytes for a value without one. A value without a deadline costs what it costs in
+//!   [`KIND_ENTRIES`], which is still read (directories written before deadlines existed).
 //! - [`KIND_SNAPSHOT_END`]: `count, covers`: the last record of a snapshot, which is complete
 //!   only with it.
 //!
@@ -42,6 +47,8 @@ pub const TARGET_PAYLOAD: usize = 1024 * 1024;
 pub const KIND_ENTRIES: u8 = 1;
 /// Payload kind: the end of a snapshot.
 pub const KIND_SNAPSHOT_END: u8 = 2;
+/// Payload kind: a batch of entries, values possibly with deadlines.
+pub const KIND_ENTRIES_EXPIRY: u8 = 3;
 
 /// One LWW entry as stored: borrowed from the payload it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,13 +59,42 @@ pub struct RecordEntry<'a> {
     pub ts: Timestamp,
     /// The value, `None` for a tombstone.
     pub value: Option<&'a [u8]>,
+    /// When the value expires (wall-clock ms since the Unix epoch), if it does.
+    pub expires: Option<u64>,
 }
 
 impl RecordEntry<'_> {
     /// Compares the entries of one key the way `lww_crdt::Entry` does: timestamp first, then
-    /// value (a tombstone below any value), so the greater one is the one a merge keeps.
+    /// the rank (a value with a deadline below a tombstone below a value without one), the
+    /// value and the deadline, so the greater one is the one a merge keeps.
     pub fn lww_cmp(&self, other: &RecordEntry<'_>) -> std::cmp::Ordering {
-        (self.ts, self.value).cmp(&(other.ts, other.value))
+        let rank = |e: &RecordEntry<'_>| match (e.value, e.expires) {
+            (Some(_), Some(_)) => 0,
+            (None, _) => 1,
+            (Some(_), None) => 2,
+        };
+        (self.ts, rank(self), self.value, self.expires).cmp(&(
+            other.ts,
+            rank(other),
+            other.value,
+            other.expires,
+        ))
+    }
+
+    /// The entry as the replica holds it.
+    pub fn to_entry(&self) -> lww_crdt::Entry<bytes::Bytes> {
+        lww_crdt::Entry {
+            ts: self.ts,
+            value: self.value.map(bytes::Bytes::copy_from_slice),
+            expires: self.expires.filter(|_| self.value.is_some()).and_then(std::num::NonZeroU64::new),
+        }
+    }
+}
+
+impl<'a> RecordEntry<'a> {
+    /// The record form of `key`'s entry `e`, borrowing from them.
+    pub fn of(key: &'a [u8], e: &'a lww_crdt::Entry<bytes::Bytes>) -> Self {
+        RecordEntry { key, ts: e.ts, value: e.value.as_deref(), expires: e.deadline() }
     }
 }
 
@@ -171,8 +207,13 @@ impl BatchEncoder {
         self.size() >= TARGET_PAYLOAD
     }
 
-    /// Appends one entry.
+    /// Appends one entry without a deadline.
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>, ts: Timestamp) {
+        self.push_until(key, value, None, ts);
+    }
+
+    /// Appends one entry whose value (if any) expires at `expires` (wall-clock ms).
+    pub fn push_until(&mut self, key: &[u8], value: Option<&[u8]>, expires: Option<u64>, ts: Timestamp) {
         // A batch holds a handful of replicas (a node's actors, its peers' actors): a linear
         // search beats a map.
         let index = match self.replicas.iter().position(|&r| r == ts.replica) {
@@ -189,10 +230,16 @@ impl BatchEncoder {
         self.prev_wall = ts.wall_ms;
         put_varint(&mut self.body, u64::from(ts.logical));
         put_varint(&mut self.body, index as u64);
-        match value {
-            None => put_varint(&mut self.body, 0),
-            Some(v) => {
-                put_varint(&mut self.body, v.len() as u64 + 1);
+        match (value, expires) {
+            (None, _) => put_varint(&mut self.body, 0),
+            (Some(v), Some(deadline)) => {
+                put_varint(&mut self.body, 1);
+                put_varint(&mut self.body, v.len() as u64);
+                self.body.extend_from_slice(v);
+                put_varint(&mut self.body, zigzag(deadline.wrapping_sub(ts.wall_ms) as i64));
+            }
+            (Some(v), None) => {
+                put_varint(&mut self.body, v.len() as u64 + 2);
                 self.body.extend_from_slice(v);
             }
         }
@@ -206,7 +253,7 @@ impl BatchEncoder {
             return None;
         }
         let mut out = Vec::with_capacity(self.body.len() + 11 + 10 * (self.replicas.len() + 1));
-        out.push(KIND_ENTRIES);
+        out.push(KIND_ENTRIES_EXPIRY);
         put_varint(&mut out, self.count);
         put_varint(&mut out, self.replicas.len() as u64);
         for &r in &self.replicas {
@@ -242,7 +289,8 @@ pub fn decode_payload(payload: &[u8]) -> Result<Payload<'_>, DecodeError> {
     let mut r = Reader { buf: payload, pos: 0 };
     let kind = r.byte()?;
     let decoded = match kind {
-        KIND_ENTRIES => Payload::Entries(decode_entries(&mut r)?),
+        KIND_ENTRIES => Payload::Entries(decode_entries(&mut r, false)?),
+        KIND_ENTRIES_EXPIRY => Payload::Entries(decode_entries(&mut r, true)?),
         KIND_SNAPSHOT_END => Payload::SnapshotEnd { count: r.varint()?, covers: r.varint()? },
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -252,7 +300,9 @@ pub fn decode_payload(payload: &[u8]) -> Result<Payload<'_>, DecodeError> {
     }
 }
 
-fn decode_entries<'a>(r: &mut Reader<'a>) -> Result<Vec<RecordEntry<'a>>, DecodeError> {
+/// Decodes the entries of a [`KIND_ENTRIES`] payload, or of a [`KIND_ENTRIES_EXPIRY`] one
+/// (`expiry`).
+fn decode_entries<'a>(r: &mut Reader<'a>, expiry: bool) -> Result<Vec<RecordEntry<'a>>, DecodeError> {
     let count = r.varint()?;
     // Every entry takes at least 5 bytes (key length, delta, logical, replica, value tag): a
     // count beyond that is a lie, and trusting it would allocate on the input's say-so.
@@ -279,14 +329,24 @@ fn decode_entries<'a>(r: &mut Reader<'a>) -> Result<Vec<RecordEntry<'a>>, Decode
         let replica = *replicas
             .get(usize::try_from(index).unwrap_or(usize::MAX))
             .ok_or(DecodeError::Invalid("replica index outside the table"))?;
-        let value = match r.varint()? {
-            0 => None,
-            tagged => {
-                let len = usize::try_from(tagged - 1).map_err(|_| DecodeError::Invalid("value length"))?;
-                Some(r.bytes(len)?)
+        let (value, expires) = match (r.varint()?, expiry) {
+            (0, _) => (None, None),
+            (1, true) => {
+                let len = r.len_field()?;
+                let value = r.bytes(len)?;
+                let deadline = wall.wrapping_add(unzigzag(r.varint()?) as u64);
+                if deadline == 0 {
+                    return Err(DecodeError::Invalid("a deadline of 0"));
+                }
+                (Some(value), Some(deadline))
+            }
+            (tagged, _) => {
+                let skip = if expiry { 2 } else { 1 };
+                let len = usize::try_from(tagged - skip).map_err(|_| DecodeError::Invalid("value length"))?;
+                (Some(r.bytes(len)?), None)
             }
         };
-        entries.push(RecordEntry { key, ts: Timestamp::new(wall, logical, replica), value });
+        entries.push(RecordEntry { key, ts: Timestamp::new(wall, logical, replica), value, expires });
     }
     Ok(entries)
 }
@@ -366,20 +426,67 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_round_trips_with_tombstones_and_extreme_timestamps() {
+    fn a_batch_round_trips_with_tombstones_deadlines_and_extreme_timestamps() {
         let mut enc = BatchEncoder::new();
         let input = [
-            RecordEntry { key: b"a", ts: ts(1_700_000_000_000, 0, 7), value: Some(b"1") },
-            RecordEntry { key: b"", ts: ts(0, u32::MAX, u64::MAX), value: None },
-            RecordEntry { key: b"b", ts: ts(u64::MAX, 3, 7), value: Some(b"") },
-            RecordEntry { key: b"a", ts: ts(5, 1, 0), value: None },
+            RecordEntry { key: b"a", ts: ts(1_700_000_000_000, 0, 7), value: Some(b"1"), expires: None },
+            RecordEntry { key: b"", ts: ts(0, u32::MAX, u64::MAX), value: None, expires: None },
+            RecordEntry { key: b"b", ts: ts(u64::MAX, 3, 7), value: Some(b""), expires: None },
+            RecordEntry { key: b"a", ts: ts(5, 1, 0), value: None, expires: None },
+            RecordEntry {
+                key: b"ttl",
+                ts: ts(1_700_000_000_000, 2, 7),
+                value: Some(b"soon"),
+                expires: Some(1_700_000_010_000),
+            },
+            // A deadline before the write (EXPIREAT in the past) and one far away.
+            RecordEntry { key: b"past", ts: ts(1_700_000_000_000, 3, 7), value: Some(b""), expires: Some(1) },
+            RecordEntry { key: b"far", ts: ts(5, 0, 7), value: Some(b"x"), expires: Some(u64::MAX) },
         ];
         for e in &input {
-            enc.push(e.key, e.value, e.ts);
+            enc.push_until(e.key, e.value, e.expires, e.ts);
         }
         let payload = enc.take_payload().unwrap();
+        assert_eq!(payload[0], KIND_ENTRIES_EXPIRY);
         assert!(enc.take_payload().is_none(), "the encoder is empty after a take");
         assert_eq!(decode_payload(&payload), Ok(Payload::Entries(input.to_vec())));
+        for e in &input {
+            assert_eq!(RecordEntry::of(e.key, &e.to_entry()), *e);
+        }
+    }
+
+    #[test]
+    fn payloads_written_before_deadlines_existed_still_decode() {
+        // KIND_ENTRIES: one replica (7), then `a` = `1` at wall 10 and a tombstone of `b`.
+        let old = [KIND_ENTRIES, 2, 1, 7, 1, b'a', 20, 0, 0, 2, b'1', 1, b'b', 0, 0, 0, 0];
+        assert_eq!(
+            decode_payload(&old),
+            Ok(Payload::Entries(vec![
+                RecordEntry { key: b"a", ts: ts(10, 0, 7), value: Some(b"1"), expires: None },
+                RecordEntry { key: b"b", ts: ts(10, 0, 7), value: None, expires: None },
+            ]))
+        );
+        // In the new kind, tag 1 is a value with a deadline, and a deadline of 0 is refused.
+        let zero = [KIND_ENTRIES_EXPIRY, 1, 1, 7, 1, b'a', 20, 0, 0, 1, 0, 19];
+        assert_eq!(decode_payload(&zero), Err(DecodeError::Invalid("a deadline of 0")));
+    }
+
+    #[test]
+    fn lww_cmp_orders_as_the_replica_does() {
+        let t = ts(10, 0, 1);
+        let entries = [
+            RecordEntry { key: b"k", ts: t, value: Some(b"x"), expires: Some(50) },
+            RecordEntry { key: b"k", ts: t, value: Some(b"x"), expires: Some(60) },
+            RecordEntry { key: b"k", ts: t, value: None, expires: None },
+            RecordEntry { key: b"k", ts: t, value: Some(b""), expires: None },
+            RecordEntry { key: b"k", ts: t, value: Some(b"x"), expires: None },
+            RecordEntry { key: b"k", ts: ts(11, 0, 0), value: None, expires: None },
+        ];
+        for a in &entries {
+            for b in &entries {
+                assert_eq!(a.lww_cmp(b), a.to_entry().cmp(&b.to_entry()), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

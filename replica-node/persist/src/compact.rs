@@ -86,19 +86,21 @@ fn head(key: &[u8]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lww_crdt::{BytesMap, Entry, Timestamp};
+    use lww_crdt::{BytesMap, Timestamp};
     use proptest::prelude::*;
 
-    /// A write as the tests build it: key, value (`None` deletes), timestamp.
-    type Write = (Vec<u8>, Option<Vec<u8>>, Timestamp);
+    /// A write as the tests build it: key, value (`None` deletes), timestamp, deadline.
+    type Write = (Vec<u8>, Option<Vec<u8>>, Timestamp, Option<u64>);
 
     fn to_map(entries: &[Write]) -> BytesMap {
         entries
             .iter()
-            .map(|(k, v, ts)| {
-                (bytes::Bytes::from(k.clone()), Entry { ts: *ts, value: v.clone().map(bytes::Bytes::from) })
-            })
+            .map(|(k, v, ts, d)| (bytes::Bytes::from(k.clone()), record(k, v, *ts, *d).to_entry()))
             .collect()
+    }
+
+    fn record<'a>(k: &'a [u8], v: &'a Option<Vec<u8>>, ts: Timestamp, d: Option<u64>) -> RecordEntry<'a> {
+        RecordEntry { key: k, ts, value: v.as_deref(), expires: d.filter(|_| v.is_some()) }
     }
 
     fn arb_entry() -> impl Strategy<Value = Write> {
@@ -106,12 +108,14 @@ mod tests {
             prop::collection::vec(0u8..4, 0..10),
             prop::option::of(prop::collection::vec(0u8..3, 0..3)),
             (0u64..5, 0u32..2, 0u64..3),
+            prop::option::of(1u64..3),
         )
-            .prop_map(|(k, v, (w, l, r))| (k, v, Timestamp::new(w, l, r)))
+            .prop_map(|(k, v, (w, l, r), d)| (k, v, Timestamp::new(w, l, r), d))
     }
 
     proptest! {
-        /// Merging a snapshot with the log since gives what merging every entry into a map does.
+        /// Merging a snapshot with the log since gives what merging every entry into a map does
+        /// (ties on timestamps, tombstones and deadlines included).
         #[test]
         fn merge_equals_lww_merge(
             snap in prop::collection::vec(arb_entry(), 0..40),
@@ -119,15 +123,12 @@ mod tests {
             batch in 1usize..7,
         ) {
             let snapshot = to_map(&snap);
-            let snap_entries: Vec<RecordEntry<'_>> = snapshot
-                .entries()
-                .map(|(k, e)| RecordEntry { key: k, ts: e.ts, value: e.value.as_deref() })
-                .collect();
-            let log_entries: Vec<RecordEntry<'_>> =
-                log.iter().map(|(k, v, ts)| RecordEntry { key: k, ts: *ts, value: v.as_deref() }).collect();
+            let snap_entries: Vec<RecordEntry<'_>> = snapshot.entries().map(|(k, e)| RecordEntry::of(k, e)).collect();
+            let log_entries: Vec<RecordEntry<'_>> = log.iter().map(|(k, v, ts, d)| record(k, v, *ts, *d)).collect();
             let mut run = LogRun::new(log_entries);
             let mut out: Vec<Write> = Vec::new();
-            let mut emit = |e: &RecordEntry<'_>| out.push((e.key.to_vec(), e.value.map(<[u8]>::to_vec), e.ts));
+            let mut emit =
+                |e: &RecordEntry<'_>| out.push((e.key.to_vec(), e.value.map(<[u8]>::to_vec), e.ts, e.expires));
             for chunk in snap_entries.chunks(batch) {
                 run.merge_batch(chunk, &mut emit);
             }

@@ -233,16 +233,21 @@ impl DataDir {
     /// Buffers one entry. It becomes part of a record at the next [`DataDir::end_batch`] (or
     /// when the batch reaches [`codec::TARGET_PAYLOAD`]).
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>, ts: Timestamp) {
-        self.encoder.push(key, value, ts);
+        self.push_entry(&RecordEntry { key, ts, value, expires: None });
+    }
+
+    /// Buffers one entry, with its deadline if it has one.
+    pub fn push_entry(&mut self, e: &RecordEntry<'_>) {
+        self.encoder.push_until(e.key, e.value, e.expires, e.ts);
         if self.encoder.is_full() {
             self.end_batch();
         }
     }
 
-    /// Buffers every entry of `map`, tombstones included.
+    /// Buffers every entry of `map`, tombstones and deadlines included.
     pub fn push_map(&mut self, map: &BytesMap) {
         for (k, e) in map.entries() {
-            self.push(k, e.value.as_deref(), e.ts);
+            self.push_entry(&RecordEntry::of(k, e));
         }
     }
 
@@ -564,7 +569,7 @@ impl SnapshotWriter {
 
     /// Appends one entry (keys must come strictly increasing).
     pub fn push(&mut self, e: &RecordEntry<'_>) -> io::Result<()> {
-        self.encoder.push(e.key, e.value, e.ts);
+        self.encoder.push_until(e.key, e.value, e.expires, e.ts);
         self.count += 1;
         if self.encoder.is_full() { self.flush_batch() } else { Ok(()) }
     }
@@ -598,7 +603,7 @@ impl SnapshotWriter {
 pub fn write_snapshot(path: &Path, covers: u64, map: &BytesMap) -> io::Result<SnapshotInfo> {
     let mut w = SnapshotWriter::create(path, covers)?;
     for (k, e) in map.entries() {
-        w.push(&RecordEntry { key: k, ts: e.ts, value: e.value.as_deref() })?;
+        w.push(&RecordEntry::of(k, e))?;
     }
     w.finish()
 }

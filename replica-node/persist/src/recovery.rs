@@ -234,7 +234,7 @@ fn replay_segment<E>(
 }
 
 fn owned_entry(e: &RecordEntry<'_>) -> Entry<Bytes> {
-    Entry { ts: e.ts, value: e.value.map(Bytes::copy_from_slice) }
+    e.to_entry()
 }
 
 /// Decodes a whole snapshot file: its map, entry count and newest timestamp, or the offset and

@@ -33,7 +33,7 @@ fn writes(n: u64, keys: u64) -> Vec<Write> {
 fn model(ws: &[Write]) -> BytesMap {
     let mut m = BytesMap::new();
     for (k, v, t) in ws {
-        m.apply(Bytes::from(k.clone()), Entry { ts: *t, value: v.clone().map(Bytes::from) });
+        m.apply(Bytes::from(k.clone()), Entry { ts: *t, value: v.clone().map(Bytes::from), expires: None });
     }
     m
 }

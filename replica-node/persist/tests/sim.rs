@@ -75,7 +75,7 @@ fn run(seed: u64, crash: Crash) {
                 let value =
                     (!rng.random_ratio(1, 8)).then(|| Bytes::from(format!("v{t}-{}", rng.random::<u32>())));
                 let ts = actor.write(key.clone(), value.clone(), now).expect("one clock: every write wins");
-                acked.push((t, key, Entry { ts, value }));
+                acked.push((t, key, Entry { ts, value, expires: None }));
             }
             // End of the actor's round: its writes, encoded, to the persistence actor.
             let mut enc = BatchEncoder::new();
