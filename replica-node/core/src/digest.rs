@@ -1,7 +1,7 @@
 //! The digest of a replica, for anti-entropy repair (design 4.2).
 //!
 //! Keys are hashed into [`BUCKETS`] buckets; a bucket's digest is the wrapping sum of the
-//! 128-bit hashes of its entries (key, timestamp, value or tombstone), so a merge updates it in
+//! 128-bit hashes of its entries (key, timestamp, value or tombstone, deadline), so a merge updates it in
 //! O(1) per changed entry (subtract the replaced entry's hash, add the new one's) and no scan of
 //! the store is ever needed to keep it. Two replicas holding the same entries have the same
 //! digests whatever order they merged them in. Groups of [`BUCKETS_PER_GROUP`] buckets and the
@@ -78,7 +78,9 @@ impl Digest {
         (h.finish() >> (64 - BUCKETS.trailing_zeros())) as usize
     }
 
-    /// The hash of one entry: its key, timestamp and value (or the fact that it is a delete).
+    /// The hash of one entry: its key, timestamp, value (or the fact that it is a delete) and
+    /// deadline: two replicas that disagree on when a key expires disagree in their digests,
+    /// and repair settles it. (An entry without a deadline hashes as before deadlines existed.)
     pub fn entry_hash(&self, key: &[u8], entry: &Entry<Bytes>) -> u128 {
         let mut h = SipHasher13x128::new_with_key(&self.key);
         h.write_u64(key.len() as u64);
@@ -93,6 +95,10 @@ impl Digest {
                 h.write(v);
             }
             None => h.write_u8(0),
+        }
+        if let Some(deadline) = entry.expires {
+            h.write_u8(2);
+            h.write_u64(deadline.get());
         }
         h.finish128().as_u128()
     }
@@ -179,16 +185,19 @@ mod tests {
         (map, d)
     }
 
-    fn entry_strategy() -> impl Strategy<Value = (String, Option<u8>, u64, u64)> {
-        ("[a-e]{1,2}", proptest::option::of(0u8..3), 0u64..6, 0u64..3)
+    /// Key, value (`None` deletes), wall time, replica, deadline (0: none).
+    type Write = (String, Option<u8>, u64, u64, u64);
+
+    fn entry_strategy() -> impl Strategy<Value = Write> {
+        ("[a-e]{1,2}", proptest::option::of(0u8..3), 0u64..6, 0u64..3, 0u64..3)
     }
 
-    fn map_of(entries: &[(String, Option<u8>, u64, u64)]) -> BytesMap {
+    fn map_of(entries: &[Write]) -> BytesMap {
         let mut m = BytesMap::new();
-        for (k, v, wall, replica) in entries {
+        for (k, v, wall, replica, deadline) in entries {
             let ts = Timestamp::new(*wall, 0, *replica);
             match v {
-                Some(v) => m.put(b(k), Bytes::from(vec![*v]), ts),
+                Some(v) => m.apply(b(k), Entry::expiring(Bytes::from(vec![*v]), ts, *deadline)),
                 None => m.delete(b(k), ts),
             };
         }
@@ -228,11 +237,14 @@ mod tests {
         for i in 0..1000 {
             a.put(b(&format!("k{i}")), b("v"), Timestamp::new(1, 0, 1));
         }
-        // Same key, same timestamp, another value; then a tombstone; then a newer write.
+        // Same key, same timestamp, another value; then a tombstone; then a newer write; then
+        // the same value with a deadline (an EXPIRE), and the same with another deadline.
         for change in [
             Entry::live(b("w"), Timestamp::new(1, 0, 1)),
             Entry::tombstone(Timestamp::new(1, 1, 1)),
             Entry::live(b("v"), Timestamp::new(2, 0, 1)),
+            Entry::expiring(b("v"), Timestamp::new(2, 0, 1), 50),
+            Entry::expiring(b("v"), Timestamp::new(2, 0, 1), 60),
         ] {
             let mut m = a.clone();
             assert!(m.apply(b("k500"), change.clone()), "{change:?} wins over the held entry");

@@ -23,8 +23,9 @@ use lww_crdt::{BytesMap, Entry, Timestamp};
 use serde::ser::{SerializeSeq, SerializeStructVariant, Serializer};
 use serde::{Deserialize, Serialize};
 
-/// The version of this protocol; a peer speaking another is disconnected.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The version of this protocol; a peer speaking another is disconnected. Version 4: entries
+/// carry the deadline of a value that expires.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest payload of a delta, snapshot or repair frame the sender builds (entries larger than
 /// that travel alone); below the frame limit so one maximal entry always fits.

@@ -71,6 +71,10 @@ pub struct Replica {
     /// took them, unpaced (see [`Replica::take_durable`]).
     durable: Vec<(Bytes, Entry<Bytes>)>,
     keep_durable: bool,
+    /// Where the sweep for expired entries resumes: after this key (`None`: from the start).
+    sweep_after: Option<Bytes>,
+    /// Expired entries this replica turned into tombstones.
+    expired: u64,
 }
 
 impl Replica {
@@ -89,6 +93,8 @@ impl Replica {
             max_ahead_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             durable: Vec::new(),
             keep_durable: false,
+            sweep_after: None,
+            expired: 0,
         }
     }
 
@@ -153,8 +159,22 @@ impl Replica {
     /// [`Replica::with_max_clock_offset`]): then nothing is applied or sent, and the write is
     /// [`Lost`].
     pub fn write(&mut self, key: Bytes, value: Option<Bytes>, now: Now) -> Result<Timestamp, Lost> {
+        self.write_until(key, value, None, now)
+    }
+
+    /// A client write whose value expires at `deadline` (wall-clock ms since the Unix epoch;
+    /// `None`: never). The deadline is part of the entry, so every replica agrees on it; it is
+    /// ignored for a delete. Otherwise as [`Replica::write`].
+    pub fn write_until(
+        &mut self,
+        key: Bytes,
+        value: Option<Bytes>,
+        deadline: Option<u64>,
+        now: Now,
+    ) -> Result<Timestamp, Lost> {
         let ts = self.clock.now(now.wall_ms);
-        let entry = Entry { ts, value };
+        let expires = deadline.filter(|_| value.is_some()).and_then(std::num::NonZeroU64::new);
+        let entry = Entry { ts, value, expires };
         if self.map.apply(key.clone(), entry.clone()) {
             if self.keep_durable {
                 self.durable.push((key.clone(), entry.clone()));
@@ -169,7 +189,7 @@ impl Replica {
 
     /// A client delete; returns whether the key had a live value here before.
     pub fn delete(&mut self, key: Bytes, now: Now) -> Result<bool, Lost> {
-        let existed = self.map.contains_key(&key[..]);
+        let existed = self.map.get_entry(&key[..]).is_some_and(|e| e.is_live_at(now.wall_ms));
         self.write(key, None, now)?;
         Ok(existed)
     }
@@ -181,6 +201,49 @@ impl Replica {
         self.observe(stats.newest, now);
         self.stats.received(&stats);
         stats
+    }
+
+    /// Looks at up to `budget` entries, resuming where the last call stopped (wrapping around
+    /// at the end of the map), and turns those whose deadline has passed at `now` into
+    /// tombstones of the same timestamp; returns how many. The tombstones go out with the next
+    /// delta like writes (each wins over the entry it replaces wherever it arrives, so every
+    /// replica converges whether it swept first or not), and the gateway collects them like
+    /// any tombstone: an older write of the key can never come back. Costs nothing while no
+    /// entry has a deadline.
+    pub fn reclaim_expired(&mut self, now: Now, budget: usize) -> usize {
+        if self.map.expiring() == 0 {
+            self.sweep_after = None;
+            return 0;
+        }
+        let start = match &self.sweep_after {
+            Some(k) => std::ops::Bound::Excluded(&k[..]),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut examined = 0;
+        let mut last = None;
+        let mut doomed = Vec::new();
+        for (k, e) in self.map.range::<[u8], _>((start, std::ops::Bound::Unbounded)).take(budget) {
+            examined += 1;
+            last = Some(k);
+            if e.is_expired_at(now.wall_ms) {
+                doomed.push((k.clone(), e.expired()));
+            }
+        }
+        // A short walk reached the end of the map: the next one starts over.
+        self.sweep_after = if examined < budget { None } else { last.cloned() };
+        let n = doomed.len();
+        for (k, tomb) in doomed {
+            if self.map.apply(k.clone(), tomb.clone()) {
+                self.pending.record(k, tomb);
+            }
+        }
+        self.expired += n as u64;
+        n
+    }
+
+    /// Expired entries this replica has turned into tombstones.
+    pub fn expired_reclaimed(&self) -> u64 {
+        self.expired
     }
 
     /// Removes tombstones the gateway collected (each only if this replica still holds that very

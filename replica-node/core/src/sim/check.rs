@@ -84,6 +84,7 @@ impl Sim {
             self.report.repair_entries += st.repair_entries_received;
             self.report.entries_future += st.entries_future;
             self.report.tombstones_collected += st.tombstones_collected;
+            self.report.expired_reclaimed += s.actors[0].expired_reclaimed();
         }
         Ok(())
     }
@@ -91,9 +92,10 @@ impl Sim {
     /// The Jepsen set check, key by key, and the clock check.
     ///
     /// Every acknowledged write (not lost with a crashed server) is visible or overwritten by
-    /// a later one: the final entry of its key is at least as new, or, for a key no replica
-    /// holds any more, the newest write of the key was a delete (its tombstone was collected;
-    /// an older value that came back would be a resurrection).
+    /// a later one: the final entry of its key is at least as new (an expired value's
+    /// tombstone has its timestamp), or, for a key no replica holds any more, the newest write
+    /// of the key was a delete or a value that expired (its tombstone was collected; an older
+    /// value that came back would be a resurrection).
     ///
     /// And no write accepted while its server's clock was checked against its peers' wins
     /// over a write accepted more than the bound (plus two network delays) later in real time:
@@ -110,7 +112,8 @@ impl Sim {
             let newest = writes.iter().max_by_key(|w| w.ts).expect("at least one write");
             let final_ts = match reference.get_entry(key) {
                 Some(e) if e.ts >= newest.ts => e.ts,
-                None if newest.delete => newest.ts,
+                // Deleted, or expired (turned into a tombstone, which was collected).
+                None if newest.delete || newest.deadline.is_some() => newest.ts,
                 other => {
                     return Err(format!(
                         "acknowledged write to {key:?} at {} (real time {} ms, delete: {}) is neither visible nor \

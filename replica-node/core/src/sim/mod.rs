@@ -15,7 +15,8 @@
 //! - every replica (every actor and gateway of every server) holds the same map;
 //! - every acknowledged write is visible or overwritten by a later one (the Jepsen set
 //!   check), except writes acknowledged by a server that crashed before any other server (or
-//!   its own disk) had them (a server without a data directory loses those, by design);
+//!   its own disk) had them (a server without a data directory loses those, by design); a
+//!   value that expired may be gone, but never overwritten by an older write;
 //! - no server is still loading, every server is connected to every other, and the servers
 //!   that were replaced are shown as such.
 //!
@@ -68,6 +69,12 @@ pub struct Scenario {
     pub tombstone_grace_ms: u64,
     /// The share of servers (addresses) run with a data directory, drawn at the start.
     pub data_dirs: f64,
+    /// Share of value writes that expire (`SET … PX ttl`), each after a TTL drawn from
+    /// `ttl_ms`; actor 0 of each server sweeps expired entries into tombstones, as the daemon's
+    /// does.
+    pub expire_ratio: f64,
+    /// The range of TTLs of expiring writes (ms).
+    pub ttl_ms: (u64, u64),
     /// Print what happens (to stderr), to study a failing seed.
     pub trace: bool,
 }
@@ -147,6 +154,8 @@ impl Default for Scenario {
             max_clock_offset_ms: 500,
             tombstone_grace_ms: 5_000,
             data_dirs: 0.5,
+            expire_ratio: 0.0,
+            ttl_ms: (200, 3_000),
             trace: false,
         }
     }
@@ -182,6 +191,8 @@ pub struct Report {
     pub entries_future: u64,
     /// Tombstones collected (live processes at the end).
     pub tombstones_collected: u64,
+    /// Expired entries swept into tombstones (live processes at the end).
+    pub expired_reclaimed: u64,
 }
 
 /// A tampering with messages in flight, to check that the checks catch a broken protocol.
@@ -285,6 +296,8 @@ struct Server {
     mail: VecDeque<Mail>,
     /// Addresses being dialled, and when the next attempt is due.
     dialing: BTreeMap<String, u64>,
+    /// When actor 0 next sweeps for expired entries (virtual ms).
+    next_sweep: u64,
 }
 
 #[derive(Debug)]
@@ -331,6 +344,8 @@ struct Write {
     /// Whether its server had measured at least one peer's clock (before that, a server with
     /// a clock far off cannot know it).
     guarded: bool,
+    /// The deadline of an expiring value (wall-clock ms of its server).
+    deadline: Option<u64>,
 }
 
 struct Sim {

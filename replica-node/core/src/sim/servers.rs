@@ -96,6 +96,7 @@ impl Sim {
             actors,
             mail: VecDeque::new(),
             dialing: BTreeMap::new(),
+            next_sweep: 0,
         }
     }
 
@@ -118,6 +119,11 @@ impl Sim {
         let delete = self.rng.chance(self.scenario.delete_ratio);
         let value = (!delete).then(|| Bytes::from(format!("v{}", self.history.len())));
         let now = self.actor_clock(i);
+        // Drawn only in scenarios with expiry, so the others keep their random sequences.
+        let ttl =
+            (!delete && self.scenario.expire_ratio > 0.0 && self.rng.chance(self.scenario.expire_ratio))
+                .then(|| self.rng.range(self.scenario.ttl_ms.0, self.scenario.ttl_ms.1));
+        let deadline = ttl.map(|t| now.wall_ms + t);
         let at = self.now;
         let s = self.servers[i].as_mut().expect("live");
         let clock = s.gateway.clock();
@@ -126,14 +132,15 @@ impl Sim {
             self.report.refused_skewed += 1;
             return;
         }
-        let Ok(ts) = s.actors[a].write(key.clone(), value.clone(), now) else {
+        let Ok(ts) = s.actors[a].write_until(key.clone(), value.clone(), deadline, now) else {
             // The key holds a write stamped further ahead than this server's clock may follow:
             // the client is told (an error), not acknowledged.
             self.report.refused_skewed += 1;
             return;
         };
         let guarded = clock.peers_measured > 0 || self.scenario.servers == 1;
-        self.persist(i, key.clone(), Entry { ts, value });
+        let expires = deadline.and_then(std::num::NonZeroU64::new);
+        self.persist(i, key.clone(), Entry { ts, value, expires });
         if self.scenario.trace
             && guarded
             && ts.wall_ms.abs_diff(EPOCH_MS + at) > self.scenario.max_clock_offset_ms
@@ -141,7 +148,7 @@ impl Sim {
             let off = ts.wall_ms as i64 - (EPOCH_MS + at) as i64;
             self.trace(i, &format!("took write {key:?} at {ts}, {off} ms off real time: {clock:?}"));
         }
-        self.history.push(Write { key, ts, delete, at, guarded });
+        self.history.push(Write { key, ts, delete, at, guarded, deadline });
     }
 
     pub(super) fn crash(&mut self) {

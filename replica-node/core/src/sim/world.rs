@@ -6,6 +6,11 @@ use super::{BULK_WINDOW, Disk, EPOCH_MS, Mail, Report, Rng, Scenario, Sim, Tampe
 use crate::gateway::{CloseWhy, Event, Transmit};
 use crate::replica::Now;
 
+/// How often actor 0 sweeps for expired entries, and how many entries a sweep looks at (the
+/// daemon's figures).
+const SWEEP_EVERY_MS: u64 = 100;
+const SWEEP_BUDGET: usize = 10_000;
+
 impl Sim {
     pub(super) fn new(seed: u64, scenario: Scenario, tamper: Option<Tamper>) -> Self {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
@@ -206,6 +211,9 @@ impl Sim {
                     next = next.min(t);
                 }
             }
+            if s.actors[0].map().expiring() > 0 {
+                next = next.min(s.next_sweep);
+            }
         }
         next
     }
@@ -226,6 +234,13 @@ impl Sim {
                     s.actors[to].collect(&tombstones);
                 }
                 Mail::Gateway(delta) => s.gateway.handle(Event::Local(delta), now),
+            }
+        }
+        // Actor 0 sweeps for expired entries, as the daemon's does (`SWEEP_EVERY_MS`).
+        if s.actors[0].map().expiring() > 0 && self.now >= s.next_sweep {
+            s.next_sweep = self.now + SWEEP_EVERY_MS;
+            if s.actors[0].reclaim_expired(actor_now, SWEEP_BUDGET) > 0 {
+                did = true;
             }
         }
         for a in 0..s.actors.len() {
