@@ -41,6 +41,8 @@ pub struct NodeStats {
     pub keyspace_hits: AtomicU64,
     /// Reads of a key that found none, all actors together.
     pub keyspace_misses: AtomicU64,
+    /// Expired entries this node's sweep turned into tombstones.
+    pub expired_keys: AtomicU64,
     /// Recent samples of `commands_processed`, for `instantaneous_ops_per_sec`.
     ops_samples: Mutex<VecDeque<(u64, u64)>>,
     /// The node has a data directory (INFO shows the `persistence` section).

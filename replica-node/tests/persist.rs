@@ -34,6 +34,30 @@ fn clients(node: &Node) -> Vec<Client> {
 }
 
 #[test]
+fn deadlines_survive_a_restart_and_an_expired_key_stays_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&config(dir.path(), 2)).unwrap();
+    let cs = clients(&node);
+    cs[0].command(&["SET", "long", "v", "EX", "1000"]).unwrap();
+    cs[1].command(&["SET", "short", "v", "PX", "300"]).unwrap();
+    cs[1].command(&["SET", "plain", "v"]).unwrap();
+    let ttl = |c: &Client, k: &str| match c.command(&["TTL", k]).unwrap() {
+        replica_node::client::Value::Integer(n) => n,
+        other => panic!("TTL answers {other:?}"),
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    node.shutdown();
+    let node = Node::start(&config(dir.path(), 2)).unwrap();
+    for c in clients(&node) {
+        let t = ttl(&c, "long");
+        assert!((990..=1000).contains(&t), "the deadline was recovered with the value: {t}");
+        assert_eq!(ttl(&c, "short"), -2, "expired before the restart: absent after it");
+        assert_eq!(ttl(&c, "plain"), -1);
+        assert_eq!(c.get("short").unwrap(), None);
+    }
+}
+
+#[test]
 fn a_restarted_node_serves_everything_on_every_actor_with_the_same_id_whatever_its_actor_count() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&config(dir.path(), 2)).unwrap();

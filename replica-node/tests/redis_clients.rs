@@ -186,7 +186,7 @@ fn redis_py_works() {
     let a = node.description().client_addrs();
     let script = format!(
         r#"
-import redis, sys
+import redis, sys, time
 r = redis.Redis(host="{host}", port={p})
 other = redis.Redis(host="{host}", port={q}, protocol=2)
 assert r.ping()
@@ -219,10 +219,21 @@ for field in ("used_memory", "used_memory_rss", "maxmemory", "connected_clients"
               "keyspace_hits", "keyspace_misses", "role"):
     assert field in info, field
 assert info["role"] == "master"
+# Expiry, as applications use it.
+assert r.set("s", "1", ex=100) and r.ttl("s") == 100 and 99_000 < r.pttl("s") <= 100_000
+assert r.set("s", "2", xx=True, keepttl=True) and r.ttl("s") == 100
+assert r.set("s", "3", nx=True) is None and r.set("s", "4", get=True) == b"2" and r.ttl("s") == -1
+assert r.expire("s", 50) and r.ttl("s") == 50 and r.expire("s", 10, gt=True) is False
+assert r.persist("s") and r.ttl("s") == -1 and r.ttl("nope") == -2
+assert r.setex("e", 30, "x") and r.ttl("e") == 30 and r.psetex("e", 2500, "y") and r.ttl("e") in (2, 3)
+assert r.getex("e", ex=7) == b"y" and r.ttl("e") == 7 and r.getex("e", persist=True) == b"y" and r.ttl("e") == -1
+assert r.set("gone", "z", px=100)
+time.sleep(0.2)
+assert r.get("gone") is None and r.exists("gone") == 0
+r.delete("s", "e")
 # Every key, across actors, with scan_iter's cursors.
 for i in range(100):
     r.set(f"k:{{i:03}}", i)
-import time
 deadline = time.time() + 2
 while other.dbsize() != r.dbsize() and time.time() < deadline:
     time.sleep(0.05)
@@ -248,5 +259,69 @@ print("ok")
         "redis-py: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A deadline travels with its value to every actor of every server; an expired key is gone
+/// everywhere and then reclaimed like a delete; an EXPIRE racing a SET on two servers ends the
+/// same on every actor.
+#[test]
+fn expiry_is_replicated_with_the_value_and_reclaimed_on_every_server() {
+    let mut cluster = Cluster::new("expiry");
+    cluster.tombstone_grace = Duration::from_secs(1);
+    cluster.add(2);
+    cluster.add(2);
+    cluster.wait_connected(Duration::from_secs(10));
+    let all: Vec<SocketAddr> = (0..2).flat_map(|i| cluster.addrs(i)).collect();
+    let (a, b) = (cluster.addrs(0), cluster.addrs(1));
+    let within = Duration::from_secs(5);
+
+    assert_eq!(redis_cli(a[0], &["SET", "k", "v", "EX", "100"]), "OK\n");
+    for &addr in &all {
+        let ttl = eventually(within, || matches!(redis_cli(addr, &["TTL", "k"]).as_str(), "99\n" | "100\n"));
+        assert!(ttl.is_some(), "{addr} has the deadline: {}", redis_cli(addr, &["TTL", "k"]));
+    }
+
+    // A short deadline: the value everywhere, then nowhere, then reclaimed.
+    assert_eq!(redis_cli(a[1], &["SET", "t", "v", "PX", "600"]), "OK\n");
+    assert!(eventually(within, || redis_cli(b[1], &["GET", "t"]) == "v\n").is_some());
+    for &addr in &all {
+        assert!(eventually(within, || redis_cli(addr, &["EXISTS", "t"]) == "0\n").is_some(), "{addr}");
+    }
+    for &addr in &all {
+        // Swept into a tombstone by each server's actor 0, then collected once both servers
+        // hold it and the grace has passed: no key, no tombstone left.
+        let reclaimed = eventually_every(Duration::from_secs(60), Duration::from_millis(500), || {
+            let ks = parse_info(&redis_cli(addr, &["INFO", "keyspace"]));
+            ks.get("db0")
+                .is_some_and(|db| db.starts_with("keys=1,expires=1,") && db.ends_with("tombstones=0"))
+        });
+        assert!(reclaimed.is_some(), "{addr}: {}", redis_cli(addr, &["INFO", "keyspace"]));
+    }
+    let swept: u64 = (0..2)
+        .map(|i| {
+            parse_info(&redis_cli(cluster.addrs(i)[0], &["INFO", "stats"]))["expired_keys"]
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(swept >= 1, "the sweep counted it");
+
+    // EXPIRE on one server racing SET on the other: whichever is later wins, everywhere.
+    assert_eq!(redis_cli(a[0], &["SET", "r", "v0"]), "OK\n");
+    assert!(eventually(within, || redis_cli(b[0], &["GET", "r"]) == "v0\n").is_some());
+    assert_eq!(redis_cli(a[0], &["EXPIRE", "r", "1000"]), "1\n");
+    assert_eq!(redis_cli(b[0], &["SET", "r", "v1"]), "OK\n");
+    let agreed = eventually(within, || {
+        let states: Vec<String> =
+            all.iter().map(|&x| redis_cli(x, &["MGET", "r"]) + &redis_cli(x, &["TTL", "r"])).collect();
+        states.iter().all(|s| *s == states[0])
+    });
+    assert!(agreed.is_some(), "every actor ends the same");
+    let end = redis_cli(a[1], &["TTL", "r"]);
+    let value = redis_cli(a[1], &["GET", "r"]);
+    assert!(
+        (value == "v1\n" && end == "-1\n") || (value == "v0\n" && end.trim().parse::<i64>().unwrap() > 990),
+        "one of the two writes won whole: {value:?} {end:?}"
     );
 }

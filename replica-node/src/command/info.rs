@@ -115,13 +115,14 @@ fn render(c: &Ctx<'_>, section: &str) -> String {
                 t,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{commands}\r\n\
                  instantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nclient_output_limit_disconnects:{}\r\n\
-                 keyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:0\r\nevicted_keys:0\r\n",
+                 keyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\n",
                 info.clients.received(),
                 stats.ops_per_sec(now.mono_ms, commands),
                 g(&stats.rejected_connections),
                 g(&stats.client_output_limit_disconnects),
                 actor.node_figure(&stats.keyspace_hits, |c: &Counters| c.hits),
                 actor.node_figure(&stats.keyspace_misses, |c: &Counters| c.misses),
+                g(&stats.expired_keys),
             );
         }
         "replication" => {
@@ -151,8 +152,9 @@ fn render(c: &Ctx<'_>, section: &str) -> String {
             if map.entry_count() > 0 {
                 let _ = write!(
                     t,
-                    "db0:keys={},expires=0,avg_ttl=0,tombstones={}\r\n",
+                    "db0:keys={},expires={},avg_ttl=0,tombstones={}\r\n",
                     map.len(),
+                    map.expiring(),
                     map.tombstones()
                 );
             }

@@ -17,7 +17,7 @@ pub(super) fn del(c: &mut Ctx<'_>) {
     let mut existed = 0;
     let mut lost = 0;
     for k in &keys[1..] {
-        let was = c.replica().map().contains_key(&k[..]);
+        let was = c.exists(k);
         // A delete is a write even of a key this replica never saw: its tombstone beats any
         // older write of the key still on its way from elsewhere.
         match c.write(k, None) {
@@ -34,12 +34,12 @@ pub(super) fn del(c: &mut Ctx<'_>) {
 }
 
 pub(super) fn exists(c: &mut Ctx<'_>) {
-    let n = c.args[1..].iter().filter(|k| c.replica().map().contains_key(&k[..])).count();
+    let n = c.args[1..].iter().filter(|k| c.exists(k)).count();
     c.integer(n as i64);
 }
 
 pub(super) fn type_(c: &mut Ctx<'_>) {
-    let kind = if c.replica().map().contains_key(&c.args[1][..]) { "string" } else { "none" };
+    let kind = if c.exists(&c.args[1]) { "string" } else { "none" };
     resp::simple(c.out.raw(), kind);
 }
 
@@ -53,16 +53,17 @@ pub(super) fn rename(c: &mut Ctx<'_>) {
     if !key_ok(c, from) || !key_ok(c, to) {
         return;
     }
-    let Some(value) = c.replica().map().get(&from[..]).cloned() else {
+    let Some((value, deadline)) = c.live(from).map(|e| (e.value.clone(), e.deadline())) else {
         return c.error("ERR no such key");
     };
     if from == to {
         return if nx { c.integer(0) } else { c.ok() };
     }
-    if nx && c.replica().map().contains_key(&to[..]) {
+    if nx && c.exists(to) {
         return c.integer(0);
     }
-    if let Err(lost) = c.write(to, Some(&value)).and_then(|_| c.write(from, None)) {
+    // The deadline moves with the value, as in Redis.
+    if let Err(lost) = c.write_until(to, value, deadline).and_then(|_| c.write(from, None)) {
         return c.lost(lost);
     }
     if nx { c.integer(1) } else { c.ok() }
@@ -90,13 +91,13 @@ pub(super) fn copy(c: &mut Ctx<'_>) {
     if !key_ok(c, from) || !key_ok(c, to) {
         return;
     }
-    let Some(value) = c.replica().map().get(&from[..]).cloned() else {
+    let Some((value, deadline)) = c.live(from).map(|e| (e.value.clone(), e.deadline())) else {
         return c.integer(0);
     };
-    if from == to || (!replace && c.replica().map().contains_key(&to[..])) {
+    if from == to || (!replace && c.exists(to)) {
         return c.integer(0);
     }
-    match c.write(to, Some(&value)) {
+    match c.write_until(to, value, deadline) {
         Ok(_) => c.integer(1),
         Err(lost) => c.lost(lost),
     }
@@ -115,6 +116,7 @@ const RANDOM_WALK: usize = 1024;
 /// first live key at or after it: O(log n), never a scan of the whole map. Keys after a wide
 /// gap in the key space come up more often than others: random, not uniform.
 pub(super) fn randomkey(c: &mut Ctx<'_>) {
+    let now = c.now.wall_ms;
     let map = c.actor.replica.map();
     if map.is_empty() {
         return c.null();
@@ -136,8 +138,8 @@ pub(super) fn randomkey(c: &mut Ctx<'_>) {
     let found = map
         .range::<[u8], _>((Bound::Included(&point[..]), Bound::Unbounded))
         .take(RANDOM_WALK)
-        .find(|(_, e)| !e.is_tombstone())
-        .or_else(|| map.entries().find(|(_, e)| !e.is_tombstone()))
+        .find(|(_, e)| e.is_live_at(now))
+        .or_else(|| map.entries().find(|(_, e)| e.is_live_at(now)))
         .map(|(k, _)| k.clone());
     match found {
         Some(k) => c.out.value(&k),
@@ -164,7 +166,9 @@ pub(super) fn flushall(c: &mut Ctx<'_>) {
     {
         return c.error("ERR syntax error");
     }
-    let keys: Vec<Bytes> = c.replica().map().iter().map(|(k, _)| k.clone()).collect();
+    let now = c.now.wall_ms;
+    let keys: Vec<Bytes> =
+        c.replica().map().entries().filter(|(_, e)| e.is_live_at(now)).map(|(k, _)| k.clone()).collect();
     let mut lost = 0;
     for k in keys {
         if c.actor.replica.write(k, None, c.now).is_err() {

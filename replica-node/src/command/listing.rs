@@ -3,6 +3,7 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
+use lww_crdt::BytesMap;
 
 use super::Ctx;
 use super::cursors::{self, Resume};
@@ -52,14 +53,27 @@ impl Pattern {
     }
 }
 
+/// The pairs under `prefix` that hold a value at `now_ms` (no tombstone, no value past its
+/// deadline), in key order: `O(log n)` plus the entries under the prefix.
+fn live_prefix<'a>(
+    map: &'a BytesMap,
+    prefix: &'a [u8],
+    now_ms: u64,
+) -> impl Iterator<Item = (&'a Bytes, &'a Bytes)> {
+    map.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+        .filter_map(move |(k, e)| e.value_at(now_ms).map(|v| (k, v)))
+}
+
 pub(super) fn list(c: &mut Ctx<'_>) {
     let prefix = c.args.get(1).map_or(&b""[..], |p| &p[..]);
+    let now = c.now.wall_ms;
     let map = c.actor.replica.map();
     // Counted first: the array header comes before the pairs. The count costs a second walk of
     // the range, which is what the reply costs anyway.
-    let n = map.scan_prefix(prefix).count();
+    let n = live_prefix(map, prefix, now).count();
     resp::array_header(c.out.raw(), n * 2);
-    for (k, v) in map.scan_prefix(prefix) {
+    for (k, v) in live_prefix(map, prefix, now) {
         if c.out.over_limit() {
             return;
         }
@@ -73,12 +87,13 @@ pub(super) fn keys(c: &mut Ctx<'_>) {
         Ok(p) => p,
         Err(e) => return c.error(e),
     };
+    let now = c.now.wall_ms;
     let map = c.actor.replica.map();
     let found: Vec<&Bytes> = match &pattern {
-        Pattern::Prefix(p) => map.scan_prefix(p).map(|(k, _)| k).collect(),
+        Pattern::Prefix(p) => live_prefix(map, p, now).map(|(k, _)| k).collect(),
         Pattern::Exact(k) => map
             .range::<[u8], _>((Bound::Included(&k[..]), Bound::Included(&k[..])))
-            .filter(|(_, e)| !e.is_tombstone())
+            .filter(|(_, e)| e.is_live_at(now))
             .map(|(k, _)| k)
             .collect(),
     };
@@ -141,6 +156,7 @@ pub(super) fn scan(c: &mut Ctx<'_>) {
         Resume::After(k) if k[..] >= prefix[..] => Bound::Excluded(&k[..]),
         _ => Bound::Included(&prefix[..]),
     };
+    let now = c.now.wall_ms;
     let mut found = Vec::new();
     let mut last: Option<&Bytes> = None;
     let mut next = 0;
@@ -162,7 +178,7 @@ pub(super) fn scan(c: &mut Ctx<'_>) {
             }
         }
         last = Some(k);
-        if e.value.is_some() && pattern.matches(k) {
+        if e.is_live_at(now) && pattern.matches(k) {
             found.push(k.clone());
         }
     }

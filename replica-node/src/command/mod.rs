@@ -5,7 +5,8 @@
 //! `COMMAND INFO` and `COMMAND DOCS`, so what the server says it understands is what it runs.
 //! [`refused::REFUSED`] names the Redis commands this store deliberately does not run, each with the
 //! reason its error gives. The handlers live in files by family: [`strings`] (GET SET MSET
-//! GETDEL ...), [`keys`] (DEL EXISTS TYPE RANDOMKEY FLUSHALL ...), [`listing`] (LIST KEYS SCAN),
+//! GETDEL SETEX GETEX ...), [`keys`] (DEL EXISTS TYPE RANDOMKEY FLUSHALL ...), [`expiry`]
+//! (EXPIRE TTL PERSIST ...), [`listing`] (LIST KEYS SCAN),
 //! [`transaction`] (MULTI EXEC DISCARD WATCH UNWATCH), [`connection`] (PING ECHO QUIT HELLO
 //! AUTH SELECT RESET COMMAND CONFIG), [`client`] (CLIENT and the node's list of connections),
 //! [`server`] (TIME ROLE MEMORY), [`info`] (INFO) and [`cluster`] (CLUSTER NODES, MYID,
@@ -18,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lww_crdt::Timestamp;
+use lww_crdt::{Entry, Timestamp};
 use replica_core::replica::Lost;
 use replica_core::{MAX_KEY, MAX_VALUE, Now, Replica};
 use resp::Protocol;
@@ -31,6 +32,7 @@ mod client;
 mod cluster;
 mod connection;
 mod cursors;
+mod expiry;
 mod info;
 mod keys;
 mod listing;
@@ -308,7 +310,37 @@ macro_rules! spec {
 pub static COMMANDS: &[Spec] = &[
     // Strings.
     spec!("get", 2, 2, [ReadOnly, Fast], First, "string", "Returns the value of a key.", strings::get),
-    spec!("set", 3, MANY, [Write], First, "string", "Sets the value of a key.", strings::set),
+    spec!(
+        "set",
+        3,
+        MANY,
+        [Write],
+        First,
+        "string",
+        "Sets the value of a key: [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL].",
+        strings::set
+    ),
+    spec!("setex", 4, 4, [Write], First, "string", "Sets a value that expires in seconds.", strings::setex),
+    spec!(
+        "psetex",
+        4,
+        4,
+        [Write],
+        First,
+        "string",
+        "Sets a value that expires in milliseconds.",
+        strings::setex
+    ),
+    spec!(
+        "getex",
+        2,
+        4,
+        [Write, Fast],
+        First,
+        "string",
+        "Returns a value and sets its deadline: [EX s|PX ms|EXAT t|PXAT t|PERSIST].",
+        strings::getex
+    ),
     spec!(
         "setnx",
         3,
@@ -417,6 +449,87 @@ pub static COMMANDS: &[Spec] = &[
         keys::rename
     ),
     spec!("copy", 3, 6, [Write], Two, "generic", "Copies a key's value to another key.", keys::copy),
+    spec!(
+        "expire",
+        3,
+        MANY,
+        [Write, Fast],
+        First,
+        "generic",
+        "Sets a key's deadline in seconds from now: [NX|XX|GT|LT].",
+        expiry::expire
+    ),
+    spec!(
+        "pexpire",
+        3,
+        MANY,
+        [Write, Fast],
+        First,
+        "generic",
+        "Sets a key's deadline in milliseconds from now: [NX|XX|GT|LT].",
+        expiry::expire
+    ),
+    spec!(
+        "expireat",
+        3,
+        MANY,
+        [Write, Fast],
+        First,
+        "generic",
+        "Sets a key's deadline as a Unix time in seconds: [NX|XX|GT|LT].",
+        expiry::expire
+    ),
+    spec!(
+        "pexpireat",
+        3,
+        MANY,
+        [Write, Fast],
+        First,
+        "generic",
+        "Sets a key's deadline as a Unix time in milliseconds: [NX|XX|GT|LT].",
+        expiry::expire
+    ),
+    spec!(
+        "ttl",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "generic",
+        "Returns the seconds a key has left.",
+        expiry::ttl
+    ),
+    spec!(
+        "pttl",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "generic",
+        "Returns the milliseconds a key has left.",
+        expiry::ttl
+    ),
+    spec!(
+        "expiretime",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "generic",
+        "Returns a key's deadline as a Unix time in seconds.",
+        expiry::ttl
+    ),
+    spec!(
+        "pexpiretime",
+        2,
+        2,
+        [ReadOnly, Fast],
+        First,
+        "generic",
+        "Returns a key's deadline as a Unix time in milliseconds.",
+        expiry::ttl
+    ),
+    spec!("persist", 2, 2, [Write, Fast], First, "generic", "Removes a key's deadline.", expiry::persist),
     spec!("randomkey", 1, 1, [ReadOnly], None, "generic", "Returns a key picked at random.", keys::randomkey),
     spec!(
         "list",
@@ -714,9 +827,20 @@ impl Ctx<'_> {
         &self.actor.replica
     }
 
+    /// The entry of `key` if it holds a value now: not a tombstone, not past its deadline.
+    fn live(&self, key: &[u8]) -> Option<&Entry<Bytes>> {
+        let now = self.now.wall_ms;
+        self.actor.replica.map().get_entry(key).filter(|e| e.is_live_at(now))
+    }
+
+    /// Whether `key` holds a value now.
+    fn exists(&self, key: &[u8]) -> bool {
+        self.live(key).is_some()
+    }
+
     /// The live value of `key` on this replica, counted as a keyspace hit or miss.
     fn read(&mut self, key: &[u8]) -> Option<Bytes> {
-        let found = self.actor.replica.map().get(key).cloned();
+        let found = self.live(key).and_then(|e| e.value.clone());
         match found {
             Some(_) => self.actor.counters.hits += 1,
             None => self.actor.counters.misses += 1,
@@ -728,8 +852,20 @@ impl Ctx<'_> {
     /// puts, `None` deletes. The value is copied out of the connection's read buffer (a slice
     /// of it would pin the whole buffer for as long as the value is stored).
     fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<Timestamp, Lost> {
+        self.write_until(key, value.map(Bytes::copy_from_slice), None)
+    }
+
+    /// A client write of a value that expires at `deadline` (wall-clock ms; `None`: never),
+    /// through the same path as every write. The value is a stored value (shared) or one the
+    /// caller copied out of the read buffer.
+    fn write_until(
+        &mut self,
+        key: &[u8],
+        value: Option<Bytes>,
+        deadline: Option<u64>,
+    ) -> Result<Timestamp, Lost> {
         let key = Bytes::copy_from_slice(key);
-        self.actor.replica.write(key, value.map(Bytes::copy_from_slice), self.now)
+        self.actor.replica.write_until(key, value, deadline, self.now)
     }
 
     /// Replies to a write that lost to an entry stamped ahead of this server's clock.

@@ -46,7 +46,7 @@ pub(super) fn memory(c: &mut Ctx<'_>) {
             _ => return c.error("ERR syntax error"),
         }
         let key = &args[2];
-        match c.replica().map().get(&key[..]) {
+        match c.live(key).and_then(|e| e.value.as_ref()) {
             Some(v) => {
                 let n = usage(key, v);
                 c.integer(n as i64);

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use super::expiry::{Unit, option_deadline, rewrite};
 use super::{Ctx, key_ok, parse_int, value_ok};
 
 pub(super) fn get(c: &mut Ctx<'_>) {
@@ -18,18 +19,106 @@ pub(super) fn get(c: &mut Ctx<'_>) {
     }
 }
 
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT unix-s|PXAT unix-ms|KEEPTTL]`. `NX` and `XX`
+/// are checked on this replica. A deadline in the past deletes the key.
 pub(super) fn set(c: &mut Ctx<'_>) {
-    let (key, value) = (&c.args[1], &c.args[2]);
-    if c.args.len() > 3 {
-        return c.error("ERR syntax error: SET takes only a key and a value (no options)");
+    let args = c.args;
+    let (key, value) = (&args[1], &args[2]);
+    let (mut nx, mut xx, mut get, mut keep_ttl) = (false, false, false, false);
+    let mut deadline: Option<i64> = None;
+    let mut opts = args[3..].iter();
+    while let Some(opt) = opts.next() {
+        let is = |n: &str| opt.eq_ignore_ascii_case(n.as_bytes());
+        let has_deadline = deadline.is_some() || keep_ttl;
+        if is("NX") && !xx {
+            nx = true;
+        } else if is("XX") && !nx {
+            xx = true;
+        } else if is("GET") {
+            get = true;
+        } else if is("KEEPTTL") && !has_deadline {
+            keep_ttl = true;
+        } else if let Some(unit) = Unit::parse(opt).filter(|_| !has_deadline) {
+            let Some(arg) = opts.next() else { return c.error("ERR syntax error") };
+            match option_deadline(c, unit, arg, "set") {
+                Some(d) => deadline = Some(d),
+                None => return,
+            }
+        } else {
+            return c.error("ERR syntax error");
+        }
     }
     if !key_ok(c, key) || !value_ok(c, value) {
         return;
     }
-    match c.write(key, Some(value)) {
+    let current = c.live(key).cloned();
+    if get {
+        match &current {
+            Some(e) => c.actor.counters.hits += u64::from(e.value.is_some()),
+            None => c.actor.counters.misses += 1,
+        }
+    }
+    let reply_old = |c: &mut Ctx<'_>| match current.as_ref().and_then(|e| e.value.clone()) {
+        Some(v) => c.out.value(&v),
+        None => c.null(),
+    };
+    if (nx && current.is_some()) || (xx && current.is_none()) {
+        return if get { reply_old(c) } else { c.null() };
+    }
+    if keep_ttl {
+        deadline = current.as_ref().and_then(|e| e.deadline()).map(|d| d as i64);
+    }
+    let now = c.now.wall_ms as i64;
+    let result = match deadline {
+        Some(d) if d <= now => c.write_until(key, None, None),
+        d => c.write_until(key, Some(Bytes::copy_from_slice(value)), d.map(|d| d as u64)),
+    };
+    match result {
+        Ok(_) if get => reply_old(c),
         Ok(_) => c.ok(),
         Err(lost) => c.lost(lost),
     }
+}
+
+/// `SETEX key seconds value` and `PSETEX key milliseconds value`.
+pub(super) fn setex(c: &mut Ctx<'_>) {
+    let args = c.args;
+    let (name, key, value) = (String::from_utf8_lossy(&args[0]).to_ascii_lowercase(), &args[1], &args[3]);
+    let unit = if name == "psetex" { Unit::Millis } else { Unit::Seconds };
+    let Some(deadline) = option_deadline(c, unit, &args[2], &name) else { return };
+    if !key_ok(c, key) || !value_ok(c, value) {
+        return;
+    }
+    match c.write_until(key, Some(Bytes::copy_from_slice(value)), Some(deadline as u64)) {
+        Ok(_) => c.ok(),
+        Err(lost) => c.lost(lost),
+    }
+}
+
+/// `GETEX key [EX s|PX ms|EXAT unix-s|PXAT unix-ms|PERSIST]`: the value, and a new deadline (or
+/// none) written with it.
+pub(super) fn getex(c: &mut Ctx<'_>) {
+    let args = c.args;
+    let key = &args[1];
+    let change: Option<Option<i64>> = match &args[2..] {
+        [] => None,
+        [opt] if opt.eq_ignore_ascii_case(b"PERSIST") => Some(None),
+        [opt, n] => match Unit::parse(opt) {
+            Some(unit) => match option_deadline(c, unit, n, "getex") {
+                Some(d) => Some(Some(d)),
+                None => return,
+            },
+            None => return c.error("ERR syntax error"),
+        },
+        _ => return c.error("ERR syntax error"),
+    };
+    let Some(value) = c.read(key) else { return c.null() };
+    if let Some(deadline) = change
+        && !rewrite(c, key, deadline)
+    {
+        return;
+    }
+    c.out.value(&value);
 }
 
 pub(super) fn setnx(c: &mut Ctx<'_>) {
@@ -37,7 +126,7 @@ pub(super) fn setnx(c: &mut Ctx<'_>) {
     if !key_ok(c, key) || !value_ok(c, value) {
         return;
     }
-    if c.replica().map().contains_key(&key[..]) {
+    if c.exists(key) {
         return c.integer(0);
     }
     match c.write(key, Some(value)) {
@@ -121,7 +210,7 @@ pub(super) fn mset(c: &mut Ctx<'_>) {
 
 pub(super) fn msetnx(c: &mut Ctx<'_>) {
     let Some(pairs) = pairs(c) else { return };
-    if pairs.iter().any(|(k, _)| c.replica().map().contains_key(&k[..])) {
+    if pairs.iter().any(|(k, _)| c.exists(k)) {
         return c.integer(0);
     }
     if write_pairs(c, &pairs) {
@@ -146,7 +235,7 @@ pub(super) fn mget(c: &mut Ctx<'_>) {
 }
 
 pub(super) fn strlen(c: &mut Ctx<'_>) {
-    let n = c.replica().map().get(&c.args[1][..]).map_or(0, Bytes::len);
+    let n = c.live(&c.args[1]).and_then(|e| e.value.as_ref()).map_or(0, Bytes::len);
     c.integer(n as i64);
 }
 
@@ -203,6 +292,79 @@ mod tests {
         assert_eq!(h.run(&["SET", "j", "w"]), ok());
         assert_eq!(h.run(&["MGET", "k", "nope", "j"]), Value::Array(vec![bulk("v2"), Value::Nil, bulk("w")]));
         assert_eq!((h.actor.counters.hits, h.actor.counters.misses), (3, 2), "keyspace hits and misses");
+    }
+
+    #[test]
+    fn set_takes_nx_xx_get_and_a_deadline() {
+        let mut h = Harness::new();
+        assert_eq!(h.run(&["SET", "k", "v", "NX"]), ok());
+        assert_eq!(h.run(&["SET", "k", "w", "NX"]), Value::Nil);
+        assert_eq!(h.run(&["SET", "k", "w", "XX"]), ok());
+        assert_eq!(h.run(&["SET", "nope", "x", "XX"]), Value::Nil);
+        assert_eq!(h.run(&["EXISTS", "nope"]), Value::Integer(0));
+        assert_eq!(h.run(&["SET", "k", "a", "GET"]), bulk("w"));
+        assert_eq!(h.run(&["SET", "new", "b", "NX", "GET"]), Value::Nil, "set: it had no value");
+        assert_eq!(h.run(&["SET", "new", "c", "nx", "get"]), bulk("b"), "not set: the old value");
+        assert_eq!(h.run(&["GET", "new"]), bulk("b"));
+        // Deadlines.
+        assert_eq!(h.run(&["SET", "k", "v", "EX", "10"]), ok());
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(10));
+        assert_eq!(h.run(&["SET", "k", "v2", "KEEPTTL"]), ok());
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(10));
+        assert_eq!(h.run(&["SET", "k", "v3"]), ok());
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(-1), "a plain SET drops the deadline");
+        assert_eq!(h.run(&["SET", "k", "v", "PX", "1600"]), ok());
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(2), "1.599 s rounds to 2, as in Redis");
+        let at = (1_700_000_000 + 30).to_string();
+        assert_eq!(h.run(&["SET", "k", "v", "EXAT", &at]), ok());
+        assert_eq!(h.run(&["EXPIRETIME", "k"]), Value::Integer(1_700_000_030));
+        assert_eq!(h.run(&["SET", "k", "v", "PXAT", "1700000040000"]), ok());
+        assert_eq!(h.run(&["PEXPIRETIME", "k"]), Value::Integer(1_700_000_040_000));
+        assert_eq!(h.run(&["SET", "k", "v", "EXAT", "1000"]), ok(), "a deadline in the past");
+        assert_eq!(h.run(&["EXISTS", "k"]), Value::Integer(0), "deletes the key");
+        for (args, err) in [
+            (&["SET", "k", "v", "EX", "0"][..], "ERR invalid expire time in 'set' command"),
+            (&["SET", "k", "v", "PX", "-5"], "ERR invalid expire time in 'set' command"),
+            (&["SET", "k", "v", "EX", "x"], "ERR value is not an integer or out of range"),
+            (&["SET", "k", "v", "EX", &i64::MAX.to_string()], "ERR invalid expire time in 'set' command"),
+            (&["SET", "k", "v", "EX", "10", "PX", "10"], "ERR syntax error"),
+            (&["SET", "k", "v", "NX", "XX"], "ERR syntax error"),
+            (&["SET", "k", "v", "KEEPTTL", "EX", "1"], "ERR syntax error"),
+            (&["SET", "k", "v", "EX"], "ERR syntax error"),
+            (&["SET", "k", "v", "LATER"], "ERR syntax error"),
+        ] {
+            assert_eq!(h.run(args), Value::Error(err.into()), "{args:?}");
+        }
+        assert_eq!(h.run(&["EXISTS", "k"]), Value::Integer(0), "a refused SET writes nothing");
+    }
+
+    #[test]
+    fn setex_psetex_getex() {
+        let mut h = Harness::new();
+        assert_eq!(h.run(&["SETEX", "k", "10", "v"]), ok());
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(10));
+        assert_eq!(h.run(&["GET", "k"]), bulk("v"));
+        err_starting(&h.run(&["SETEX", "k", "0", "v"]), "ERR invalid expire time in 'setex' command");
+        err_starting(&h.run(&["PSETEX", "k", "-1", "v"]), "ERR invalid expire time in 'psetex' command");
+        assert_eq!(h.run(&["PSETEX", "k", "1500", "w"]), ok());
+        let Value::Integer(pttl) = h.run(&["PTTL", "k"]) else { panic!() };
+        assert!((1_490..=1_500).contains(&pttl), "{pttl}");
+        assert_eq!(h.run(&["GETEX", "k"]), bulk("w"));
+        assert_eq!(h.run(&["GETEX", "k", "PERSIST"]), bulk("w"));
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(-1));
+        assert_eq!(h.run(&["GETEX", "k", "EX", "5"]), bulk("w"));
+        assert_eq!(h.run(&["TTL", "k"]), Value::Integer(5));
+        assert_eq!(h.run(&["GETEX", "nope", "EX", "5"]), Value::Nil);
+        err_starting(&h.run(&["GETEX", "k", "EX", "0"]), "ERR invalid expire time in 'getex' command");
+        err_starting(&h.run(&["GETEX", "k", "SOON", "1"]), "ERR syntax error");
+        assert_eq!(h.run(&["GETEX", "k", "PXAT", "1000"]), bulk("w"), "the value, then gone");
+        assert_eq!(h.run(&["EXISTS", "k"]), Value::Integer(0));
+        // RENAME and COPY carry the deadline.
+        h.run(&["SET", "a", "1", "EX", "100"]);
+        h.run(&["RENAME", "a", "b"]);
+        assert_eq!(h.run(&["TTL", "b"]), Value::Integer(100));
+        h.run(&["COPY", "b", "c"]);
+        assert_eq!(h.run(&["TTL", "c"]), Value::Integer(100));
     }
 
     #[test]

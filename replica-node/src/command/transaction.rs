@@ -45,9 +45,15 @@ impl Transaction {
 /// The keys a connection watches, each with the state it had when watched.
 #[derive(Debug, Default)]
 pub struct Watched {
-    keys: Vec<(Bytes, Option<Timestamp>)>,
+    keys: Vec<(Bytes, Stamp)>,
     bytes: usize,
 }
+
+/// What identifies the state of a key on the replica: the timestamp of its entry (a value or a
+/// tombstone), which every write and every merge that changes the key replaces, and whether it
+/// holds a value (so a key that expires between `WATCH` and `EXEC` counts as changed, as in
+/// Redis).
+type Stamp = (Option<Timestamp>, bool);
 
 impl Watched {
     /// Whether no key is watched.
@@ -56,16 +62,16 @@ impl Watched {
         self.keys.is_empty()
     }
 
-    /// Whether a watched key changed on `map` since it was watched.
-    fn changed(&self, map: &BytesMap) -> bool {
-        self.keys.iter().any(|(k, ts)| stamp(map, k) != *ts)
+    /// Whether a watched key changed on `map` since it was watched, at `now_ms`.
+    fn changed(&self, map: &BytesMap, now_ms: u64) -> bool {
+        self.keys.iter().any(|(k, s)| stamp(map, k, now_ms) != *s)
     }
 }
 
-/// What identifies the state of `key` on the replica: the timestamp of its entry (a value or
-/// a tombstone), which every write and every merge that changes the key replaces.
-fn stamp(map: &BytesMap, key: &[u8]) -> Option<Timestamp> {
-    map.get_entry(key).map(|e| e.ts)
+/// The [`Stamp`] of `key` at `now_ms`.
+fn stamp(map: &BytesMap, key: &[u8], now_ms: u64) -> Stamp {
+    let e = map.get_entry(key);
+    (e.map(|e| e.ts), e.is_some_and(|e| e.is_live_at(now_ms)))
 }
 
 /// The commands that run at once even inside a transaction (they manage it, or the
@@ -129,7 +135,7 @@ pub(super) fn exec(c: &mut Ctx<'_>) {
     if tx.failed {
         return c.error("EXECABORT Transaction discarded because of previous errors.");
     }
-    if watched.changed(c.actor.replica.map()) {
+    if watched.changed(c.actor.replica.map(), c.now.wall_ms) {
         return resp::null_array(c.out.raw(), c.session.proto);
     }
     let writes = tx.queued.iter().any(|args| lookup(&args[0]).is_some_and(|s| s.has(Flag::Write)));
@@ -155,8 +161,8 @@ pub(super) fn watch(c: &mut Ctx<'_>) {
         return c.error(&format!("ERR too many watched keys: more than {} MiB", MAX_WATCHED_BYTES >> 20));
     }
     for k in &args[1..] {
-        let ts = stamp(c.actor.replica.map(), k);
-        c.session.watched.keys.push((Bytes::copy_from_slice(k), ts));
+        let s = stamp(c.actor.replica.map(), k, c.now.wall_ms);
+        c.session.watched.keys.push((Bytes::copy_from_slice(k), s));
     }
     c.session.watched.bytes += added;
     c.ok();

@@ -88,6 +88,10 @@ pub const DURABLE_BATCH: usize = 4096;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often connections are checked against the idle timeout, when there is one.
 const IDLE_CHECK_MS: u64 = 1000;
+/// How often actor 0 sweeps for expired entries, while some entry has a deadline.
+pub const SWEEP_EVERY_MS: u64 = 100;
+/// Entries one sweep looks at (about a millisecond of work).
+pub const SWEEP_BUDGET: usize = 10_000;
 
 /// A client connection: its socket and its protocol state.
 struct Client {
@@ -107,6 +111,10 @@ struct Actor {
     ready: VecDeque<usize>,
     /// Monotonic ms of the next sample of the node's command count.
     next_ops_sample: u64,
+    /// Monotonic ms of the next sweep for expired entries (actor 0 only).
+    next_sweep: u64,
+    /// The replica's count of reclaimed entries as last published.
+    expired_published: u64,
     options: ClientOptions,
     clock: Clock,
     /// Monotonic ms of the next idle check.
@@ -149,6 +157,8 @@ pub fn run(start: ActorStart) {
         free: Vec::new(),
         ready: VecDeque::new(),
         next_ops_sample: 0,
+        next_sweep: 0,
+        expired_published: 0,
         options: clients,
         clock,
         next_idle_check: 0,
@@ -213,7 +223,8 @@ impl Actor {
         }
         let now = self.clock.now().mono_ms;
         let idle = self.options.idle_timeout.filter(|_| self.clients.len() > self.free.len());
-        let due = [self.state.replica.next_sync_at(), idle.map(|_| self.next_idle_check)]
+        let sweep = self.sweeps().then_some(self.next_sweep);
+        let due = [self.state.replica.next_sync_at(), idle.map(|_| self.next_idle_check), sweep]
             .into_iter()
             .flatten()
             .min();
@@ -315,7 +326,7 @@ impl Actor {
     fn persist_writes(&mut self) {
         let Some(persist) = &self.persist else { return };
         for (key, entry) in self.state.replica.take_durable() {
-            self.encoder.push(&key, entry.value.as_deref(), entry.ts);
+            self.encoder.push_until(&key, entry.value.as_deref(), entry.deadline(), entry.ts);
             if self.encoder.is_full()
                 && let Some(payload) = self.encoder.take_payload()
             {
@@ -462,7 +473,30 @@ impl Actor {
         }
     }
 
+    /// Whether this actor sweeps its replica for expired entries: actor 0 of each node, while
+    /// some entry has a deadline. One sweeper per node is enough: the tombstones it makes reach
+    /// the other actors, the gateway and the other servers like any write (whose own actor 0
+    /// may have made them already: the same tombstone merges as redundant).
+    fn sweeps(&self) -> bool {
+        self.state.replica.index() == 0 && self.state.replica.map().expiring() > 0
+    }
+
+    /// Turns expired entries into tombstones, [`SWEEP_BUDGET`] entries every
+    /// [`SWEEP_EVERY_MS`] (so a replica of a million keys is swept in about 10 s).
+    fn sweep(&mut self) {
+        let now = self.now();
+        if !self.sweeps() || now.mono_ms < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.mono_ms + SWEEP_EVERY_MS;
+        self.state.replica.reclaim_expired(now, SWEEP_BUDGET);
+        let expired = self.state.replica.expired_reclaimed();
+        NodeStats::add(&self.state.info.stats.expired_keys, expired - self.expired_published);
+        self.expired_published = expired;
+    }
+
     fn sync(&mut self) {
+        self.sweep();
         self.persist_writes();
         let batch = self.state.replica.poll_sync(self.now());
         self.send(batch);
