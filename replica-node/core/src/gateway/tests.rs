@@ -2,7 +2,7 @@
 //! the simulation (`crate::sim`, `tests/sim_cluster.rs`); these tests pin single rules.
 
 use super::*;
-use crate::peer::{Ack, Fingerprint};
+use crate::peer::{Ack, Fingerprint, Hello, MAX_MEMBERS, MemberInfo, PROTOCOL_VERSION};
 use lww_crdt::Timestamp;
 
 const EPOCH: u64 = 1_700_000_000_000;
