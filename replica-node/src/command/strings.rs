@@ -13,9 +13,24 @@ use super::{Ctx, key_ok, parse_int, value_ok};
 
 pub(super) fn get(c: &mut Ctx<'_>) {
     let args = c.args;
-    match c.read(&args[1]) {
-        Some(v) => c.out.value(&v),
-        None => c.null(),
+    reply_value(c, &args[1]);
+}
+
+/// Replies with the live value of `key` (or a null), counted as a keyspace hit or miss. The
+/// value is handed to the reply buffer by reference: no clone of its handle for a small value
+/// (the hot path of `GET`), a shared handle for a large one.
+fn reply_value(c: &mut Ctx<'_>, key: &[u8]) {
+    let now = c.now.wall_ms;
+    let found = c.actor.replica.map().get_entry(key).and_then(|e| e.value_at(now));
+    match found {
+        Some(v) => {
+            c.out.value(v);
+            c.actor.counters.hits += 1;
+        }
+        None => {
+            resp::null(c.out.raw(), c.session.proto);
+            c.actor.counters.misses += 1;
+        }
     }
 }
 
@@ -51,10 +66,12 @@ pub(super) fn set(c: &mut Ctx<'_>) {
     if !key_ok(c, key) || !value_ok(c, value) {
         return;
     }
-    let current = c.live(key).cloned();
+    // Only the options that depend on the key's current entry look it up: a plain SET (the
+    // hot path) does not search the map twice.
+    let current = if nx || xx || get || keep_ttl { c.live(key).cloned() } else { None };
     if get {
         match &current {
-            Some(e) => c.actor.counters.hits += u64::from(e.value.is_some()),
+            Some(_) => c.actor.counters.hits += 1,
             None => c.actor.counters.misses += 1,
         }
     }
@@ -227,10 +244,7 @@ pub(super) fn mget(c: &mut Ctx<'_>) {
         if c.out.over_limit() {
             return;
         }
-        match c.read(k) {
-            Some(v) => c.out.value(&v),
-            None => c.null(),
-        }
+        reply_value(c, k);
     }
 }
 

@@ -458,8 +458,9 @@ impl Actor {
         }
         self.persist_writes();
         // Sent regardless of pacing: this is the actor's last message.
-        let last = self.state.replica.poll_sync_final(self.now());
-        self.send(last);
+        let now = self.now();
+        let last = self.state.replica.poll_sync_final(now);
+        self.send(last, now.mono_ms);
     }
 
     /// Turns without reading until the connection is done or waits for its client.
@@ -483,8 +484,7 @@ impl Actor {
 
     /// Turns expired entries into tombstones, [`SWEEP_BUDGET`] entries every
     /// [`SWEEP_EVERY_MS`] (so a replica of a million keys is swept in about 10 s).
-    fn sweep(&mut self) {
-        let now = self.now();
+    fn sweep(&mut self, now: Now) {
         if !self.sweeps() || now.mono_ms < self.next_sweep {
             return;
         }
@@ -496,14 +496,15 @@ impl Actor {
     }
 
     fn sync(&mut self) {
-        self.sweep();
+        let now = self.now();
+        self.sweep(now);
         self.persist_writes();
-        let batch = self.state.replica.poll_sync(self.now());
-        self.send(batch);
+        let batch = self.state.replica.poll_sync(now);
+        self.send(batch, now.mono_ms);
     }
 
-    /// Sends `batch` to every recipient and publishes the replica's counters.
-    fn send(&mut self, batch: Option<SyncBatch>) {
+    /// Sends `batch` to every recipient and publishes the replica's counters (at `now_ms`).
+    fn send(&mut self, batch: Option<SyncBatch>, now_ms: u64) {
         if let Some(batch) = batch {
             for r in &self.recipients {
                 // A recipient that stopped is shutting down with the node: nothing to do.
@@ -512,10 +513,9 @@ impl Actor {
         }
         self.state.info.stats.publish_sync(&mut self.published, self.state.replica.stats());
         self.state.publish_counters();
-        let now = self.clock.now().mono_ms;
-        if now >= self.next_ops_sample {
-            self.state.info.stats.sample_ops(now);
-            self.next_ops_sample = now + crate::stats::OPS_SAMPLE_MS;
+        if now_ms >= self.next_ops_sample {
+            self.state.info.stats.sample_ops(now_ms);
+            self.next_ops_sample = now_ms + crate::stats::OPS_SAMPLE_MS;
         }
         let future = self.state.replica.future_timestamps_ignored();
         if future > self.future_logged {
