@@ -325,3 +325,64 @@ fn expiry_is_replicated_with_the_value_and_reclaimed_on_every_server() {
         "one of the two writes won whole: {value:?} {end:?}"
     );
 }
+
+/// The rest of the table through `redis-cli`: commands the tests above do not reach.
+#[test]
+fn the_remaining_commands_through_redis_cli() {
+    let node = start_node(2);
+    let a = node.description().client_addrs()[0];
+    let cli = |args: &[&str]| redis_cli(a, args);
+    assert_eq!(cli(&["MSETNX", "a", "1", "b", "2"]), "1\n");
+    assert_eq!(cli(&["MSETNX", "b", "9", "c", "3"]), "0\n");
+    assert_eq!(cli(&["SUBSTR", "a", "0", "0"]), "1\n");
+    assert_eq!(cli(&["TOUCH", "a", "b", "c"]), "2\n");
+    assert_eq!(cli(&["RENAMENX", "a", "b"]), "0\n");
+    assert_eq!(cli(&["RENAMENX", "a", "c"]), "1\n");
+    assert_eq!(cli(&["UNLINK", "b", "c"]), "2\n");
+    assert_eq!(cli(&["SETEX", "e", "100", "v"]), "OK\n");
+    assert_eq!(cli(&["PSETEX", "p", "100000", "v"]), "OK\n");
+    assert_eq!(cli(&["GETEX", "p", "PX", "50000"]), "v\n");
+    let pttl: i64 = cli(&["PTTL", "p"]).trim().parse().unwrap();
+    assert!((49_000..=50_000).contains(&pttl), "{pttl}");
+    assert_eq!(cli(&["PEXPIRE", "e", "30000"]), "1\n");
+    assert_eq!(cli(&["TTL", "e"]), "30\n");
+    let now: u64 = cli(&["TIME"]).lines().next().unwrap().parse().unwrap();
+    assert_eq!(cli(&["EXPIREAT", "e", &(now + 500).to_string()]), "1\n");
+    assert_eq!(cli(&["EXPIRETIME", "e"]), format!("{}\n", now + 500));
+    assert_eq!(cli(&["PEXPIREAT", "e", &((now + 600) * 1000).to_string()]), "1\n");
+    assert_eq!(cli(&["PEXPIRETIME", "e"]), format!("{}\n", (now + 600) * 1000));
+    assert_eq!(cli(&["PERSIST", "e"]), "1\n");
+    assert_eq!(cli(&["TTL", "e"]), "-1\n");
+    // WATCH, UNWATCH, DISCARD, RESET and SELECT on one connection.
+    let session = redis_cli_with(
+        a,
+        &[],
+        Some(
+            "WATCH e\nUNWATCH\nMULTI\nSET e changed\nDISCARD\nGET e\nSELECT 0\nCLIENT SETNAME me\nRESET\nCLIENT GETNAME\n",
+        ),
+    );
+    assert_eq!(session, "OK\nOK\nOK\nQUEUED\nOK\nv\nOK\nOK\nRESET\n\n");
+    let config = cli(&["CONFIG", "GET", "save"]);
+    assert_eq!(config, "save\n\n");
+    assert_eq!(cli(&["FLUSHDB"]), "OK\n");
+    assert_eq!(cli(&["DBSIZE"]), "0\n");
+}
+
+/// Every command of the table is driven through a real client by these tests or by
+/// `redis_cli.rs`: its name appears in one of the two files.
+#[test]
+fn every_command_of_the_table_is_driven_by_a_real_client() {
+    let node = start_node(1);
+    let names = redis_cli(node.description().client_addrs()[0], &["COMMAND", "LIST"]);
+    let sources =
+        [include_str!("redis_clients.rs"), include_str!("redis_cli.rs"), include_str!("client_limits.rs")]
+            .concat();
+    // Words of the sources, escapes (`\n` in a redis-cli script) taken as spaces.
+    let words: std::collections::BTreeSet<String> = sources
+        .replace("\\n", " ")
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let missing: Vec<&str> = names.lines().filter(|n| !words.contains(*n)).collect();
+    assert!(missing.is_empty(), "no test here drives {missing:?} through a client");
+}
