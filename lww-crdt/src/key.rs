@@ -1,14 +1,14 @@
 //! Keys with an inline, order-consistent head, so the map's tree can order most keys without
 //! leaving its own nodes.
 //!
-//! The map stores keys in a `BTreeMap`. With `Bytes` keys every comparison would otherwise
-//! dereference a pointer to a separately allocated buffer, and in a map larger than the caches
-//! nearly every one of the comparisons on the way down the tree is a cache miss. The tree key
-//! is therefore a [`Slot`]: the key plus its [`Key::head`], a `u64` summary that orders keys
-//! the same way the keys themselves do wherever the heads differ. Only keys with equal heads
-//! (for byte strings: the same first 8 bytes) are compared in full.
+//! The map's tree holds pointers to shared records. Comparing two keys by their bytes would
+//! dereference the record and then the key's buffer, and in a map larger than the caches nearly
+//! every one of the comparisons on the way down the tree would be a cache miss. Each tree
+//! element therefore keeps the key's [`Key::head`] inline: a `u64` summary that orders keys the
+//! same way the keys themselves do wherever the heads differ. Only keys with equal heads (for
+//! byte strings: the same first 8 bytes) are compared in full.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -184,50 +184,17 @@ impl Key for () {
     }
 }
 
-/// The key of the map's tree: a key and its head, ordered by head first and key second, which
-/// is the key order (see [`Key`]).
-///
-/// Equality compares the head too, which is equal whenever the keys are, so it agrees with
-/// `Ord` and is cheaper when the keys differ.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Slot<K> {
-    head: u64,
-    pub(crate) key: K,
-}
-
-impl<K: Key> Slot<K> {
-    pub(crate) fn new(key: K) -> Self {
-        Slot { head: key.head(), key }
-    }
-}
-
-impl<K: Key> PartialOrd for Slot<K> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<K: Key> Ord for Slot<K> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.head.cmp(&other.head).then_with(|| self.key.cmp(&other.key))
-    }
-}
-
 /// A head and a key in a borrowed form `Q`: what the tree is searched by when the caller holds
 /// a `&Q` (say a `&[u8]`) rather than a stored key type.
 ///
-/// `BTreeMap` searches through `Borrow`, which must hand out a reference, and no `&Slot<Q>`
-/// can be made from a `&Q` without copying the key into a new allocation. Both the tree key
-/// and the query therefore borrow as this trait object; a lookup costs two predictable
-/// indirect calls per comparison instead of a pointer chase into the key's buffer.
+/// `BTreeSet` searches through `Borrow`, which must hand out a reference, and no tree element
+/// can be made from a `&Q` without building a record. Both the tree's elements and the query
+/// therefore borrow as this trait object. The key is fetched only when the heads tie: for a
+/// stored element it lives in the element's record, another cache line, which a comparison
+/// decided by the heads never touches.
 pub(crate) trait Probe<Q: ?Sized> {
-    fn parts(&self) -> (u64, &Q);
-}
-
-impl<K: Borrow<Q>, Q: ?Sized> Probe<Q> for Slot<K> {
-    fn parts(&self) -> (u64, &Q) {
-        (self.head, self.key.borrow())
-    }
+    fn head(&self) -> u64;
+    fn key(&self) -> &Q;
 }
 
 /// A search key made from a borrowed key.
@@ -243,14 +210,12 @@ impl<'q, Q: Key + ?Sized> Query<'q, Q> {
 }
 
 impl<Q: ?Sized> Probe<Q> for Query<'_, Q> {
-    fn parts(&self) -> (u64, &Q) {
-        (self.head, self.key)
+    fn head(&self) -> u64 {
+        self.head
     }
-}
 
-impl<'a, K: Borrow<Q> + 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot<K> {
-    fn borrow(&self) -> &(dyn Probe<Q> + 'a) {
-        self
+    fn key(&self) -> &Q {
+        self.key
     }
 }
 
@@ -270,8 +235,7 @@ impl<Q: Ord + ?Sized> PartialOrd for dyn Probe<Q> + '_ {
 
 impl<Q: Ord + ?Sized> Ord for dyn Probe<Q> + '_ {
     fn cmp(&self, other: &Self) -> Ordering {
-        let ((a_head, a), (b_head, b)) = (self.parts(), other.parts());
-        a_head.cmp(&b_head).then_with(|| a.cmp(b))
+        self.head().cmp(&other.head()).then_with(|| self.key().cmp(other.key()))
     }
 }
 
@@ -279,6 +243,13 @@ impl<Q: Ord + ?Sized> Ord for dyn Probe<Q> + '_ {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// How the map's tree orders two keys: by head, then by the keys themselves.
+    fn tree_cmp<K: Key>(a: &K, b: &K) -> Ordering {
+        let (qa, qb) = (Query::new(a), Query::new(b));
+        let (pa, pb): (&dyn Probe<K>, &dyn Probe<K>) = (&qa, &qb);
+        pa.cmp(pb)
+    }
 
     /// Short keys, keys sharing their first 8 bytes and keys with trailing zero bytes are the
     /// cases where the head alone cannot decide.
@@ -301,18 +272,13 @@ mod tests {
     proptest! {
         #[test]
         fn slot_order_is_the_byte_order(a in key(), b in key()) {
-            let (sa, sb) = (Slot::new(a.clone()), Slot::new(b.clone()));
-            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
-            prop_assert_eq!(sa == sb, a == b);
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
             if a < b {
                 prop_assert!(a.head() <= b.head());
             }
             // A lookup by the borrowed form compares the same way.
-            let (qa, qb) = (Query::new(&a[..]), Query::new(&b[..]));
-            let (pa, pb): (&dyn Probe<[u8]>, &dyn Probe<[u8]>) = (&qa, &sb);
-            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
-            let pb: &dyn Probe<[u8]> = &qb;
-            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&&a[..], &&b[..]), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&Bytes::from(a.clone()), &Bytes::from(b.clone())), a.cmp(&b));
         }
 
         #[test]
@@ -328,16 +294,16 @@ mod tests {
 
         #[test]
         fn string_slots_order_as_strings(a in ".{0,10}", b in ".{0,10}") {
-            prop_assert_eq!(Slot::new(a.clone()).cmp(&Slot::new(b.clone())), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
         }
 
         #[test]
         fn integer_heads_are_monotone(a: i64, b: i64, c: u128, d: u128, e: i128, f: i128) {
-            prop_assert_eq!(Slot::new(a).cmp(&Slot::new(b)), a.cmp(&b));
-            prop_assert_eq!(Slot::new(a as i8).cmp(&Slot::new(b as i8)), (a as i8).cmp(&(b as i8)));
-            prop_assert_eq!(Slot::new(a as u64).cmp(&Slot::new(b as u64)), (a as u64).cmp(&(b as u64)));
-            prop_assert_eq!(Slot::new(c).cmp(&Slot::new(d)), c.cmp(&d));
-            prop_assert_eq!(Slot::new(e).cmp(&Slot::new(f)), e.cmp(&f));
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&(a as i8), &(b as i8)), (a as i8).cmp(&(b as i8)));
+            prop_assert_eq!(tree_cmp(&(a as u64), &(b as u64)), (a as u64).cmp(&(b as u64)));
+            prop_assert_eq!(tree_cmp(&c, &d), c.cmp(&d));
+            prop_assert_eq!(tree_cmp(&e, &f), e.cmp(&f));
         }
     }
 
@@ -356,7 +322,7 @@ mod tests {
         ];
         for w in keys.windows(2) {
             assert!(w[0] < w[1]);
-            assert_eq!(Slot::new(w[0]).cmp(&Slot::new(w[1])), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
+            assert_eq!(tree_cmp(&w[0], &w[1]), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
         }
         assert_eq!(b"a".head(), b"a\0".head(), "trailing zeros share a head; the bytes decide");
         assert_eq!(i64::MIN.head(), 0);

@@ -14,6 +14,9 @@
 //! - [`Key`]: what a map key provides besides `Ord`, a 64-bit head that agrees with the key
 //!   order (for byte strings, the first 8 bytes), so the tree compares most keys without
 //!   reading their buffers.
+//! - [`Record`]: a key and its entry in one shared allocation. Maps hold records by pointer,
+//!   so every map a write reaches (each query actor's replica, the gateway's, the buffers in
+//!   between) shares one copy of its key and value.
 //! - [`Delta`] and [`DeltaBuffer`]: a delta is itself a small map; a buffer collects what
 //!   changed since the last flush, newest entry per key.
 //!
@@ -53,7 +56,7 @@ pub mod harness;
 pub use clock::{Hlc, ReplicaId, Timestamp};
 pub use delta::{Delta, DeltaBuffer};
 pub use key::Key;
-pub use map::{Entry, LwwMap, MergeStats};
+pub use map::{Entry, LwwMap, MergeStats, Record};
 
 /// The map the store replicates: binary keys and values in shared, cheaply cloned buffers.
 pub type BytesMap = LwwMap<bytes::Bytes, bytes::Bytes>;

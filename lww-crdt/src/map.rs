@@ -2,12 +2,12 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::collections::btree_map;
+use std::collections::BTreeSet;
 use std::ops::{AddAssign, Bound, RangeBounds};
+use std::sync::Arc;
 
 use crate::Timestamp;
-use crate::key::{Key, Probe, Query, Slot};
+use crate::key::{Key, Probe, Query};
 
 /// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
 /// produced it.
@@ -43,6 +43,28 @@ impl<V> Entry<V> {
     }
 }
 
+/// A key with its entry: what a map holds per key, immutable and shared.
+///
+/// Maps hold records behind an [`Arc`], so a record written once is held by every map it
+/// reaches (the replicas of all the query actors of a server and its gateway, the delta
+/// buffers and batches on the way) at the cost of a pointer each: a merge by reference
+/// clones the pointer, not the key and the value. A newer write replaces the pointer; the
+/// old record is freed when the last map lets go of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Record<K, V> {
+    /// The key.
+    pub key: K,
+    /// Its value or tombstone, and when it was written.
+    pub entry: Entry<V>,
+}
+
+impl<K, V> Record<K, V> {
+    /// A shared record of `entry` under `key`.
+    pub fn shared(key: K, entry: Entry<V>) -> Arc<Self> {
+        Arc::new(Record { key, entry })
+    }
+}
+
 /// What a merge did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
@@ -70,6 +92,65 @@ impl AddAssign for MergeStats {
     }
 }
 
+/// An element of the map's tree: a shared record and its key's head, inline so that most
+/// comparisons on the way down the tree never leave the tree's nodes (see [`Key`]).
+///
+/// 16 bytes: the tree holds two words per key, whatever the key and value sizes.
+#[derive(Debug)]
+pub(crate) struct Slot<K, V> {
+    head: u64,
+    rec: Arc<Record<K, V>>,
+}
+
+impl<K, V> Clone for Slot<K, V> {
+    fn clone(&self) -> Self {
+        Slot { head: self.head, rec: Arc::clone(&self.rec) }
+    }
+}
+
+impl<K: Key, V> Slot<K, V> {
+    fn new(rec: Arc<Record<K, V>>) -> Self {
+        Slot { head: rec.key.head(), rec }
+    }
+}
+
+/// Slots order (and are equal) by key alone: a set holds one record per key.
+impl<K: Key, V> PartialEq for Slot<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<K: Key, V> Eq for Slot<K, V> {}
+
+impl<K: Key, V> PartialOrd for Slot<K, V> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<K: Key, V> Ord for Slot<K, V> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.head.cmp(&other.head).then_with(|| self.rec.key.cmp(&other.rec.key))
+    }
+}
+
+impl<K: Borrow<Q>, V, Q: ?Sized> Probe<Q> for Slot<K, V> {
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    fn key(&self) -> &Q {
+        self.rec.key.borrow()
+    }
+}
+
+impl<'a, K: Borrow<Q> + 'a, V: 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot<K, V> {
+    fn borrow(&self) -> &(dyn Probe<Q> + 'a) {
+        self
+    }
+}
+
 /// A last-writer-wins map: `key -> (Option<value>, Timestamp)`, where `None` is a tombstone.
 ///
 /// Every operation is a merge of one entry: the entry with the greater [`Entry`] order wins.
@@ -77,14 +158,35 @@ impl AddAssign for MergeStats {
 /// duplication or regrouping of the same writes yields the same map.
 ///
 /// Keys are kept sorted, so [`LwwMap::scan_prefix`] costs `O(log n + result)` rather than a scan
-/// of the whole map. The tree orders keys by their [`Key::head`] first (for byte strings, the
-/// first 8 bytes, held inline in the tree's nodes), so most comparisons never touch a key's
-/// own buffer.
-#[derive(Clone, PartialEq, Eq)]
+/// of the whole map. Each key's entry lives in a shared [`Record`]; the tree holds a pointer to
+/// it and the key's [`Key::head`] (for byte strings, the first 8 bytes), ordered by head first,
+/// so most comparisons never touch a record. Cloning a map, or merging one into another by
+/// reference, shares the records instead of copying keys and values.
 pub struct LwwMap<K, V> {
-    entries: BTreeMap<Slot<K>, Entry<V>>,
+    entries: BTreeSet<Slot<K, V>>,
     tombstones: usize,
 }
+
+impl<K, V> Clone for LwwMap<K, V> {
+    fn clone(&self) -> Self {
+        LwwMap { entries: self.entries.clone(), tombstones: self.tombstones }
+    }
+}
+
+/// Two maps are equal when they hold the same entries under the same keys (whether or not
+/// they share the records).
+impl<K: PartialEq, V: PartialEq> PartialEq for LwwMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.tombstones == other.tombstones
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                Arc::ptr_eq(&a.rec, &b.rec)
+                    || (a.head == b.head && a.rec.key == b.rec.key && a.rec.entry == b.rec.entry)
+            })
+    }
+}
+
+impl<K: Eq, V: Eq> Eq for LwwMap<K, V> {}
 
 /// How an incoming entry compared with what the map held for its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +209,7 @@ impl Outcome {
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
-        LwwMap { entries: BTreeMap::new(), tombstones: 0 }
+        LwwMap { entries: BTreeSet::new(), tombstones: 0 }
     }
 }
 
@@ -145,22 +247,42 @@ impl<K, V> LwwMap<K, V> {
 
     /// Live `(key, value)` pairs in key order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {
-        self.entries.iter().filter_map(|(s, e)| e.value.as_ref().map(|v| (&s.key, v)))
+        self.entries.iter().filter_map(|s| s.rec.entry.value.as_ref().map(|v| (&s.rec.key, v)))
     }
 
     /// Every entry, tombstones included, in key order.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + ExactSizeIterator + '_ {
-        self.entries.iter().map(|(s, e)| (&s.key, e))
+        self.entries.iter().map(|s| (&s.rec.key, &s.rec.entry))
     }
 
-    /// Consumes the map into its entries, tombstones included, in key order.
-    pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)> {
-        self.entries.into_iter().map(|(s, e)| (s.key, e))
+    /// Every record, tombstones included, in key order: to share them with another map or a
+    /// buffer ([`LwwMap::apply_record`], [`crate::DeltaBuffer::record_shared`]) without
+    /// copying keys or values.
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Arc<Record<K, V>>> + ExactSizeIterator + '_ {
+        self.entries.iter().map(|s| &s.rec)
+    }
+
+    /// Consumes the map into its records, tombstones included, in key order.
+    pub fn into_records(self) -> impl Iterator<Item = Arc<Record<K, V>>> {
+        self.entries.into_iter().map(|s| s.rec)
+    }
+
+    /// Consumes the map into its entries, tombstones included, in key order. Keys and entries
+    /// still held by another map are cloned (for `Bytes`, a reference count).
+    pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.entries.into_iter().map(|s| {
+            let Record { key, entry } = Arc::unwrap_or_clone(s.rec);
+            (key, entry)
+        })
     }
 
     /// The newest timestamp in the map, if any entry exists. `O(n)`.
     pub fn max_timestamp(&self) -> Option<Timestamp> {
-        self.entries.values().map(|e| e.ts).max()
+        self.entries.iter().map(|s| s.rec.entry.ts).max()
     }
 }
 
@@ -180,7 +302,16 @@ impl<K: Key, V> LwwMap<K, V> {
         K: Borrow<Q>,
         Q: Key + ?Sized,
     {
-        self.entries.get(&Query::new(key) as &dyn Probe<Q>)
+        self.get_record(key).map(|r| &r.entry)
+    }
+
+    /// The shared record of `key`, if the map knows the key at all.
+    pub fn get_record<Q>(&self, key: &Q) -> Option<&Arc<Record<K, V>>>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        self.entries.get(&Query::new(key) as &dyn Probe<Q>).map(|s| &s.rec)
     }
 
     /// Whether `key` has a live value.
@@ -197,7 +328,7 @@ impl<K: Key, V> LwwMap<K, V> {
     ///
     /// # Panics
     ///
-    /// As [`BTreeMap::range`]: if the range starts after it ends, or starts and ends at the
+    /// As [`BTreeSet::range`]: if the range starts after it ends, or starts and ends at the
     /// same excluded key.
     pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
     where
@@ -205,8 +336,18 @@ impl<K: Key, V> LwwMap<K, V> {
         Q: Key + ?Sized,
         R: RangeBounds<Q>,
     {
+        self.range_records(range).map(|r| (&r.key, &r.entry))
+    }
+
+    /// The records whose keys fall in `range`, in key order (see [`LwwMap::range`]).
+    pub fn range_records<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = &Arc<Record<K, V>>> + '_
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+        R: RangeBounds<Q>,
+    {
         let (start, end) = (range.start_bound().map(Query::new), range.end_bound().map(Query::new));
-        self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|(s, e)| (&s.key, e))
+        self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|s| &s.rec)
     }
 
     /// Removes the entry of `key` if it is the tombstone written at `ts` (a newer write of the
@@ -220,8 +361,10 @@ impl<K: Key, V> LwwMap<K, V> {
         Q: Key + ?Sized,
     {
         let probe = Query::new(key);
-        let matches =
-            self.entries.get(&probe as &dyn Probe<Q>).is_some_and(|e| e.is_tombstone() && e.ts == ts);
+        let matches = self
+            .entries
+            .get(&probe as &dyn Probe<Q>)
+            .is_some_and(|s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
         if matches {
             self.entries.remove(&probe as &dyn Probe<Q>);
             self.tombstones -= 1;
@@ -236,8 +379,8 @@ impl<K: Key, V> LwwMap<K, V> {
     pub fn collect_tombstones(&mut self, horizon: Timestamp) -> usize {
         let before = self.tombstones;
         let mut removed = 0;
-        self.entries.retain(|_, e| {
-            let drop = e.is_tombstone() && e.ts < horizon;
+        self.entries.retain(|s| {
+            let drop = s.rec.entry.is_tombstone() && s.rec.entry.ts < horizon;
             removed += usize::from(drop);
             !drop
         });
@@ -265,7 +408,13 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
     /// Merges one entry; returns whether it changed the map (it was newer than what the map
     /// held for `key`, or the key was new).
     pub fn apply(&mut self, key: K, entry: Entry<V>) -> bool {
-        self.apply_slot(Slot::new(key), entry).changed()
+        self.apply_record(Record::shared(key, entry))
+    }
+
+    /// Merges a shared record (held, if it wins, by reference); returns whether it changed the
+    /// map.
+    pub fn apply_record(&mut self, rec: Arc<Record<K, V>>) -> bool {
+        self.apply_slot(Slot::new(rec)).0.changed()
     }
 
     /// Writes `value` under `key` at `ts`; returns whether the write won (it loses only to a
@@ -279,22 +428,19 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         self.apply(key, Entry::tombstone(ts))
     }
 
-    /// Merges every entry of `other` (a delta or a whole replica) into `self`.
-    pub fn merge(&mut self, other: &LwwMap<K, V>) -> MergeStats
-    where
-        K: Clone,
-        V: Clone,
-    {
+    /// Merges every entry of `other` (a delta or a whole replica) into `self`, sharing its
+    /// records.
+    pub fn merge(&mut self, other: &LwwMap<K, V>) -> MergeStats {
         // Merge is commutative, so when `other` is much larger (a join, a resync into a young
-        // replica, `self` empty) it is cheaper to copy its tree wholesale and merge our few
-        // entries into the copy than to insert its many entries one by one. Copying costs
-        // about as much as inserting into a small map, hence the margin.
+        // replica, `self` empty) it is cheaper to copy its tree wholesale (pointers only) and
+        // merge our few entries into the copy than to insert its many entries one by one.
+        // Copying costs about as much as inserting into a small map, hence the margin.
         if other.entries.len() > self.entries.len().saturating_mul(2) {
             let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
             let mine = std::mem::replace(self, other.clone());
             return self.merge_smaller(mine, newest);
         }
-        self.merge_with(other, |_, _, _| {})
+        self.merge_records_with(other, |_, _| {})
     }
 
     /// Merges `other` and calls `on_change` for every entry that changed `self`, with the entry
@@ -304,23 +450,28 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         &mut self,
         other: &LwwMap<K, V>,
         mut on_change: impl FnMut(&K, Option<&Entry<V>>, &Entry<V>),
-    ) -> MergeStats
-    where
-        K: Clone,
-        V: Clone,
-    {
+    ) -> MergeStats {
+        self.merge_records_with(other, |new, old| on_change(&new.key, old, &new.entry))
+    }
+
+    /// As [`LwwMap::merge_with`], handing `on_change` the shared record that changed `self`
+    /// (to pass it on by reference) and the entry it replaced.
+    pub fn merge_records_with(
+        &mut self,
+        other: &LwwMap<K, V>,
+        mut on_change: impl FnMut(&Arc<Record<K, V>>, Option<&Entry<V>>),
+    ) -> MergeStats {
         let mut stats = MergeStats::default();
-        for (slot, e) in &other.entries {
-            stats.newest = stats.newest.max(e.ts);
-            // One search through the entry API, as for owned parts; the clones share buffers.
-            match self.apply_slot_replacing(slot.clone(), e.clone()) {
+        for slot in &other.entries {
+            stats.newest = stats.newest.max(slot.rec.entry.ts);
+            match self.apply_slot(slot.clone()) {
                 (Outcome::Inserted, _) => {
                     stats.changed += 1;
-                    on_change(&slot.key, None, e);
+                    on_change(&slot.rec, None);
                 }
                 (Outcome::Won, old) => {
                     stats.changed += 1;
-                    on_change(&slot.key, old.as_ref(), e);
+                    on_change(&slot.rec, old.as_ref().map(|r| &r.entry));
                 }
                 (Outcome::Tied | Outcome::Lost, _) => stats.redundant += 1,
             }
@@ -330,12 +481,19 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 
     /// Merges one entry; returns whether it changed the map and the entry it replaced (`None`
     /// for a new key or when nothing changed).
-    pub fn apply_replacing(&mut self, key: K, entry: Entry<V>) -> (bool, Option<Entry<V>>) {
-        let (outcome, old) = self.apply_slot_replacing(Slot::new(key), entry);
+    pub fn apply_replacing(&mut self, key: K, entry: Entry<V>) -> (bool, Option<Entry<V>>)
+    where
+        V: Clone,
+    {
+        let (outcome, old) = self.apply_slot(Slot::new(Record::shared(key, entry)));
+        let old = old.map(|r| match Arc::try_unwrap(r) {
+            Ok(r) => r.entry,
+            Err(shared) => shared.entry.clone(),
+        });
         (outcome.changed(), old)
     }
 
-    /// Merges `other`, consuming it (no clones of keys or values).
+    /// Merges `other`, consuming it (its records move over, none is copied).
     pub fn merge_owned(&mut self, mut other: LwwMap<K, V>) -> MergeStats {
         // Merge is commutative: adopt the larger tree and merge the smaller into it, so the
         // work is proportional to the smaller map (`self` empty: no work at all).
@@ -345,9 +503,9 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
             return self.merge_smaller(other, newest);
         }
         let mut stats = MergeStats::default();
-        for (slot, e) in other.entries {
-            stats.newest = stats.newest.max(e.ts);
-            if self.apply_slot(slot, e).changed() {
+        for slot in other.entries {
+            stats.newest = stats.newest.max(slot.rec.entry.ts);
+            if self.apply_slot(slot).0.changed() {
                 stats.changed += 1;
             } else {
                 stats.redundant += 1;
@@ -366,8 +524,8 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
     fn merge_smaller(&mut self, mine: LwwMap<K, V>, newest: Timestamp) -> MergeStats {
         let theirs = self.entries.len();
         let mut redundant = 0;
-        for (slot, e) in mine.entries {
-            match self.apply_slot(slot, e) {
+        for slot in mine.entries {
+            match self.apply_slot(slot).0 {
                 Outcome::Won | Outcome::Tied => redundant += 1,
                 Outcome::Inserted | Outcome::Lost => {}
             }
@@ -375,27 +533,32 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         MergeStats { changed: theirs - redundant, redundant, newest }
     }
 
-    /// Merges one entry under an already built tree key.
-    fn apply_slot(&mut self, slot: Slot<K>, entry: Entry<V>) -> Outcome {
-        self.apply_slot_replacing(slot, entry).0
-    }
-
-    /// Merges one entry under an already built tree key; on a win, also returns the entry it
+    /// Merges one record under an already computed head; on a win, also returns the record it
     /// replaced.
-    fn apply_slot_replacing(&mut self, slot: Slot<K>, entry: Entry<V>) -> (Outcome, Option<Entry<V>>) {
-        match self.entries.entry(slot) {
-            btree_map::Entry::Vacant(vacant) => {
-                self.tombstones += usize::from(entry.is_tombstone());
-                vacant.insert(entry);
+    ///
+    /// `BTreeSet` has no entry API that could swap an element in place, so a change costs a
+    /// second search (`insert` or `replace`); it runs on the path the first search has just
+    /// brought into the cache. A record already held (the same pointer: a delta that comes
+    /// back) is recognised without comparing entries.
+    fn apply_slot(&mut self, slot: Slot<K, V>) -> (Outcome, Option<Arc<Record<K, V>>>) {
+        let current = self.entries.get(&slot as &dyn Probe<K>);
+        match current {
+            None => {
+                self.tombstones += usize::from(slot.rec.entry.is_tombstone());
+                self.entries.insert(slot);
                 (Outcome::Inserted, None)
             }
-            btree_map::Entry::Occupied(mut occupied) => {
-                let current = occupied.get_mut();
-                match entry.cmp(current) {
+            Some(current) => {
+                if Arc::ptr_eq(&current.rec, &slot.rec) {
+                    return (Outcome::Tied, None);
+                }
+                match slot.rec.entry.cmp(&current.rec.entry) {
                     Ordering::Greater => {
-                        self.tombstones += usize::from(entry.is_tombstone());
-                        self.tombstones -= usize::from(current.is_tombstone());
-                        (Outcome::Won, Some(std::mem::replace(current, entry)))
+                        let was_tombstone = current.rec.entry.is_tombstone();
+                        self.tombstones += usize::from(slot.rec.entry.is_tombstone());
+                        self.tombstones -= usize::from(was_tombstone);
+                        let old = self.entries.replace(slot).map(|s| s.rec);
+                        (Outcome::Won, old)
                     }
                     Ordering::Equal => (Outcome::Tied, None),
                     Ordering::Less => (Outcome::Lost, None),
@@ -409,12 +572,12 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 /// (what every map's own iteration, and so every honest encoder, produces), entry by entry
 /// by last-writer-wins from the first key that does not (a repeated or out-of-order key).
 ///
-/// Building a `BTreeMap` from sorted input fills its nodes left to right in `O(n)`, several
-/// times faster than `n` inserts.
+/// Building a `BTreeSet` from sorted input fills its nodes left to right in `O(n)`, several
+/// times faster than `n` inserts, and leaves them full.
 #[derive(Debug)]
 pub(crate) struct Builder<K, V> {
-    /// The strictly increasing pairs so far; emptied when the builder falls back.
-    sorted: Vec<(Slot<K>, Entry<V>)>,
+    /// The strictly increasing records so far; emptied when the builder falls back.
+    sorted: Vec<Slot<K, V>>,
     /// Tombstones in `sorted`.
     tombstones: usize,
     /// Set once a key broke the order: the map the rest is merged into.
@@ -429,15 +592,19 @@ impl<K, V> Default for Builder<K, V> {
 
 impl<K: Key, V: Ord> Builder<K, V> {
     pub(crate) fn push(&mut self, key: K, entry: Entry<V>) {
-        let slot = Slot::new(key);
+        self.push_record(Record::shared(key, entry));
+    }
+
+    pub(crate) fn push_record(&mut self, rec: Arc<Record<K, V>>) {
+        let slot = Slot::new(rec);
         if let Some(map) = &mut self.merged {
-            map.apply_slot(slot, entry);
-        } else if self.sorted.last().is_none_or(|(last, _)| *last < slot) {
-            self.tombstones += usize::from(entry.is_tombstone());
-            self.sorted.push((slot, entry));
+            map.apply_slot(slot);
+        } else if self.sorted.last().is_none_or(|last| *last < slot) {
+            self.tombstones += usize::from(slot.rec.entry.is_tombstone());
+            self.sorted.push(slot);
         } else {
             let mut map = self.bulk();
-            map.apply_slot(slot, entry);
+            map.apply_slot(slot);
             self.merged = Some(map);
         }
     }
@@ -446,11 +613,11 @@ impl<K: Key, V: Ord> Builder<K, V> {
         self.merged.take().unwrap_or_else(|| self.bulk())
     }
 
-    /// The map of the sorted pairs so far.
+    /// The map of the sorted records so far.
     fn bulk(&mut self) -> LwwMap<K, V> {
         // `from_iter` sorts first; on sorted input that is one linear pass, and the keys are
         // distinct, so nothing is deduplicated away.
-        let entries = BTreeMap::from_iter(std::mem::take(&mut self.sorted));
+        let entries = BTreeSet::from_iter(std::mem::take(&mut self.sorted));
         LwwMap { entries, tombstones: std::mem::take(&mut self.tombstones) }
     }
 }
@@ -462,6 +629,18 @@ impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
         let mut builder = Builder::default();
         for (k, e) in iter {
             builder.push(k, e);
+        }
+        builder.finish()
+    }
+}
+
+impl<K: Key, V: Ord> FromIterator<Arc<Record<K, V>>> for LwwMap<K, V> {
+    /// Builds a map of shared records; duplicate keys resolve by last-writer-wins. Input in
+    /// strictly increasing key order is built in bulk.
+    fn from_iter<I: IntoIterator<Item = Arc<Record<K, V>>>>(iter: I) -> Self {
+        let mut builder = Builder::default();
+        for rec in iter {
+            builder.push_record(rec);
         }
         builder.finish()
     }
@@ -576,6 +755,75 @@ mod tests {
         assert_eq!((s.changed, s.newest), (3, ts(30, 2)));
         assert_eq!(empty, a);
         assert_eq!((a.len(), a.tombstones()), (2, 1));
+    }
+
+    #[test]
+    fn merges_share_records_instead_of_copying_them() {
+        let mut writer = LwwMap::new();
+        let rec = Record::shared(b("k"), Entry::live(b("v"), ts(10, 1)));
+        assert!(writer.apply_record(Arc::clone(&rec)));
+        assert!(!writer.apply_record(Arc::clone(&rec)), "the same record again changes nothing");
+        let mut buffer = crate::DeltaBuffer::new();
+        buffer.record_shared(Arc::clone(&rec));
+        let delta = buffer.flush();
+        let (mut by_ref, mut owned, mut via_callback) = (LwwMap::new(), LwwMap::new(), LwwMap::new());
+        by_ref.put(b("other"), b("x"), ts(1, 2));
+        by_ref.put(b("more"), b("x"), ts(1, 2));
+        assert_eq!(by_ref.merge(&delta).changed, 1);
+        owned.merge_owned(delta.clone());
+        let mut seen = Vec::new();
+        via_callback.merge_records_with(&delta, |new, old| {
+            assert!(old.is_none());
+            seen.push(Arc::clone(new));
+        });
+        for map in [&writer, &by_ref, &owned, &via_callback] {
+            assert!(Arc::ptr_eq(map.get_record(&b"k"[..]).unwrap(), &rec), "one allocation for every map");
+        }
+        assert!(Arc::ptr_eq(&seen[0], &rec));
+        // 1 (rec) + writer + delta + by_ref + owned + via_callback + seen.
+        assert_eq!(Arc::strong_count(&rec), 7);
+        let clone = by_ref.clone();
+        assert!(Arc::ptr_eq(clone.get_record(&b"k"[..]).unwrap(), &rec), "a clone shares records");
+        // A newer write replaces the pointer in one map only; the old record lives on elsewhere.
+        assert!(by_ref.put(b("k"), b("w"), ts(11, 2)));
+        assert_eq!(Arc::strong_count(&rec), 7);
+        assert_eq!(writer.get(&b"k"[..]), Some(&b("v")));
+    }
+
+    #[test]
+    fn equality_compares_contents_not_sharing() {
+        let mut a = LwwMap::new();
+        let mut c = LwwMap::new();
+        a.put(b("k"), b("v"), ts(1, 1));
+        c.put(b("k"), b("v"), ts(1, 1));
+        assert_eq!(a, c, "separate records with equal contents");
+        c.put(b("k"), b("v"), ts(2, 1));
+        assert_ne!(a, c);
+        let mut d = a.clone();
+        assert_eq!(a, d);
+        d.delete(b("z"), ts(3, 1));
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn apply_replacing_returns_the_replaced_entry_shared_or_not() {
+        let mut m = LwwMap::new();
+        assert_eq!(m.apply_replacing(b("k"), Entry::live(b("1"), ts(1, 1))), (true, None));
+        let keep = m.clone();
+        let (won, old) = m.apply_replacing(b("k"), Entry::live(b("2"), ts(2, 1)));
+        assert!(won);
+        assert_eq!(old, Some(Entry::live(b("1"), ts(1, 1))), "still held by the clone");
+        let (won, old) = m.apply_replacing(b("k"), Entry::tombstone(ts(3, 1)));
+        assert_eq!((won, old), (true, Some(Entry::live(b("2"), ts(2, 1)))));
+        assert_eq!(m.apply_replacing(b("k"), Entry::live(b("0"), ts(0, 1))), (false, None));
+        assert_eq!((m.tombstones(), keep.tombstones()), (1, 0));
+        let entries: Vec<_> = m.into_entries().collect();
+        assert_eq!(entries, vec![(b("k"), Entry::tombstone(ts(3, 1)))]);
+    }
+
+    #[test]
+    fn a_tree_element_is_two_words() {
+        assert_eq!(std::mem::size_of::<Slot<bytes::Bytes, bytes::Bytes>>(), 16);
     }
 
     #[test]
