@@ -22,15 +22,12 @@
 //! To profile a join alone: `--skip-bulk --joins 1 --pause-before-join-ms 3000` and
 //! `perf record -g -p PID` with the printed process id (see benches/README.md).
 
-use std::io::{BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use benches::bulk::{self, Bulk, Shape};
 use benches::data::{self, KEY_LEN, VALUE_LEN};
 use benches::harness::{self, Cluster, clients, load_average, verdict};
-use bytes::Bytes;
+use benches::load::load;
 use clap::Parser;
 use replica_node::Node;
 use replica_node::NodeStats;
@@ -39,8 +36,6 @@ use resp::Value;
 
 /// Design section 7: join rate relative to the loopback QUIC bulk rate.
 const TARGET_RATIO: f64 = 0.5;
-/// Commands per `write` of the loader (they are pipelined regardless).
-const SETS_PER_WRITE: usize = 256;
 
 #[derive(Debug, Parser)]
 #[command(about = "Time a server joining another that holds many keys, against the loopback QUIC bulk rate")]
@@ -359,56 +354,4 @@ fn watch_counters<T>(
         std::thread::sleep(Duration::from_millis(5));
     }
     c
-}
-
-/// Writes every pair with pipelined `SET`s, one raw TCP connection (and a reader thread) per
-/// address, the pairs split evenly; returns when every reply has arrived.
-fn load(addrs: &[SocketAddr], pairs: &[(Bytes, Bytes)]) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let per = pairs.len().div_ceil(addrs.len());
-    std::thread::scope(|s| {
-        let loaders: Vec<_> = addrs
-            .iter()
-            .zip(pairs.chunks(per))
-            .map(|(&addr, chunk)| s.spawn(move || load_one(addr, chunk)))
-            .collect();
-        loaders.into_iter().try_for_each(|l| l.join().expect("loader does not panic"))
-    })?;
-    Ok(start.elapsed())
-}
-
-fn load_one(addr: SocketAddr, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
-    const OK: &[u8] = b"+OK\r\n";
-    let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = stream.try_clone()?;
-    let expected = pairs.len() * OK.len();
-    std::thread::scope(|s| {
-        let replies = s.spawn(move || -> anyhow::Result<()> {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut seen = 0;
-            while seen < expected {
-                let got = reader.read(&mut buf).context("reading replies")?;
-                anyhow::ensure!(got > 0, "{addr} closed after {} replies", seen / OK.len());
-                for (i, &byte) in buf[..got].iter().enumerate() {
-                    if byte != OK[(seen + i) % OK.len()] {
-                        anyhow::bail!("{addr} answered {:?}", String::from_utf8_lossy(&buf[i..got]));
-                    }
-                }
-                seen += got;
-            }
-            Ok(())
-        });
-        let mut w = BufWriter::with_capacity(SETS_PER_WRITE * 160, &stream);
-        for (k, v) in pairs {
-            write!(w, "*3\r\n$3\r\nSET\r\n${}\r\n", k.len())?;
-            w.write_all(k)?;
-            write!(w, "\r\n${}\r\n", v.len())?;
-            w.write_all(v)?;
-            w.write_all(b"\r\n")?;
-        }
-        w.flush()?;
-        replies.join().expect("reader does not panic")
-    })
 }
