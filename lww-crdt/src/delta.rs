@@ -25,7 +25,7 @@ impl<K, V> Default for DeltaBuffer<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> DeltaBuffer<K, V> {
+impl<K: Key + Clone, V: Ord> DeltaBuffer<K, V> {
     /// An empty buffer.
     pub fn new() -> Self {
         Self::default()

@@ -49,6 +49,7 @@ mod key;
 mod map;
 #[cfg(feature = "serde")]
 mod serde_impls;
+mod tree;
 
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;

@@ -2,12 +2,12 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
 use std::ops::{AddAssign, Bound, RangeBounds};
 use std::sync::Arc;
 
 use crate::Timestamp;
 use crate::key::{Key, Probe, Query};
+use crate::tree::{Put, Slot, Tree};
 
 /// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
 /// produced it.
@@ -92,65 +92,6 @@ impl AddAssign for MergeStats {
     }
 }
 
-/// An element of the map's tree: a shared record and its key's head, inline so that most
-/// comparisons on the way down the tree never leave the tree's nodes (see [`Key`]).
-///
-/// 16 bytes: the tree holds two words per key, whatever the key and value sizes.
-#[derive(Debug)]
-pub(crate) struct Slot<K, V> {
-    head: u64,
-    rec: Arc<Record<K, V>>,
-}
-
-impl<K, V> Clone for Slot<K, V> {
-    fn clone(&self) -> Self {
-        Slot { head: self.head, rec: Arc::clone(&self.rec) }
-    }
-}
-
-impl<K: Key, V> Slot<K, V> {
-    fn new(rec: Arc<Record<K, V>>) -> Self {
-        Slot { head: rec.key.head(), rec }
-    }
-}
-
-/// Slots order (and are equal) by key alone: a set holds one record per key.
-impl<K: Key, V> PartialEq for Slot<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl<K: Key, V> Eq for Slot<K, V> {}
-
-impl<K: Key, V> PartialOrd for Slot<K, V> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<K: Key, V> Ord for Slot<K, V> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.head.cmp(&other.head).then_with(|| self.rec.key.cmp(&other.rec.key))
-    }
-}
-
-impl<K: Borrow<Q>, V, Q: ?Sized> Probe<Q> for Slot<K, V> {
-    fn head(&self) -> u64 {
-        self.head
-    }
-
-    fn key(&self) -> &Q {
-        self.rec.key.borrow()
-    }
-}
-
-impl<'a, K: Borrow<Q> + 'a, V: 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot<K, V> {
-    fn borrow(&self) -> &(dyn Probe<Q> + 'a) {
-        self
-    }
-}
-
 /// A last-writer-wins map: `key -> (Option<value>, Timestamp)`, where `None` is a tombstone.
 ///
 /// Every operation is a merge of one entry: the entry with the greater [`Entry`] order wins.
@@ -158,16 +99,17 @@ impl<'a, K: Borrow<Q> + 'a, V: 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot
 /// duplication or regrouping of the same writes yields the same map.
 ///
 /// Keys are kept sorted, so [`LwwMap::scan_prefix`] costs `O(log n + result)` rather than a scan
-/// of the whole map. Each key's entry lives in a shared [`Record`]; the tree holds a pointer to
-/// it and the key's [`Key::head`] (for byte strings, the first 8 bytes), ordered by head first,
-/// so most comparisons never touch a record. Cloning a map, or merging one into another by
+/// of the whole map. Each key's entry lives in a shared [`Record`]; the map holds a pointer to
+/// it and the key's [`Key::head`] (for byte strings, the first 8 bytes), 16 bytes in sorted
+/// chunks under a small index (about 19 bytes per key in all), ordered by head first, so most
+/// comparisons never touch a record. Cloning a map, or merging one into another by
 /// reference, shares the records instead of copying keys and values.
 pub struct LwwMap<K, V> {
-    entries: BTreeSet<Slot<K, V>>,
+    entries: Tree<K, V>,
     tombstones: usize,
 }
 
-impl<K, V> Clone for LwwMap<K, V> {
+impl<K: Clone, V> Clone for LwwMap<K, V> {
     fn clone(&self) -> Self {
         LwwMap { entries: self.entries.clone(), tombstones: self.tombstones }
     }
@@ -179,7 +121,7 @@ impl<K: PartialEq, V: PartialEq> PartialEq for LwwMap<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.entries.len() == other.entries.len()
             && self.tombstones == other.tombstones
-            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+            && self.entries.iter().zip(other.entries.iter()).all(|(a, b)| {
                 Arc::ptr_eq(&a.rec, &b.rec)
                     || (a.head == b.head && a.rec.key == b.rec.key && a.rec.entry == b.rec.entry)
             })
@@ -209,7 +151,7 @@ impl Outcome {
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
-        LwwMap { entries: BTreeSet::new(), tombstones: 0 }
+        LwwMap { entries: Tree::default(), tombstones: 0 }
     }
 }
 
@@ -264,7 +206,7 @@ impl<K, V> LwwMap<K, V> {
 
     /// Consumes the map into its records, tombstones included, in key order.
     pub fn into_records(self) -> impl Iterator<Item = Arc<Record<K, V>>> {
-        self.entries.into_iter().map(|s| s.rec)
+        self.entries.into_slots().map(|s| s.rec)
     }
 
     /// Consumes the map into its entries, tombstones included, in key order. Keys and entries
@@ -274,7 +216,7 @@ impl<K, V> LwwMap<K, V> {
         K: Clone,
         V: Clone,
     {
-        self.entries.into_iter().map(|s| {
+        self.entries.into_slots().map(|s| {
             let Record { key, entry } = Arc::unwrap_or_clone(s.rec);
             (key, entry)
         })
@@ -328,8 +270,7 @@ impl<K: Key, V> LwwMap<K, V> {
     ///
     /// # Panics
     ///
-    /// As [`BTreeSet::range`]: if the range starts after it ends, or starts and ends at the
-    /// same excluded key.
+    /// Never: a range that starts after it ends is empty.
     pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
     where
         K: Borrow<Q>,
@@ -347,7 +288,7 @@ impl<K: Key, V> LwwMap<K, V> {
         R: RangeBounds<Q>,
     {
         let (start, end) = (range.start_bound().map(Query::new), range.end_bound().map(Query::new));
-        self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|s| &s.rec)
+        self.entries.range(probe(&start), probe(&end)).map(|s| &s.rec)
     }
 
     /// Removes the entry of `key` if it is the tombstone written at `ts` (a newer write of the
@@ -361,15 +302,11 @@ impl<K: Key, V> LwwMap<K, V> {
         Q: Key + ?Sized,
     {
         let probe = Query::new(key);
-        let matches = self
+        let removed = self
             .entries
-            .get(&probe as &dyn Probe<Q>)
-            .is_some_and(|s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
-        if matches {
-            self.entries.remove(&probe as &dyn Probe<Q>);
-            self.tombstones -= 1;
-        }
-        matches
+            .remove_if(&probe as &dyn Probe<Q>, |s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
+        self.tombstones -= usize::from(removed);
+        removed
     }
 
     /// Removes tombstones older than `horizon` and returns how many were removed.
@@ -404,7 +341,7 @@ impl<K: Key + Borrow<[u8]>, V> LwwMap<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
     /// Merges one entry; returns whether it changed the map (it was newer than what the map
     /// held for `key`, or the key was new).
     pub fn apply(&mut self, key: K, entry: Entry<V>) -> bool {
@@ -462,7 +399,7 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         mut on_change: impl FnMut(&Arc<Record<K, V>>, Option<&Entry<V>>),
     ) -> MergeStats {
         let mut stats = MergeStats::default();
-        for slot in &other.entries {
+        for slot in other.entries.iter() {
             stats.newest = stats.newest.max(slot.rec.entry.ts);
             match self.apply_slot(slot.clone()) {
                 (Outcome::Inserted, _) => {
@@ -503,7 +440,7 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
             return self.merge_smaller(other, newest);
         }
         let mut stats = MergeStats::default();
-        for slot in other.entries {
+        for slot in other.entries.into_slots() {
             stats.newest = stats.newest.max(slot.rec.entry.ts);
             if self.apply_slot(slot).0.changed() {
                 stats.changed += 1;
@@ -524,7 +461,7 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
     fn merge_smaller(&mut self, mine: LwwMap<K, V>, newest: Timestamp) -> MergeStats {
         let theirs = self.entries.len();
         let mut redundant = 0;
-        for slot in mine.entries {
+        for slot in mine.entries.into_slots() {
             match self.apply_slot(slot).0 {
                 Outcome::Won | Outcome::Tied => redundant += 1,
                 Outcome::Inserted | Outcome::Lost => {}
@@ -534,36 +471,34 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
     }
 
     /// Merges one record under an already computed head; on a win, also returns the record it
-    /// replaced.
-    ///
-    /// `BTreeSet` has no entry API that could swap an element in place, so a change costs a
-    /// second search (`insert` or `replace`); it runs on the path the first search has just
-    /// brought into the cache. A record already held (the same pointer: a delta that comes
-    /// back) is recognised without comparing entries.
+    /// replaced. One search of the tree. A record already held (the same pointer: a delta that
+    /// comes back) is recognised without comparing entries.
     fn apply_slot(&mut self, slot: Slot<K, V>) -> (Outcome, Option<Arc<Record<K, V>>>) {
-        let current = self.entries.get(&slot as &dyn Probe<K>);
-        match current {
-            None => {
-                self.tombstones += usize::from(slot.rec.entry.is_tombstone());
-                self.entries.insert(slot);
+        let tombstone = slot.rec.entry.is_tombstone();
+        let mut outcome = Outcome::Inserted;
+        let put = self.entries.put(slot, |held, new| {
+            if Arc::ptr_eq(held, new) {
+                outcome = Outcome::Tied;
+                return false;
+            }
+            outcome = match new.entry.cmp(&held.entry) {
+                Ordering::Greater => Outcome::Won,
+                Ordering::Equal => Outcome::Tied,
+                Ordering::Less => Outcome::Lost,
+            };
+            outcome == Outcome::Won
+        });
+        match put {
+            Put::Inserted => {
+                self.tombstones += usize::from(tombstone);
                 (Outcome::Inserted, None)
             }
-            Some(current) => {
-                if Arc::ptr_eq(&current.rec, &slot.rec) {
-                    return (Outcome::Tied, None);
-                }
-                match slot.rec.entry.cmp(&current.rec.entry) {
-                    Ordering::Greater => {
-                        let was_tombstone = current.rec.entry.is_tombstone();
-                        self.tombstones += usize::from(slot.rec.entry.is_tombstone());
-                        self.tombstones -= usize::from(was_tombstone);
-                        let old = self.entries.replace(slot).map(|s| s.rec);
-                        (Outcome::Won, old)
-                    }
-                    Ordering::Equal => (Outcome::Tied, None),
-                    Ordering::Less => (Outcome::Lost, None),
-                }
+            Put::Replaced(old) => {
+                self.tombstones += usize::from(tombstone);
+                self.tombstones -= usize::from(old.entry.is_tombstone());
+                (Outcome::Won, Some(old))
             }
+            Put::Kept => (outcome, None),
         }
     }
 }
@@ -572,8 +507,8 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 /// (what every map's own iteration, and so every honest encoder, produces), entry by entry
 /// by last-writer-wins from the first key that does not (a repeated or out-of-order key).
 ///
-/// Building a `BTreeSet` from sorted input fills its nodes left to right in `O(n)`, several
-/// times faster than `n` inserts, and leaves them full.
+/// Building the tree from sorted input fills its chunks left to right in `O(n)`, several
+/// times faster than `n` inserts, and leaves them nearly full.
 #[derive(Debug)]
 pub(crate) struct Builder<K, V> {
     /// The strictly increasing records so far; emptied when the builder falls back.
@@ -590,7 +525,7 @@ impl<K, V> Default for Builder<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> Builder<K, V> {
+impl<K: Key + Clone, V: Ord> Builder<K, V> {
     pub(crate) fn push(&mut self, key: K, entry: Entry<V>) {
         self.push_record(Record::shared(key, entry));
     }
@@ -599,7 +534,7 @@ impl<K: Key, V: Ord> Builder<K, V> {
         let slot = Slot::new(rec);
         if let Some(map) = &mut self.merged {
             map.apply_slot(slot);
-        } else if self.sorted.last().is_none_or(|last| *last < slot) {
+        } else if self.sorted.last().is_none_or(|last| (last as &dyn Probe<K>) < (&slot as &dyn Probe<K>)) {
             self.tombstones += usize::from(slot.rec.entry.is_tombstone());
             self.sorted.push(slot);
         } else {
@@ -615,14 +550,12 @@ impl<K: Key, V: Ord> Builder<K, V> {
 
     /// The map of the sorted records so far.
     fn bulk(&mut self) -> LwwMap<K, V> {
-        // `from_iter` sorts first; on sorted input that is one linear pass, and the keys are
-        // distinct, so nothing is deduplicated away.
-        let entries = BTreeSet::from_iter(std::mem::take(&mut self.sorted));
+        let entries = Tree::from_sorted(std::mem::take(&mut self.sorted));
         LwwMap { entries, tombstones: std::mem::take(&mut self.tombstones) }
     }
 }
 
-impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
     /// Builds a map by merging the entries; duplicate keys resolve by last-writer-wins. Input
     /// in strictly increasing key order is built in bulk.
     fn from_iter<I: IntoIterator<Item = (K, Entry<V>)>>(iter: I) -> Self {
@@ -634,7 +567,7 @@ impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> FromIterator<Arc<Record<K, V>>> for LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> FromIterator<Arc<Record<K, V>>> for LwwMap<K, V> {
     /// Builds a map of shared records; duplicate keys resolve by last-writer-wins. Input in
     /// strictly increasing key order is built in bulk.
     fn from_iter<I: IntoIterator<Item = Arc<Record<K, V>>>>(iter: I) -> Self {
@@ -646,7 +579,7 @@ impl<K: Key, V: Ord> FromIterator<Arc<Record<K, V>>> for LwwMap<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
     /// Merges the entries one by one.
     fn extend<I: IntoIterator<Item = (K, Entry<V>)>>(&mut self, iter: I) {
         for (k, e) in iter {
