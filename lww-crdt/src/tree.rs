@@ -22,12 +22,12 @@ use crate::Record;
 use crate::key::{Key, Probe};
 
 /// Most slots in one chunk; an insert into a full chunk splits it in two.
-pub(crate) const MAX: usize = 64;
+pub(crate) const MAX: usize = 128;
 /// Slots a chunk grows by when full (its unused room stays below this).
 pub(crate) const GROW: usize = 8;
 /// Slots per chunk when a tree is built from sorted input: room for a few inserts before a
 /// chunk must grow.
-const FILL: usize = 56;
+const FILL: usize = 112;
 
 /// An element of the tree: a shared record and its key's head, inline so that most comparisons
 /// never leave the chunk (see [`Key`]). 16 bytes.
