@@ -29,6 +29,46 @@ use bytes::Bytes;
 pub trait Key: Ord {
     /// The key's head (see the trait's contract).
     fn head(&self) -> u64;
+
+    /// The key as a byte string, for keys ordered as byte strings: then the head must be the
+    /// first 8 bytes (big-endian, zero padded), and a map may skip a prefix every key shares
+    /// and take its heads from the bytes after it, so keys such as `user:000123` and
+    /// `user:000456` do not all get the same head. `None` (the default) for other keys.
+    fn as_bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The head a map's tree uses for `key` when every key of the tree starts with the same
+/// `skip` bytes (which the caller knows `key` has): for byte strings, [`suffix_head`] of the
+/// bytes after them; for other keys, [`Key::head`].
+pub(crate) fn head_after<Q: Key + ?Sized>(key: &Q, skip: usize) -> u64 {
+    match key.as_bytes() {
+        Some(b) => suffix_head(&b[skip.min(b.len())..]),
+        None => key.head(),
+    }
+}
+
+/// The first 7 bytes of `suffix` (zero padded) and then its length capped at 8, as a
+/// big-endian `u64`.
+///
+/// Order-consistent as [`bytes_head`] is: two suffixes that differ within their first 7 bytes
+/// compare as those bytes do; when one is a proper prefix of the other and their padded first
+/// 7 bytes agree, the shorter has the smaller length byte (or both have 8 and the heads tie,
+/// which only says "compare in full"). And exact for short keys: equal heads with a length
+/// byte below 8 mean both suffixes are those same bytes, so the tree tells two such keys equal
+/// without reading either one's buffer.
+pub(crate) fn suffix_head(suffix: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = suffix.len().min(7);
+    bytes[..n].copy_from_slice(&suffix[..n]);
+    bytes[7] = suffix.len().min(8) as u8;
+    u64::from_be_bytes(bytes)
+}
+
+/// Whether a [`suffix_head`] determines its suffix (it is shorter than 8 bytes).
+pub(crate) fn suffix_head_is_exact(head: u64) -> bool {
+    head & 0xff < 8
 }
 
 /// The first 8 bytes of `bytes` as a big-endian `u64`, zero padded when shorter.
@@ -62,11 +102,19 @@ impl Key for [u8] {
     fn head(&self) -> u64 {
         bytes_head(self)
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl<const N: usize> Key for [u8; N] {
     fn head(&self) -> u64 {
         bytes_head(self)
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -74,11 +122,19 @@ impl Key for Vec<u8> {
     fn head(&self) -> u64 {
         bytes_head(self)
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl Key for Bytes {
     fn head(&self) -> u64 {
         bytes_head(self)
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -87,11 +143,19 @@ impl Key for str {
     fn head(&self) -> u64 {
         bytes_head(self.as_bytes())
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(str::as_bytes(self))
+    }
 }
 
 impl Key for String {
     fn head(&self) -> u64 {
         bytes_head(self.as_bytes())
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(str::as_bytes(self))
     }
 }
 
@@ -99,11 +163,19 @@ impl<T: Key + ?Sized> Key for &T {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ?Sized> Key for Box<T> {
     fn head(&self) -> u64 {
         (**self).head()
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
     }
 }
 
@@ -111,17 +183,29 @@ impl<T: Key + ?Sized> Key for Rc<T> {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ?Sized> Key for Arc<T> {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ToOwned + ?Sized> Key for Cow<'_, T> {
     fn head(&self) -> u64 {
         (**self).head()
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
     }
 }
 
@@ -201,11 +285,26 @@ pub(crate) trait Probe<Q: ?Sized> {
 pub(crate) struct Query<'q, Q: ?Sized> {
     head: u64,
     key: &'q Q,
+    /// The head determines the key among keys with this tree's prefix (see [`suffix_head`]):
+    /// a stored key with the same head is this key.
+    pub(crate) exact: bool,
 }
 
 impl<'q, Q: Key + ?Sized> Query<'q, Q> {
+    #[cfg(test)]
     pub(crate) fn new(key: &'q Q) -> Self {
-        Query { head: key.head(), key }
+        Query { head: key.head(), key, exact: false }
+    }
+
+    /// A query whose head (and exactness) the caller computed.
+    pub(crate) fn known(key: &'q Q, head: u64, exact: bool) -> Self {
+        Query { head, key, exact }
+    }
+
+    /// A query for a tree whose keys all start with the same `skip` bytes as `key`.
+    pub(crate) fn after(key: &'q Q, skip: usize) -> Self {
+        let head = head_after(key, skip);
+        Query { head, key, exact: key.as_bytes().is_some() && suffix_head_is_exact(head) }
     }
 }
 
@@ -279,6 +378,18 @@ mod tests {
             // A lookup by the borrowed form compares the same way.
             prop_assert_eq!(tree_cmp(&&a[..], &&b[..]), a.cmp(&b));
             prop_assert_eq!(tree_cmp(&Bytes::from(a.clone()), &Bytes::from(b.clone())), a.cmp(&b));
+        }
+
+        #[test]
+        fn suffix_heads_are_order_consistent_and_exact_for_short_suffixes(a in key(), b in key()) {
+            let (ha, hb) = (suffix_head(&a), suffix_head(&b));
+            if a < b {
+                prop_assert!(ha <= hb, "{:?} < {:?} but heads {:x} > {:x}", a, b, ha, hb);
+            }
+            if ha == hb && suffix_head_is_exact(ha) {
+                prop_assert_eq!(&a, &b);
+            }
+            prop_assert_eq!(suffix_head_is_exact(ha), a.len() < 8);
         }
 
         #[test]

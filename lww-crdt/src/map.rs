@@ -6,8 +6,8 @@ use std::ops::{AddAssign, Bound, RangeBounds};
 use std::sync::Arc;
 
 use crate::Timestamp;
-use crate::key::{Key, Probe, Query};
-use crate::tree::{Put, Slot, Tree};
+use crate::key::Key;
+use crate::tree::{Put, Tree};
 
 /// The state of one key: a value, or a tombstone (`None`), and the timestamp of the write that
 /// produced it.
@@ -253,7 +253,7 @@ impl<K: Key, V> LwwMap<K, V> {
         K: Borrow<Q>,
         Q: Key + ?Sized,
     {
-        self.entries.get(&Query::new(key) as &dyn Probe<Q>).map(|s| &s.rec)
+        self.entries.get(key).map(|s| &s.rec)
     }
 
     /// Whether `key` has a live value.
@@ -287,8 +287,7 @@ impl<K: Key, V> LwwMap<K, V> {
         Q: Key + ?Sized,
         R: RangeBounds<Q>,
     {
-        let (start, end) = (range.start_bound().map(Query::new), range.end_bound().map(Query::new));
-        self.entries.range(probe(&start), probe(&end)).map(|s| &s.rec)
+        self.entries.range(range.start_bound(), range.end_bound()).map(|s| &s.rec)
     }
 
     /// Removes the entry of `key` if it is the tombstone written at `ts` (a newer write of the
@@ -301,10 +300,7 @@ impl<K: Key, V> LwwMap<K, V> {
         K: Borrow<Q>,
         Q: Key + ?Sized,
     {
-        let probe = Query::new(key);
-        let removed = self
-            .entries
-            .remove_if(&probe as &dyn Probe<Q>, |s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
+        let removed = self.entries.remove_if(key, |s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
         self.tombstones -= usize::from(removed);
         removed
     }
@@ -324,11 +320,6 @@ impl<K: Key, V> LwwMap<K, V> {
         self.tombstones = before - removed;
         removed
     }
-}
-
-/// A range bound in the form the tree is searched by.
-fn probe<'b, Q: ?Sized>(bound: &'b Bound<Query<'_, Q>>) -> Bound<&'b (dyn Probe<Q> + 'b)> {
-    bound.as_ref().map(|q| q as &dyn Probe<Q>)
 }
 
 impl<K: Key + Borrow<[u8]>, V> LwwMap<K, V> {
@@ -351,7 +342,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
     /// Merges a shared record (held, if it wins, by reference); returns whether it changed the
     /// map.
     pub fn apply_record(&mut self, rec: Arc<Record<K, V>>) -> bool {
-        self.apply_slot(Slot::new(rec)).0.changed()
+        self.apply_slot(rec).0.changed()
     }
 
     /// Writes `value` under `key` at `ts`; returns whether the write won (it loses only to a
@@ -401,7 +392,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
         let mut stats = MergeStats::default();
         for slot in other.entries.iter() {
             stats.newest = stats.newest.max(slot.rec.entry.ts);
-            match self.apply_slot(slot.clone()) {
+            match self.apply_slot(Arc::clone(&slot.rec)) {
                 (Outcome::Inserted, _) => {
                     stats.changed += 1;
                     on_change(&slot.rec, None);
@@ -422,7 +413,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
     where
         V: Clone,
     {
-        let (outcome, old) = self.apply_slot(Slot::new(Record::shared(key, entry)));
+        let (outcome, old) = self.apply_slot(Record::shared(key, entry));
         let old = old.map(|r| match Arc::try_unwrap(r) {
             Ok(r) => r.entry,
             Err(shared) => shared.entry.clone(),
@@ -442,7 +433,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
         let mut stats = MergeStats::default();
         for slot in other.entries.into_slots() {
             stats.newest = stats.newest.max(slot.rec.entry.ts);
-            if self.apply_slot(slot).0.changed() {
+            if self.apply_slot(slot.rec).0.changed() {
                 stats.changed += 1;
             } else {
                 stats.redundant += 1;
@@ -462,7 +453,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
         let theirs = self.entries.len();
         let mut redundant = 0;
         for slot in mine.entries.into_slots() {
-            match self.apply_slot(slot).0 {
+            match self.apply_slot(slot.rec).0 {
                 Outcome::Won | Outcome::Tied => redundant += 1,
                 Outcome::Inserted | Outcome::Lost => {}
             }
@@ -473,10 +464,10 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
     /// Merges one record under an already computed head; on a win, also returns the record it
     /// replaced. One search of the tree. A record already held (the same pointer: a delta that
     /// comes back) is recognised without comparing entries.
-    fn apply_slot(&mut self, slot: Slot<K, V>) -> (Outcome, Option<Arc<Record<K, V>>>) {
-        let tombstone = slot.rec.entry.is_tombstone();
+    fn apply_slot(&mut self, rec: Arc<Record<K, V>>) -> (Outcome, Option<Arc<Record<K, V>>>) {
+        let tombstone = rec.entry.is_tombstone();
         let mut outcome = Outcome::Inserted;
-        let put = self.entries.put(slot, |held, new| {
+        let put = self.entries.put(rec, |held, new| {
             if Arc::ptr_eq(held, new) {
                 outcome = Outcome::Tied;
                 return false;
@@ -512,7 +503,7 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
 #[derive(Debug)]
 pub(crate) struct Builder<K, V> {
     /// The strictly increasing records so far; emptied when the builder falls back.
-    sorted: Vec<Slot<K, V>>,
+    sorted: Vec<Arc<Record<K, V>>>,
     /// Tombstones in `sorted`.
     tombstones: usize,
     /// Set once a key broke the order: the map the rest is merged into.
@@ -531,15 +522,14 @@ impl<K: Key + Clone, V: Ord> Builder<K, V> {
     }
 
     pub(crate) fn push_record(&mut self, rec: Arc<Record<K, V>>) {
-        let slot = Slot::new(rec);
         if let Some(map) = &mut self.merged {
-            map.apply_slot(slot);
-        } else if self.sorted.last().is_none_or(|last| (last as &dyn Probe<K>) < (&slot as &dyn Probe<K>)) {
-            self.tombstones += usize::from(slot.rec.entry.is_tombstone());
-            self.sorted.push(slot);
+            map.apply_slot(rec);
+        } else if self.sorted.last().is_none_or(|last| last.key < rec.key) {
+            self.tombstones += usize::from(rec.entry.is_tombstone());
+            self.sorted.push(rec);
         } else {
             let mut map = self.bulk();
-            map.apply_slot(slot);
+            map.apply_slot(rec);
             self.merged = Some(map);
         }
     }
@@ -756,7 +746,7 @@ mod tests {
 
     #[test]
     fn a_tree_element_is_two_words() {
-        assert_eq!(std::mem::size_of::<Slot<bytes::Bytes, bytes::Bytes>>(), 16);
+        assert_eq!(std::mem::size_of::<crate::tree::Slot<bytes::Bytes, bytes::Bytes>>(), 16);
     }
 
     #[test]

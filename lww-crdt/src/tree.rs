@@ -10,6 +10,13 @@
 //! most a chunk's slots. Every key of a chunk is at least the chunk's separator and below the
 //! next chunk's; a key below every separator is new and becomes the first chunk's first key,
 //! and that chunk its separator.
+//!
+//! Heads skip the prefix every key of the tree shares (byte-string keys, up to
+//! [`MAX_PREFIX`] bytes): with keys such as `key:000000012345` the first 8 bytes are the same
+//! everywhere, and heads of those bytes would send every comparison to the keys' buffers. The
+//! prefix only shrinks, when a key without it arrives; then every head is computed anew (a
+//! pass over the tree, at most [`MAX_PREFIX`] times in its life, and in practice while it is
+//! small).
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -19,7 +26,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::Record;
-use crate::key::{Key, Probe};
+use crate::key::{Key, Probe, Query, head_after};
 
 /// Most slots in one chunk; an insert into a full chunk splits it in two.
 pub(crate) const MAX: usize = 128;
@@ -28,6 +35,8 @@ pub(crate) const GROW: usize = 8;
 /// Slots per chunk when a tree is built from sorted input: room for a few inserts before a
 /// chunk must grow.
 const FILL: usize = 112;
+/// Longest shared prefix the heads skip.
+pub(crate) const MAX_PREFIX: usize = 64;
 
 /// An element of the tree: a shared record and its key's head, inline so that most comparisons
 /// never leave the chunk (see [`Key`]). 16 bytes.
@@ -44,8 +53,8 @@ impl<K, V> Clone for Slot<K, V> {
 }
 
 impl<K: Key, V> Slot<K, V> {
-    pub(crate) fn new(rec: Arc<Record<K, V>>) -> Self {
-        Slot { head: rec.key.head(), rec }
+    fn at(rec: Arc<Record<K, V>>, skip: usize) -> Self {
+        Slot { head: head_after(&rec.key, skip), rec }
     }
 }
 
@@ -105,19 +114,34 @@ impl<'a, K: Borrow<Q> + 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Sep<K> {
 
 type Chunk<K, V> = Vec<Slot<K, V>>;
 
-/// How `a` (a slot) compares with `b` (a probe), in tree order.
-fn cmp<K: Borrow<Q>, V, Q: Ord + ?Sized>(a: &Slot<K, V>, b: &dyn Probe<Q>) -> Ordering {
-    (a as &dyn Probe<Q>).cmp(b)
+/// How `a` (a slot) compares with `b` (a query), in tree order; an exact query with the
+/// slot's head is its key, without reading the slot's record.
+fn cmp<K: Borrow<Q>, V, Q: Ord + ?Sized>(a: &Slot<K, V>, b: &Query<'_, Q>) -> Ordering {
+    match a.head.cmp(&b.head()) {
+        Ordering::Equal if b.exact => Ordering::Equal,
+        Ordering::Equal => a.rec.key.borrow().cmp(b.key()),
+        other => other,
+    }
 }
 
 /// What [`Tree::put`] did.
 pub(crate) enum Put<K, V> {
     /// The key was new.
     Inserted,
-    /// The slot replaced the one held, returned.
+    /// The record replaced the one held, returned.
     Replaced(Arc<Record<K, V>>),
-    /// The tree held the key and kept its slot.
+    /// The tree held the key and kept its record.
     Kept,
+}
+
+/// Where a key falls relative to the tree's shared prefix.
+enum Place<'q, Q: ?Sized> {
+    /// Below every key of the tree (it lacks the prefix and sorts before it).
+    Below,
+    /// Above every key of the tree.
+    Above,
+    /// It has the prefix: search with this query.
+    Within(Query<'q, Q>),
 }
 
 /// Sorted chunks of slots under an index; see the module documentation.
@@ -125,17 +149,20 @@ pub(crate) enum Put<K, V> {
 pub(crate) struct Tree<K, V> {
     index: BTreeMap<Sep<K>, Chunk<K, V>>,
     len: usize,
+    /// The bytes every key starts with, which heads skip (empty for keys that are not byte
+    /// strings).
+    prefix: Vec<u8>,
 }
 
 impl<K, V> Default for Tree<K, V> {
     fn default() -> Self {
-        Tree { index: BTreeMap::new(), len: 0 }
+        Tree { index: BTreeMap::new(), len: 0, prefix: Vec::new() }
     }
 }
 
 impl<K: Clone, V> Clone for Tree<K, V> {
     fn clone(&self) -> Self {
-        Tree { index: self.index.clone(), len: self.len }
+        Tree { index: self.index.clone(), len: self.len, prefix: self.prefix.clone() }
     }
 }
 
@@ -153,22 +180,6 @@ impl<K, V> Tree<K, V> {
     /// Every slot in key order, consuming the tree.
     pub(crate) fn into_slots(self) -> impl Iterator<Item = Slot<K, V>> {
         self.index.into_values().flatten()
-    }
-
-    /// Builds a tree from slots in strictly increasing key order.
-    pub(crate) fn from_sorted(slots: Vec<Slot<K, V>>) -> Self
-    where
-        K: Key + Clone,
-    {
-        let len = slots.len();
-        let mut chunks = Vec::with_capacity(len.div_ceil(FILL));
-        let mut slots = slots.into_iter().peekable();
-        while slots.peek().is_some() {
-            let chunk: Chunk<K, V> = slots.by_ref().take(FILL).collect();
-            chunks.push((sep_of(&chunk[0]), chunk));
-        }
-        // Sorted input: the index is built in bulk too.
-        Tree { index: chunks.into_iter().collect(), len }
     }
 }
 
@@ -192,69 +203,75 @@ fn shrink<K, V>(chunk: &mut Chunk<K, V>) {
     }
 }
 
-impl<K: Key, V> Tree<K, V> {
-    /// Keeps the slots for which `keep` is true.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Slot<K, V>) -> bool) {
-        let mut len = 0;
-        self.index.retain(|_, chunk| {
-            chunk.retain(&mut keep);
-            shrink(chunk);
-            len += chunk.len();
-            !chunk.is_empty()
-        });
-        self.len = len;
-    }
+/// Length of the longest common prefix of `a` and `b`.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
 
-    /// Whether the chunk holding `probe`'s place is the first one: `probe` is below every
-    /// separator (or the tree is empty).
-    fn before_all<Q>(&self, probe: &dyn Probe<Q>) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        self.index.first_key_value().is_none_or(|(first, _)| probe < first as &dyn Probe<Q>)
-    }
-
-    /// The chunk where `probe` is or would be, with its separator.
-    fn chunk_of<Q>(&self, probe: &dyn Probe<Q>) -> Option<(&Sep<K>, &Chunk<K, V>)>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        if self.before_all(probe) {
-            self.index.first_key_value()
-        } else {
-            self.index.range::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe))).next_back()
+impl<K: Key + Clone, V> Tree<K, V> {
+    /// Builds a tree from records in strictly increasing key order.
+    pub(crate) fn from_sorted(recs: Vec<Arc<Record<K, V>>>) -> Self {
+        let len = recs.len();
+        // Sorted: the first and the last key share what every key shares.
+        let prefix =
+            match (recs.first().and_then(|r| r.key.as_bytes()), recs.last().and_then(|r| r.key.as_bytes())) {
+                (Some(a), Some(b)) => a[..common_prefix(a, b).min(MAX_PREFIX)].to_vec(),
+                _ => Vec::new(),
+            };
+        let skip = prefix.len();
+        let mut chunks = Vec::with_capacity(len.div_ceil(FILL));
+        let mut recs = recs.into_iter().peekable();
+        while recs.peek().is_some() {
+            let chunk: Chunk<K, V> = recs.by_ref().take(FILL).map(|r| Slot::at(r, skip)).collect();
+            chunks.push((sep_of(&chunk[0]), chunk));
         }
+        // Sorted input: the index is built in bulk too.
+        Tree { index: chunks.into_iter().collect(), len, prefix }
     }
 
-    /// The slot of `probe`'s key, if any.
-    pub(crate) fn get<Q>(&self, probe: &dyn Probe<Q>) -> Option<&Slot<K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Ord + ?Sized,
-    {
-        let (_, chunk) =
-            self.index.range::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe))).next_back()?;
-        chunk.binary_search_by(|s| cmp(s, probe)).ok().map(|i| &chunk[i])
+    /// Shortens the shared prefix to what `key` shares with it and computes every head anew.
+    fn shorten_prefix(&mut self, key: &[u8]) {
+        let keep = common_prefix(&self.prefix, key);
+        self.prefix.truncate(keep);
+        let index = std::mem::take(&mut self.index);
+        // The order does not change: the index is rebuilt in bulk.
+        self.index = index
+            .into_values()
+            .map(|mut chunk| {
+                for s in &mut chunk {
+                    s.head = head_after(&s.rec.key, keep);
+                }
+                (sep_of(&chunk[0]), chunk)
+            })
+            .collect();
     }
 
-    /// Inserts `slot` if its key is new; otherwise replaces the slot held if `wins(held)`.
-    /// One search either way.
+    /// Inserts `rec` if its key is new; otherwise replaces the record held if
+    /// `wins(held, rec)`. One search either way.
     pub(crate) fn put(
         &mut self,
-        slot: Slot<K, V>,
+        rec: Arc<Record<K, V>>,
         wins: impl FnOnce(&Arc<Record<K, V>>, &Arc<Record<K, V>>) -> bool,
-    ) -> Put<K, V>
-    where
-        K: Clone,
-    {
+    ) -> Put<K, V> {
         if self.index.is_empty() {
+            self.prefix = rec.key.as_bytes().map_or_else(Vec::new, |b| b[..b.len().min(MAX_PREFIX)].to_vec());
+            let slot = Slot::at(rec, self.prefix.len());
             self.index.insert(sep_of(&slot), vec![slot]);
             self.len = 1;
             return Put::Inserted;
         }
-        if self.before_all(&slot as &dyn Probe<K>) {
+        if let Some(bytes) = rec.key.as_bytes()
+            && !bytes.starts_with(&self.prefix)
+        {
+            self.shorten_prefix(bytes);
+        }
+        let query = Query::after(&rec.key, self.prefix.len());
+        let head = query.head();
+        let exact = query.exact;
+        let slot = Slot { head, rec };
+        let query = Query::known(&slot.rec.key, head, exact);
+        let probe = &query as &dyn Probe<K>;
+        if self.index.first_key_value().is_some_and(|(first, _)| probe < first as &dyn Probe<K>) {
             // Below every key: the first slot of the first chunk, which takes a new separator
             // (separators never exceed their chunk's keys, or the index would misorder chunks).
             let (_, mut chunk) = self.index.pop_first().expect("not empty");
@@ -268,13 +285,12 @@ impl<K: Key, V> Tree<K, V> {
             self.index.insert(sep_of(&chunk[0]), chunk);
             return Put::Inserted;
         }
-        let probe = &slot as &dyn Probe<K>;
         let (_, chunk) = self
             .index
             .range_mut::<dyn Probe<K>, _>((Bound::Unbounded, Bound::Included(probe)))
             .next_back()
             .expect("not before every separator: some separator is at most the key");
-        let at = match chunk.binary_search_by(|s| cmp(s, &slot as &dyn Probe<K>)) {
+        let at = match chunk.binary_search_by(|s| cmp(s, &query)) {
             Ok(i) => {
                 return if wins(&chunk[i].rec, &slot.rec) {
                     Put::Replaced(std::mem::replace(&mut chunk[i], slot).rec)
@@ -293,24 +309,85 @@ impl<K: Key, V> Tree<K, V> {
         }
         Put::Inserted
     }
+}
 
-    /// Removes the slot of `probe`'s key if `remove(slot)` says so; returns whether it did.
-    pub(crate) fn remove_if<Q>(
-        &mut self,
-        probe: &dyn Probe<Q>,
-        remove: impl FnOnce(&Slot<K, V>) -> bool,
-    ) -> bool
+impl<K: Key, V> Tree<K, V> {
+    /// Where `key` falls: outside the shared prefix (below or above every key), or within it.
+    fn place<'q, Q>(&self, key: &'q Q) -> Place<'q, Q>
+    where
+        Q: Key + ?Sized,
+    {
+        if let Some(bytes) = key.as_bytes()
+            && !bytes.starts_with(&self.prefix)
+        {
+            // It differs from the prefix, or is a proper prefix of it (hence below).
+            return if bytes < &self.prefix[..] { Place::Below } else { Place::Above };
+        }
+        Place::Within(Query::after(key, self.prefix.len()))
+    }
+}
+
+/// The query of a key within the prefix.
+fn within<'p, 'q, Q: ?Sized>(place: &'p Place<'q, Q>) -> Option<&'p Query<'q, Q>> {
+    match place {
+        Place::Within(q) => Some(q),
+        _ => None,
+    }
+}
+
+impl<K: Key, V> Tree<K, V> {
+    /// The chunk where `probe` is or would be, with its separator.
+    fn chunk_of<Q>(&self, probe: &dyn Probe<Q>) -> Option<(&Sep<K>, &Chunk<K, V>)>
     where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
+        self.index
+            .range::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe)))
+            .next_back()
+            .or_else(|| self.index.first_key_value())
+    }
+
+    /// The slot of `key`, if any.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&Slot<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let Place::Within(query) = self.place(key) else { return None };
+        let probe = &query as &dyn Probe<Q>;
+        let (_, chunk) =
+            self.index.range::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe))).next_back()?;
+        chunk.binary_search_by(|s| cmp(s, &query)).ok().map(|i| &chunk[i])
+    }
+
+    /// Keeps the slots for which `keep` is true.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Slot<K, V>) -> bool) {
+        let mut len = 0;
+        self.index.retain(|_, chunk| {
+            chunk.retain(&mut keep);
+            shrink(chunk);
+            len += chunk.len();
+            !chunk.is_empty()
+        });
+        self.len = len;
+    }
+
+    /// Removes the slot of `key` if `remove(slot)` says so; returns whether it did.
+    pub(crate) fn remove_if<Q>(&mut self, key: &Q, remove: impl FnOnce(&Slot<K, V>) -> bool) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let Place::Within(query) = self.place(key) else { return false };
+        let probe = &query as &dyn Probe<Q>;
         let found = self
             .index
             .range_mut::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe)))
             .next_back()
             .map(|(_, c)| c);
         let Some(chunk) = found else { return false };
-        let Ok(i) = chunk.binary_search_by(|s| cmp(s, probe)) else { return false };
+        let Ok(i) = chunk.binary_search_by(|s| cmp(s, &query)) else { return false };
         if !remove(&chunk[i]) {
             return false;
         }
@@ -325,23 +402,42 @@ impl<K: Key, V> Tree<K, V> {
 
     /// The slots whose keys fall within the bounds, in key order. Empty when the start is after
     /// the end.
-    pub(crate) fn range<Q>(&self, start: Bound<&dyn Probe<Q>>, end: Bound<&dyn Probe<Q>>) -> Range<'_, K, V>
+    pub(crate) fn range<Q>(&self, start: Bound<&Q>, end: Bound<&Q>) -> Range<'_, K, V>
     where
         K: Borrow<Q>,
-        Q: Ord + ?Sized,
+        Q: Key + ?Sized,
     {
         let empty = Range { front: [].iter(), back: [].iter(), chunks: None };
-        let Some(((a_sep, a), lo)) = (match start {
+        // Bounds outside the prefix: below every key or above it.
+        let start = match start.map(|k| self.place(k)) {
+            Bound::Included(Place::Below) | Bound::Excluded(Place::Below) => Bound::Unbounded,
+            Bound::Included(Place::Above) | Bound::Excluded(Place::Above) => return empty,
+            other => other,
+        };
+        let end = match end.map(|k| self.place(k)) {
+            Bound::Included(Place::Below) | Bound::Excluded(Place::Below) => return empty,
+            Bound::Included(Place::Above) | Bound::Excluded(Place::Above) => Bound::Unbounded,
+            other => other,
+        };
+        let Some(((a_sep, a), lo)) = (match &start {
+            Bound::Included(p) => within(p).and_then(|p| {
+                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt())))
+            }),
+            Bound::Excluded(p) => within(p).and_then(|p| {
+                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le())))
+            }),
             Bound::Unbounded => self.index.first_key_value().map(|c| (c, 0)),
-            Bound::Included(p) => self.chunk_of(p).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt()))),
-            Bound::Excluded(p) => self.chunk_of(p).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le()))),
         }) else {
             return empty;
         };
-        let Some(((b_sep, b), hi)) = (match end {
+        let Some(((b_sep, b), hi)) = (match &end {
+            Bound::Included(p) => within(p).and_then(|p| {
+                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le())))
+            }),
+            Bound::Excluded(p) => within(p).and_then(|p| {
+                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt())))
+            }),
             Bound::Unbounded => self.index.last_key_value().map(|c| (c, c.1.len())),
-            Bound::Included(p) => self.chunk_of(p).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le()))),
-            Bound::Excluded(p) => self.chunk_of(p).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt()))),
         }) else {
             return empty;
         };
@@ -454,20 +550,20 @@ mod tests {
     use super::*;
     use crate::Entry;
     use crate::Timestamp;
-    use crate::key::Query;
     use proptest::prelude::*;
     use std::collections::BTreeMap as Model;
+    use std::fmt::Debug;
 
-    fn slot(k: u16, v: u32) -> Slot<u16, u32> {
-        Slot::new(Record::shared(k, Entry::live(v, Timestamp::ZERO)))
+    fn rec<K>(k: K, v: u32) -> Arc<Record<K, u32>> {
+        Record::shared(k, Entry::live(v, Timestamp::ZERO))
     }
 
-    fn pairs(t: &Tree<u16, u32>) -> Vec<(u16, u32)> {
-        t.iter().map(|s| (s.rec.key, s.rec.entry.value.unwrap())).collect()
+    fn pairs<K: Clone>(t: &Tree<K, u32>) -> Vec<(K, u32)> {
+        t.iter().map(|s| (s.rec.key.clone(), s.rec.entry.value.unwrap())).collect()
     }
 
-    fn check_shape(t: &Tree<u16, u32>) {
-        let mut prev: Option<u16> = None;
+    fn check_shape<K: Key + Clone + Debug>(t: &Tree<K, u32>) {
+        let mut prev: Option<&K> = None;
         let mut n = 0;
         for (sep, chunk) in &t.index {
             assert!(!chunk.is_empty() && chunk.len() <= MAX, "chunk of {}", chunk.len());
@@ -478,9 +574,14 @@ mod tests {
                 chunk.len()
             );
             assert!(chunk[0].rec.key >= sep.key, "a chunk's keys are at least its separator");
+            assert_eq!(sep.head, head_after(&sep.key, t.prefix.len()));
             for s in chunk {
-                assert!(prev.is_none_or(|p| p < s.rec.key), "strictly increasing");
-                prev = Some(s.rec.key);
+                assert!(prev.is_none_or(|p| *p < s.rec.key), "strictly increasing");
+                assert_eq!(s.head, head_after(&s.rec.key, t.prefix.len()), "head after the prefix");
+                if let Some(b) = s.rec.key.as_bytes() {
+                    assert!(b.starts_with(&t.prefix), "every key has the prefix");
+                }
+                prev = Some(&s.rec.key);
                 n += 1;
             }
         }
@@ -502,7 +603,7 @@ mod tests {
         ]
     }
 
-    fn bound(kind: u8, k: &u16) -> Bound<&u16> {
+    fn bound<K>(kind: u8, k: &K) -> Bound<&K> {
         match kind % 3 {
             0 => Bound::Unbounded,
             1 => Bound::Included(k),
@@ -510,106 +611,156 @@ mod tests {
         }
     }
 
+    /// Byte-string keys that mostly share a long prefix, some of which do not (they shorten
+    /// the tree's prefix when they arrive), and some that are prefixes of others.
+    fn byte_key(k: u16) -> Vec<u8> {
+        match k % 53 {
+            0 => format!("a{k}").into_bytes(),
+            1 => b"key:0000".to_vec(),
+            2 => format!("zz{k}").into_bytes(),
+            _ => format!("key:{k:012}").into_bytes(),
+        }
+    }
+
+    /// Runs `ops` on a tree and on a `BTreeMap` (a put wins with a larger value), then
+    /// compares contents, lookups, and `ranges` from both ends.
+    fn against_model<K: Key + Clone + Debug>(
+        key: impl Fn(u16) -> K,
+        start: &Model<u16, u32>,
+        ops: &[Op],
+        ranges: &[(u16, u16, u8, u8)],
+    ) -> Result<(), TestCaseError> {
+        let mut model: Model<K, u32> = start.iter().map(|(&k, &v)| (key(k), v)).collect();
+        let mut t = Tree::from_sorted(model.iter().map(|(k, &v)| rec(k.clone(), v)).collect());
+        check_shape(&t);
+        for op in ops {
+            match *op {
+                Op::Put(k, v) => {
+                    let k = key(k);
+                    let held = model.get(&k).copied();
+                    let got = t.put(rec(k.clone(), v), |old, new| old.entry.value < new.entry.value);
+                    match (held, got) {
+                        (None, Put::Inserted) => {
+                            model.insert(k, v);
+                        }
+                        (Some(h), Put::Replaced(old)) if v > h => {
+                            prop_assert_eq!(old.entry.value, Some(h));
+                            model.insert(k, v);
+                        }
+                        (Some(h), Put::Kept) if v <= h => {}
+                        (h, _) => prop_assert!(false, "put {:?} {} over {:?}: wrong outcome", k, v, h),
+                    }
+                }
+                Op::Remove(k) => {
+                    let k = key(k);
+                    prop_assert_eq!(t.remove_if(&k, |_| true), model.remove(&k).is_some());
+                }
+                Op::Retain(m) => {
+                    let keep: std::collections::BTreeSet<K> =
+                        (0..600u16).filter(|k| k % m != 0).map(&key).collect();
+                    t.retain(|s| keep.contains(&s.rec.key));
+                    model.retain(|k, _| keep.contains(k));
+                }
+            }
+        }
+        check_shape(&t);
+        prop_assert_eq!(pairs(&t), model.iter().map(|(k, &v)| (k.clone(), v)).collect::<Vec<_>>());
+        prop_assert_eq!(t.iter().len(), model.len());
+        let back: Vec<K> = t.iter().rev().map(|s| s.rec.key.clone()).collect();
+        prop_assert_eq!(back, model.keys().rev().cloned().collect::<Vec<_>>());
+        for k in (0..610u16).map(&key) {
+            prop_assert_eq!(t.get(&k).map(|s| &s.rec.key), model.get_key_value(&k).map(|(k, _)| k));
+        }
+        for &(a, b, ka, kb) in ranges {
+            let (a, b) = (key(a), key(b));
+            let (lo, hi) = (bound(ka, &a), bound(kb, &b));
+            let valid = match (lo, hi) {
+                (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+                    x < y || (x == y && !matches!((lo, hi), (Bound::Excluded(_), Bound::Excluded(_))))
+                }
+                _ => true,
+            };
+            let want: Vec<K> =
+                if valid { model.range((lo, hi)).map(|(k, _)| k.clone()).collect() } else { Vec::new() };
+            let got: Vec<K> = t.range(lo, hi).map(|s| s.rec.key.clone()).collect();
+            prop_assert_eq!(&got, &want, "forward {:?}..{:?}", lo, hi);
+            let mut got_back: Vec<K> = t.range(lo, hi).rev().map(|s| s.rec.key.clone()).collect();
+            got_back.reverse();
+            prop_assert_eq!(&got_back, &want, "backward {:?}..{:?}", lo, hi);
+            // Both ends at once meet in the middle.
+            let mut r = t.range(lo, hi);
+            let (mut both, mut tail) = (Vec::new(), Vec::new());
+            while let Some(s) = r.next() {
+                both.push(s.rec.key.clone());
+                match r.next_back() {
+                    Some(s) => tail.push(s.rec.key.clone()),
+                    None => break,
+                }
+            }
+            tail.reverse();
+            both.extend(tail);
+            prop_assert_eq!(both, want);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Against a `BTreeMap`: puts (a larger value wins), removes, retains, every range
-        /// from both ends, after any sequence, including trees built from sorted input.
+        /// Against a `BTreeMap`: puts, removes, retains, lookups and every kind of range from
+        /// both ends, after any sequence, including trees built from sorted input.
         #[test]
         fn behaves_as_an_ordered_map(
             start in prop::collection::btree_map(0..600u16, any::<u32>(), 0..300),
             ops in prop::collection::vec(op(), 0..1500),
             ranges in prop::collection::vec((0..610u16, 0..610u16, any::<u8>(), any::<u8>()), 1..20),
         ) {
-            let mut model: Model<u16, u32> = start.clone();
-            let mut t = Tree::from_sorted(start.iter().map(|(&k, &v)| slot(k, v)).collect());
-            check_shape(&t);
-            for op in ops {
-                match op {
-                    Op::Put(k, v) => {
-                        let held = model.get(&k).copied();
-                        let got = t.put(slot(k, v), |old, new| old.entry.value < new.entry.value);
-                        match (held, got) {
-                            (None, Put::Inserted) => { model.insert(k, v); }
-                            (Some(h), Put::Replaced(old)) if v > h => {
-                                prop_assert_eq!(old.entry.value, Some(h));
-                                model.insert(k, v);
-                            }
-                            (Some(h), Put::Kept) if v <= h => {}
-                            (h, _) => prop_assert!(false, "put {} {} over {:?}: wrong outcome", k, v, h),
-                        }
-                    }
-                    Op::Remove(k) => {
-                        let removed = t.remove_if(&Query::new(&k) as &dyn Probe<u16>, |_| true);
-                        prop_assert_eq!(removed, model.remove(&k).is_some());
-                    }
-                    Op::Retain(m) => {
-                        t.retain(|s| s.rec.key % m != 0);
-                        model.retain(|k, _| k % m != 0);
-                    }
-                }
-            }
-            check_shape(&t);
-            prop_assert_eq!(pairs(&t), model.iter().map(|(&k, &v)| (k, v)).collect::<Vec<_>>());
-            prop_assert_eq!(t.iter().len(), model.len());
-            let back: Vec<u16> = t.iter().rev().map(|s| s.rec.key).collect();
-            prop_assert_eq!(back, model.keys().rev().copied().collect::<Vec<_>>());
-            for k in 0..610u16 {
-                prop_assert_eq!(t.get(&Query::new(&k) as &dyn Probe<u16>).map(|s| s.rec.key), model.get_key_value(&k).map(|(k, _)| *k));
-            }
-            for (a, b, ka, kb) in ranges {
-                let (lo, hi) = (bound(ka, &a), bound(kb, &b));
-                let valid = match (lo, hi) {
-                    (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
-                        x < y || (x == y && !matches!((lo, hi), (Bound::Excluded(_), Bound::Excluded(_))))
-                    }
-                    _ => true,
-                };
-                let qa = Query::new(&a);
-                let qb = Query::new(&b);
-                let pb = |b: Bound<&u16>, q| match b {
-                    Bound::Unbounded => Bound::Unbounded,
-                    Bound::Included(_) => Bound::Included(q),
-                    Bound::Excluded(_) => Bound::Excluded(q),
-                };
-                let r = t.range(pb(lo, &qa as &dyn Probe<u16>), pb(hi, &qb as &dyn Probe<u16>));
-                let got: Vec<u16> = r.map(|s| s.rec.key).collect();
-                let want: Vec<u16> = if valid { model.range((lo, hi)).map(|(k, _)| *k).collect() } else { Vec::new() };
-                prop_assert_eq!(&got, &want, "forward {:?}..{:?}", lo, hi);
-                let r = t.range(pb(lo, &qa as &dyn Probe<u16>), pb(hi, &qb as &dyn Probe<u16>));
-                let mut got_back: Vec<u16> = r.rev().map(|s| s.rec.key).collect();
-                got_back.reverse();
-                prop_assert_eq!(got_back, want, "backward {:?}..{:?}", lo, hi);
-                // Both ends at once meet in the middle.
-                let mut r = t.range(pb(lo, &qa as &dyn Probe<u16>), pb(hi, &qb as &dyn Probe<u16>));
-                let mut both = Vec::new();
-                let mut tail = Vec::new();
-                while let Some(s) = r.next() {
-                    both.push(s.rec.key);
-                    match r.next_back() { Some(s) => tail.push(s.rec.key), None => break }
-                }
-                tail.reverse();
-                both.extend(tail);
-                let want: Vec<u16> = if valid { model.range((lo, hi)).map(|(k, _)| *k).collect() } else { Vec::new() };
-                prop_assert_eq!(both, want);
-            }
+            against_model(|k| k, &start, &ops, &ranges)?;
         }
+
+        /// The same with byte-string keys that share a prefix, and keys without it that
+        /// shorten the tree's prefix at any moment.
+        #[test]
+        fn byte_keys_with_a_shared_prefix_behave_as_an_ordered_map(
+            start in prop::collection::btree_map(0..600u16, any::<u32>(), 0..300),
+            ops in prop::collection::vec(op(), 0..1500),
+            ranges in prop::collection::vec((0..610u16, 0..610u16, any::<u8>(), any::<u8>()), 1..20),
+        ) {
+            against_model(byte_key, &start, &ops, &ranges)?;
+        }
+    }
+
+    #[test]
+    fn a_shared_prefix_is_skipped_until_a_key_without_it_arrives() {
+        let mut t = Tree::default();
+        for k in 0..1_000u16 {
+            t.put(rec(format!("key:{k:012}").into_bytes(), 0), |_, _| false);
+        }
+        assert_eq!(t.prefix, b"key:000000000", "heads come from the distinct bytes");
+        let heads: std::collections::BTreeSet<u64> = t.iter().map(|s| s.head).collect();
+        assert_eq!(heads.len(), 1_000, "every head differs");
+        t.put(rec(b"other".to_vec(), 0), |_, _| false);
+        assert!(t.prefix.is_empty());
+        check_shape(&t);
+        assert_eq!(t.get(&b"key:000000000999"[..]).map(|s| s.rec.key.len()), Some(16));
+        assert!(t.get(&b"key:0000000009999"[..]).is_none());
+        assert!(t.get(&b"k"[..]).is_none());
     }
 
     #[test]
     fn sequential_inserts_split_and_keep_chunks_compact() {
         let mut t = Tree::default();
         for k in 0..5_000u16 {
-            assert!(matches!(t.put(slot(k, 0), |_, _| false), Put::Inserted));
+            assert!(matches!(t.put(rec(k, 0), |_, _| false), Put::Inserted));
         }
         for k in (0..5_000u16).rev().step_by(7) {
-            assert!(matches!(t.put(slot(k, 1), |_, _| true), Put::Replaced(_)));
+            assert!(matches!(t.put(rec(k, 1), |_, _| true), Put::Replaced(_)));
         }
         check_shape(&t);
         assert!(t.index.len() >= 5_000 / MAX, "split into chunks");
         let mut back = Tree::default();
         for k in (0..5_000u16).rev() {
-            back.put(slot(k, 0), |_, _| false);
+            back.put(rec(k, 0), |_, _| false);
         }
         check_shape(&back);
         assert_eq!(pairs(&back).len(), 5_000);
