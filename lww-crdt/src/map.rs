@@ -423,8 +423,17 @@ impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
 
     /// Merges `other`, consuming it (its records move over, none is copied).
     pub fn merge_owned(&mut self, mut other: LwwMap<K, V>) -> MergeStats {
+        // A run of keys above all of ours (a snapshot arrives in key order) moves over whole.
+        let (newest, tombstones, len) = (other.max_timestamp(), other.tombstones, other.entries.len());
+        match self.entries.append(std::mem::take(&mut other.entries)) {
+            Ok(()) => {
+                self.tombstones += tombstones;
+                return MergeStats { changed: len, redundant: 0, newest: newest.unwrap_or(Timestamp::ZERO) };
+            }
+            Err(entries) => other.entries = entries,
+        }
         // Merge is commutative: adopt the larger tree and merge the smaller into it, so the
-        // work is proportional to the smaller map (`self` empty: no work at all).
+        // work is proportional to the smaller map.
         if other.entries.len() > self.entries.len() {
             let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
             std::mem::swap(self, &mut other);

@@ -231,7 +231,40 @@ impl<K: Key + Clone, V> Tree<K, V> {
 
     /// Shortens the shared prefix to what `key` shares with it and computes every head anew.
     fn shorten_prefix(&mut self, key: &[u8]) {
-        let keep = common_prefix(&self.prefix, key);
+        self.shorten_prefix_to(common_prefix(&self.prefix, key));
+    }
+
+    /// Moves every slot of `other` over if all its keys are above all of this tree's (a run
+    /// of a snapshot, which arrives in key order): whole chunks move, no slot is searched
+    /// for. Otherwise hands `other` back.
+    pub(crate) fn append(&mut self, mut other: Tree<K, V>) -> Result<(), Tree<K, V>> {
+        let last = self.index.last_key_value().and_then(|(_, c)| c.last());
+        let first = other.index.first_key_value().and_then(|(_, c)| c.first());
+        match (last, first) {
+            (_, None) => return Ok(()),
+            (None, Some(_)) => {
+                *self = other;
+                return Ok(());
+            }
+            (Some(last), Some(first)) if last.rec.key < first.rec.key => {}
+            _ => return Err(other),
+        }
+        let keep = common_prefix(&self.prefix, &other.prefix);
+        if keep < self.prefix.len() {
+            self.shorten_prefix_to(keep);
+        }
+        if keep < other.prefix.len() {
+            other.shorten_prefix_to(keep);
+        }
+        self.len += other.len;
+        for (sep, chunk) in other.index {
+            self.index.insert(sep, chunk);
+        }
+        Ok(())
+    }
+
+    /// Shortens the shared prefix to its first `keep` bytes and computes every head anew.
+    fn shorten_prefix_to(&mut self, keep: usize) {
         self.prefix.truncate(keep);
         let index = std::mem::take(&mut self.index);
         // The order does not change: the index is rebuilt in bulk.
@@ -745,6 +778,30 @@ mod tests {
         assert_eq!(t.get(&b"key:000000000999"[..]).map(|s| s.rec.key.len()), Some(16));
         assert!(t.get(&b"key:0000000009999"[..]).is_none());
         assert!(t.get(&b"k"[..]).is_none());
+    }
+
+    #[test]
+    fn appending_a_run_of_greater_keys_moves_whole_chunks() {
+        let run = |from: u16, to: u16| {
+            Tree::from_sorted((from..to).map(|k| rec(format!("key:{k:06}").into_bytes(), 0)).collect())
+        };
+        let mut t: Tree<Vec<u8>, u32> = Tree::default();
+        for (from, to) in [(0, 300), (300, 301), (301, 1_000), (1_000, 1_000), (1_000, 5_000)] {
+            assert!(t.append(run(from, to)).is_ok());
+            check_shape(&t);
+        }
+        assert_eq!(t.len(), 5_000);
+        assert_eq!(t.prefix, b"key:00");
+        let mut other = Tree::default();
+        other.put(rec(b"a".to_vec(), 0), |_, _| false);
+        let other = t.append(other).expect_err("not above every key");
+        assert_eq!(other.len(), 1);
+        let back = t.append(run(4_999, 5_010)).expect_err("overlaps");
+        assert_eq!(back.len(), 11);
+        assert!(t.append(Tree::from_sorted(vec![rec(b"zz".to_vec(), 0)])).is_ok());
+        assert!(t.prefix.is_empty());
+        check_shape(&t);
+        assert_eq!(t.get(&b"key:004321"[..]).map(|s| s.rec.key.clone()), Some(b"key:004321".to_vec()));
     }
 
     #[test]

@@ -266,7 +266,9 @@ impl RedisSync {
 
     fn describe(self) -> &'static str {
         match self {
-            RedisSync::Diskless => "diskless (`repl-diskless-sync-delay 0`, `repl-diskless-load on-empty-db`)",
+            RedisSync::Diskless => {
+                "diskless (`repl-diskless-sync-delay 0`, `repl-diskless-load on-empty-db`)"
+            }
             RedisSync::Disk => "disk (`repl-diskless-sync no`)",
         }
     }
@@ -288,10 +290,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Kill> {
-    let mut args: Vec<String> = ["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--logfile", ""]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--logfile", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.extend(["--dir".to_string(), dir.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let child = std::process::Command::new("redis-server")
@@ -304,7 +307,11 @@ fn redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Kil
 
 /// A master holding `pairs`, then a fresh replica of it: the time from starting the replica
 /// until it answers `DBSIZE` with every key (during the sync it answers `-LOADING` or less).
-fn redis_full_sync(pairs: &[(bytes::Bytes, bytes::Bytes)], sync: RedisSync, timeout: Duration) -> anyhow::Result<Duration> {
+fn redis_full_sync(
+    pairs: &[(bytes::Bytes, bytes::Bytes)],
+    sync: RedisSync,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     use replica_node::client::Fixed;
     let dir = harness::temp_dir("redis-sync");
     let (master_port, replica_port) = (free_port()?, free_port()?);
@@ -319,8 +326,10 @@ fn redis_full_sync(pairs: &[(bytes::Bytes, bytes::Bytes)], sync: RedisSync, time
     let _master = redis(master_port, &master_dir, master_opts)?;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], master_port).into();
     let master = Client::new(Fixed(addr));
-    harness::eventually_every(Duration::from_secs(10), Duration::from_millis(10), || master.command(&["PING"]).is_ok())
-        .ok_or_else(|| anyhow::anyhow!("redis master did not start"))?;
+    harness::eventually_every(Duration::from_secs(10), Duration::from_millis(10), || {
+        master.command(&["PING"]).is_ok()
+    })
+    .ok_or_else(|| anyhow::anyhow!("redis master did not start"))?;
     load(&[addr], pairs)?;
     let n = pairs.len() as i64;
     anyhow::ensure!(dbsize(&master)? == n, "redis master lost keys");
