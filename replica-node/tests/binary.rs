@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::NodeProcess;
+use common::{NodeProcess, free_port_block};
 use replica_node::client::{Client, Fixed};
 
 /// A cluster directory for one test, under the system temp dir.
@@ -14,30 +14,13 @@ fn cluster_dir(tag: &str) -> String {
     dir.to_string_lossy().into_owned()
 }
 
-fn start(args: &[&str]) -> NodeProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
-    cmd.args(args);
-    NodeProcess::spawn(cmd)
-}
-
-fn free_port_block(n: u16) -> u16 {
-    // Find a base port whose block of n + 1 ports looks free (TCP and UDP).
-    for base in (20_000..60_000).step_by(97) {
-        let ok = (0..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-            && std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
 #[test]
 fn prints_its_description_serves_and_exits_cleanly_on_signals() {
     for signal in ["TERM", "INT"] {
         let port = free_port_block(3);
         let dir = cluster_dir(signal);
-        let mut node = start(&["--port", &port.to_string(), "--actors", "2", "--cluster-dir", &dir]);
+        let mut node =
+            NodeProcess::start(&["--port", &port.to_string(), "--actors", "2", "--cluster-dir", &dir]);
         let desc = node.desc.clone();
         assert_eq!(desc.peer, format!("127.0.0.1:{port}"));
         assert_eq!(desc.clients, [format!("127.0.0.1:{}", port + 1), format!("127.0.0.1:{}", port + 2)]);

@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use replica_node::client::{Client, Fixed, RoundRobin};
-use replica_node::{Description, NodeConfig, NodeStats};
+use replica_node::{NodeConfig, NodeStats};
 use resp::Value;
 
 /// The requirement: a server restarted without its data is refilled and takes part again
@@ -298,54 +296,13 @@ fn a_server_that_creates_a_new_ca_while_told_to_join_stops_with_an_error() {
     assert!(err.to_string().contains("--join"), "{err}");
 }
 
-/// A `replica-node` process, killed on drop.
-struct Process {
-    child: Child,
-    desc: Description,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let desc = Description::parse(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    Process { child, desc }
-}
-
-fn free_block(n: u16) -> u16 {
-    use rand::{Rng, SeedableRng};
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(std::process::id()));
-    for _ in 0..1_000 {
-        let base = rng.random_range(20_000..60_000);
-        let ok = (1..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-            && std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free ports");
-}
-
 #[test]
 fn the_first_server_killed_and_started_again_with_the_same_command_line_is_refilled() {
     let dir = temp_dir("kill-first");
     let cluster_dir = dir.path().to_string_lossy().into_owned();
-    let port = free_block(2).to_string();
+    let port = free_port_block(2).to_string();
     let first_args = ["--port", &port, "--actors", "2", "--cluster-dir", &cluster_dir];
-    let mut first = spawn(&first_args);
+    let mut first = NodeProcess::start(&first_args);
     // The second joins the first through a 50 ms relay.
     let relay = net_quic::LinkEmulator::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -356,8 +313,17 @@ fn the_first_server_killed_and_started_again_with_the_same_command_line_is_refil
     let mut via_relay = first.desc.clone();
     via_relay.peer = relay.local_addr().to_string();
     let join = via_relay.to_line();
-    let port2 = free_block(1).to_string();
-    let second = spawn(&["--port", &port2, "--actors", "1", "--cluster-dir", &cluster_dir, "--join", &join]);
+    let port2 = free_port_block(1).to_string();
+    let second = NodeProcess::start(&[
+        "--port",
+        &port2,
+        "--actors",
+        "1",
+        "--cluster-dir",
+        &cluster_dir,
+        "--join",
+        &join,
+    ]);
     let b = Client::new(Fixed(second.desc.client_addrs()[0]));
     for i in 0..100 {
         b.put(format!("k{i:03}"), "v").unwrap();
@@ -369,7 +335,7 @@ fn the_first_server_killed_and_started_again_with_the_same_command_line_is_refil
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let start = Instant::now();
-    first = spawn(&first_args);
+    first = NodeProcess::start(&first_args);
     assert_ne!(first.desc.node, old_id);
     let clients: Vec<Client> = first.desc.client_addrs().into_iter().map(|a| Client::new(Fixed(a))).collect();
     let refilled = eventually(REFILL, || clients.iter().all(|cl| cl.list("k").is_ok_and(|m| m.len() == 100)));

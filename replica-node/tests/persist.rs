@@ -2,10 +2,9 @@
 //! a refusing disk (`-MISCONF`), fail fast when a thread dies, the lock, clean signals.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use replica_node::{Description, Node, NodeConfig};
 use replica_persist::Fault;
 
 mod common;
-use common::info_field;
+use common::{NodeProcess, free_port_block, info_field};
 
 fn config(dir: &Path, actors: usize) -> NodeConfig {
     NodeConfig {
@@ -146,49 +145,15 @@ fn replica_node_config(actors: usize) -> NodeConfig {
 
 // ---- the real binary ----
 
-/// A child process, killed when dropped (a failed assertion must not leave it running, holding
-/// its ports and the test's output pipes).
-struct Proc(Child, Arc<Mutex<String>>);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_process(args: &[String], env: Option<(&str, &str)>) -> (Proc, Description) {
+fn start_process(args: &[String], env: Option<(&str, &str)>) -> (NodeProcess, Description) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
     if let Some((k, v)) = env {
         cmd.env(k, v);
     }
-    let mut child = Proc(cmd.spawn().unwrap(), Arc::default());
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    // Drain stderr, so that logging never blocks the node on a full pipe; keep it for errors.
-    let (stderr, log) = (child.0.stderr.take().unwrap(), child.1.clone());
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            log.lock().unwrap().push_str(&line);
-            log.lock().unwrap().push('\n');
-        }
-    });
-    let desc: Description = serde_json::from_str(line.trim())
-        .unwrap_or_else(|e| panic!("{line:?}: {e}; exit {:?}", child.0.try_wait()));
-    (child, desc)
-}
-
-/// A block of `n + 1` free ports from `from` on (each test its own range, as tests run at once).
-fn free_port_block(from: u16, n: u16) -> u16 {
-    for base in (from..from + 9_000).step_by(11) {
-        let ok = (0..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-            && std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free ports");
+    let node = NodeProcess::spawn(cmd);
+    let desc = node.desc.clone();
+    (node, desc)
 }
 
 fn args(port: u16, actors: usize, data: &Path, cluster: &Path) -> Vec<String> {
@@ -249,7 +214,7 @@ fn a_node_killed_at_random_points_of_a_write_load_keeps_every_write_acknowledged
     let mut id = None;
     let actors_per_round = [2, 2, 3, 2];
     for (round, &actors) in actors_per_round.iter().enumerate() {
-        let port = free_port_block(21_000, actors as u16 + 1);
+        let port = free_port_block(actors as u16 + 1);
         let (mut child, desc) = start_process(&args(port, actors, data.path(), cluster.path()), None);
         assert_eq!(*id.get_or_insert(desc.node.clone()), desc.node, "round {round}: the same node id");
         // Everything that had to survive the previous kills is served by every actor.
@@ -268,8 +233,8 @@ fn a_node_killed_at_random_points_of_a_write_load_keeps_every_write_acknowledged
         let writers = write_load(desc.client_addrs(), stop.clone(), acked.clone(), round);
         std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
         let killed_at = Instant::now();
-        child.0.kill().unwrap(); // SIGKILL
-        child.0.wait().unwrap();
+        child.child.kill().unwrap(); // SIGKILL
+        child.child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
             w.join().unwrap();
@@ -284,7 +249,7 @@ fn a_node_killed_at_random_points_of_a_write_load_keeps_every_write_acknowledged
             must_survive.len() - n0
         );
     }
-    let port = free_port_block(21_000, 3);
+    let port = free_port_block(3);
     let (mut child, desc) = start_process(&args(port, 2, data.path(), cluster.path()), None);
     for addr in desc.client_addrs() {
         let c = Client::new(Fixed(addr));
@@ -294,8 +259,8 @@ fn a_node_killed_at_random_points_of_a_write_load_keeps_every_write_acknowledged
     }
     // SIGTERM: a clean exit, and what was written is still there after it.
     Client::new(Fixed(desc.client_addrs()[0])).put("last", "word").unwrap();
-    assert!(Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap().success());
-    assert!(child.0.wait().unwrap().success(), "SIGTERM exits 0");
+    assert!(Command::new("kill").args(["-TERM", &child.child.id().to_string()]).status().unwrap().success());
+    assert!(child.child.wait().unwrap().success(), "SIGTERM exits 0");
     let (child, desc) = start_process(&args(port, 1, data.path(), cluster.path()), None);
     assert_eq!(
         Client::new(Fixed(desc.client_addrs()[0])).get("last").unwrap().as_deref(),
@@ -303,7 +268,7 @@ fn a_node_killed_at_random_points_of_a_write_load_keeps_every_write_acknowledged
     );
     // A second process on the same directory is refused with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_replica-node"))
-        .args(args(free_port_block(21_000, 2), 1, data.path(), cluster.path()))
+        .args(args(free_port_block(2), 1, data.path(), cluster.path()))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -317,7 +282,7 @@ fn the_binary_exits_non_zero_at_once_when_its_log_or_an_actor_dies() {
     for fault in ["disk-error", "actor-panic"] {
         let data = tempfile::tempdir().unwrap();
         let cluster = tempfile::tempdir().unwrap();
-        let port = free_port_block(31_000, 3);
+        let port = free_port_block(3);
         let (mut child, desc) = start_process(
             &args(port, 2, data.path(), cluster.path()),
             Some(("REPLICA_NODE_TEST_FAULT", fault)),
@@ -326,7 +291,7 @@ fn the_binary_exits_non_zero_at_once_when_its_log_or_an_actor_dies() {
         let t0 = Instant::now();
         let status = loop {
             let _ = client.put("k", "v");
-            if let Some(status) = child.0.try_wait().unwrap() {
+            if let Some(status) = child.child.try_wait().unwrap() {
                 break status;
             }
             assert!(t0.elapsed() < Duration::from_secs(5), "{fault}: still running");
@@ -334,7 +299,116 @@ fn the_binary_exits_non_zero_at_once_when_its_log_or_an_actor_dies() {
         };
         assert_eq!(status.code(), Some(1), "{fault}");
         let stderr =
-            eventually(Duration::from_secs(2), || child.1.lock().unwrap().contains("exiting so that"));
-        assert!(stderr.is_some(), "{fault}: {}", child.1.lock().unwrap());
+            eventually(Duration::from_secs(2), || child.log.lock().unwrap().contains("exiting so that"));
+        assert!(stderr.is_some(), "{fault}: {}", child.log.lock().unwrap());
     }
+}
+
+/// A server with a data directory, killed with SIGKILL and started again with the same command
+/// line, catches up through repair (design 4.3): within 5 s (50 ms links) it holds every write
+/// its peer accepted while it was cut off and down, and its peer holds the writes it accepted
+/// while its link was cut, just before the kill (nobody else had them: only its disk).
+#[test]
+fn a_recovered_server_and_its_peer_exchange_what_each_missed_within_5s() {
+    const CATCH_UP: Duration = Duration::from_secs(5);
+    let data = tempfile::tempdir().unwrap();
+    let cluster = tempfile::tempdir().unwrap();
+    let port = free_port_block(3);
+    let a_args = args(port, 2, data.path(), cluster.path());
+    let (mut a, a_desc) = start_process(&a_args, None);
+    // The peer joins through a 50 ms relay, which the test cuts. (The older server dials the
+    // newer directly only after 5 s without a link: the test's cuts are shorter.)
+    let relay = net_quic::LinkEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        a_desc.peer_addr().unwrap(),
+        net_quic::LinkConfig::with_delay(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let mut via_relay = a_desc.clone();
+    via_relay.peer = relay.local_addr().to_string();
+    let b_port = free_port_block(2).to_string();
+    let b_args = [
+        "--port",
+        &b_port,
+        "--actors",
+        "2",
+        "--cluster-dir",
+        &cluster.path().display().to_string(),
+        "--join",
+        &via_relay.to_line(),
+    ]
+    .map(String::from);
+    let (_b, b_desc) = start_process(&b_args, None);
+    let on = |desc: &Description| -> Vec<Client> {
+        desc.client_addrs().into_iter().map(|addr| Client::new(Fixed(addr))).collect()
+    };
+    let (a_clients, b_clients) = (on(&a_desc), on(&b_desc));
+    let holds_all = |clients: &[Client], expect: &BTreeMap<String, Option<String>>| {
+        clients.iter().all(|c| {
+            expect
+                .iter()
+                .all(|(k, v)| c.get(k).is_ok_and(|got| got.as_deref() == v.as_deref().map(str::as_bytes)))
+        })
+    };
+    // Both hold a common past.
+    let mut both = BTreeMap::new();
+    for i in 0..200 {
+        let (k, v) = (format!("old-{i:03}"), format!("v{i}"));
+        a_clients[i % 2].put(&k, &v).unwrap();
+        both.insert(k, Some(v));
+    }
+    assert!(eventually(Duration::from_secs(10), || holds_all(&b_clients, &both)).is_some(), "initial sync");
+
+    // The link is cut: each side takes writes the other misses.
+    relay.cut();
+    let mut only_a = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("cut-a-{i:03}"), format!("a{i}"));
+        a_clients[i % 2].put(&k, &v).unwrap();
+        only_a.insert(k, Some(v));
+    }
+    let mut only_b = BTreeMap::new();
+    for i in 0..100 {
+        let (k, v) = (format!("cut-b-{i:03}"), format!("b{i}"));
+        b_clients[i % 2].put(&k, &v).unwrap();
+        only_b.insert(k, Some(v));
+    }
+    // Past the contract's 100 ms, then kill -9.
+    std::thread::sleep(Duration::from_millis(200));
+    let a_id = a_desc.node.clone();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // While it is down: new keys, overwrites and deletes of the common past.
+    for i in 0..100 {
+        let (k, v) = (format!("down-b-{i:03}"), format!("d{i}"));
+        b_clients[i % 2].put(&k, &v).unwrap();
+        only_b.insert(k, Some(v));
+    }
+    for i in 0..20 {
+        let k = format!("old-{i:03}");
+        if i % 2 == 0 {
+            b_clients[0].put(&k, "new").unwrap();
+            only_b.insert(k, Some("new".into()));
+        } else {
+            b_clients[1].delete(&k).unwrap();
+            only_b.insert(k, None);
+        }
+    }
+    relay.heal();
+    let (_a, a_desc) = start_process(&a_args, None);
+    let restarted = Instant::now();
+    assert_eq!(a_desc.node, a_id, "the same node, from its data directory");
+    let a_clients = on(&a_desc);
+    // What it recovered is served at once (the description line is printed after recovery).
+    assert!(holds_all(&a_clients, &only_a), "its own writes, from its disk");
+    let a_caught_up = eventually(CATCH_UP, || holds_all(&a_clients, &only_b));
+    let b_caught_up =
+        eventually(CATCH_UP.saturating_sub(restarted.elapsed()), || holds_all(&b_clients, &only_a));
+    eprintln!(
+        "after the restart: the recovered server had its peer's writes after {a_caught_up:?}, the peer had its writes \
+         after {:?}",
+        b_caught_up.map(|_| restarted.elapsed())
+    );
+    assert!(a_caught_up.is_some(), "the recovered server lacks its peer's writes after {CATCH_UP:?}");
+    assert!(b_caught_up.is_some(), "the peer lacks the recovered server's writes after {CATCH_UP:?}");
 }

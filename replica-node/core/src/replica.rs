@@ -100,11 +100,18 @@ impl Replica {
     }
 
     /// Starts from state recovered from disk: `map`, whose newest timestamp is `newest`. The
-    /// clock moves past it, so every write from now on wins over everything recovered, and
+    /// clock moves past it (as far as the wall clock `now` plus the bound allows, as for any
+    /// merged timestamp), so every write from now on wins over everything recovered, and
     /// nothing recovered is sent to anyone (every recipient recovers the same state).
-    pub fn restore(&mut self, map: BytesMap, newest: Timestamp) {
+    ///
+    /// A restart with the wall clock set back (or after the previous run's clock was far
+    /// ahead) thus does not stamp new writes in the future: a write to a key recovered with a
+    /// timestamp beyond the bound is refused ([`Lost`]) until the clock reaches it, as when a
+    /// peer had sent that entry.
+    pub fn restore(&mut self, map: BytesMap, newest: Timestamp, now: Now) {
         self.map = map;
-        self.clock.observe(newest);
+        let limit = now.wall_ms.saturating_add(self.max_ahead_ms);
+        self.clock.observe(newest.min(Timestamp::new(limit, 0, 0)));
     }
 
     /// Keeps every client write that changes the replica for [`Replica::take_durable`] as well
@@ -343,11 +350,12 @@ mod tests {
         use crate::pacer::BURST;
         let mut r = Replica::new(0, 1, 1);
         let mut recovered = BytesMap::new();
-        recovered.put(b("old"), b("v"), Timestamp::new(now(5_000).wall_ms, 7, 9));
-        r.restore(recovered, Timestamp::new(now(5_000).wall_ms, 7, 9));
+        let newest = Timestamp::new(now(300).wall_ms, 7, 9);
+        recovered.put(b("old"), b("v"), newest);
+        r.restore(recovered, newest, now(0));
         assert!(r.poll_sync(now(0)).is_none(), "recovered state is not sent");
         let ts = r.write(b("old"), Some(b("new")), now(0)).unwrap();
-        assert!(ts > Timestamp::new(now(5_000).wall_ms, 7, 9), "the clock is past what was recovered");
+        assert!(ts > newest, "the clock is past what was recovered");
         assert_eq!(r.take_durable().count(), 0, "nothing kept unless asked");
         r.keep_durable();
         for i in 0..BURST as u64 + 5 {
@@ -358,6 +366,24 @@ mod tests {
         let durable: Vec<_> = r.take_durable().collect();
         assert_eq!(durable.len(), BURST + 5, "every write, unpaced");
         assert_eq!(r.take_durable().count(), 0);
+    }
+
+    #[test]
+    fn a_restore_does_not_drag_the_clock_beyond_the_bound() {
+        // The previous run's clock was 5 s ahead (or this one's was set back).
+        let mut r = Replica::new(0, 1, 1);
+        let mut recovered = BytesMap::new();
+        let ahead = Timestamp::new(now(5_000).wall_ms, 0, 9);
+        recovered.put(b("ahead"), b("v"), ahead);
+        r.restore(recovered, ahead, now(0));
+        let ts = r.write(b("other"), Some(b("v")), now(0)).unwrap();
+        assert!(
+            ts.wall_ms <= now(DEFAULT_MAX_CLOCK_OFFSET_MS).wall_ms,
+            "new writes are not stamped ahead: {ts}"
+        );
+        let lost = r.write(b("ahead"), Some(b("new")), now(0)).unwrap_err();
+        assert_eq!(lost.newer, ahead, "the write would lose to the recovered one: refused");
+        assert!(r.write(b("ahead"), Some(b("new")), now(5_001)).unwrap() > ahead, "once the clock is there");
     }
 
     #[test]

@@ -50,6 +50,31 @@ fn every_fault_at_once_ends_in_identical_replicas_with_no_acknowledged_write_los
     assert!(lost * 20 < writes, "losses with crashes are the exception: {lost} of {writes}");
 }
 
+#[test]
+fn servers_with_data_directories_come_back_as_themselves_with_their_writes() {
+    // Every server has a data directory: a crash loses only what its process had not yet
+    // handed to the OS, and the restarted server (the same node) brings back the rest, also
+    // writes no other server had yet.
+    let crashy = Faults { crashes_per_sec: 0.1, ..Faults::ALL };
+    let with = Scenario { data_dirs: 1.0, faults: crashy, ..Scenario::default() };
+    let reports = run_seeds(&with, 4_000, CI_SEEDS / 2);
+    let recoveries = total(&reports, |r| u64::from(r.recoveries));
+    assert_eq!(recoveries, total(&reports, |r| u64::from(r.crashes)), "every restart recovers");
+    assert!(recoveries >= CI_SEEDS, "{recoveries} recoveries");
+    assert!(total(&reports, |r| r.recovered_entries) > recoveries * 10);
+    let lost_with = total(&reports, |r| r.lost_with_crash as u64);
+    // The same faults without data directories lose many more writes.
+    let without = Scenario { data_dirs: 0.0, ..with };
+    let lost_without = total(&run_seeds(&without, 4_000, CI_SEEDS / 2), |r| r.lost_with_crash as u64);
+    eprintln!(
+        "{recoveries} recoveries; lost with crashes: {lost_with} with data directories, {lost_without} without"
+    );
+    assert!(
+        lost_with * 4 < lost_without.max(1),
+        "{lost_with} lost with data directories, {lost_without} without"
+    );
+}
+
 fn more_servers() -> Scenario {
     Scenario {
         servers: 5,

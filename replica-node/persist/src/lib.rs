@@ -80,9 +80,10 @@ mod layout;
 mod meta;
 pub mod recovery;
 pub mod scan;
+mod snapshot;
 
 pub use compact::LogRun;
-pub use dir::{Compaction, DataDir, Opened, Options, SnapshotWriter, SyncDone, SyncRequest, write_snapshot};
+pub use dir::{DataDir, Opened, Options, SyncDone, SyncRequest};
 pub use error::{CompactError, LogError, MOVE_AWAY, OpenError, RecoverError};
 #[cfg(any(test, feature = "harness"))]
 pub use faults::Fault;
@@ -90,3 +91,4 @@ pub use faults::Faults;
 pub use layout::{FileKind, LOCK_FILE, META_FILE, segment_header, snapshot_header};
 pub use meta::Meta;
 pub use recovery::{Recovered, Repair, SegmentInfo, SnapshotInfo, recover, recover_in_memory};
+pub use snapshot::{Compaction, SnapshotWriter, write_snapshot};

@@ -176,7 +176,7 @@ impl Node {
             let replica_id = (node_num << 16) | i as u64;
             let mut replica = Replica::new(i, replica_id, recipients.len())
                 .with_max_clock_offset(config.max_clock_offset.as_millis() as u64);
-            replica.restore(copies.next().unwrap_or_default(), newest);
+            replica.restore(copies.next().unwrap_or_default(), newest, now);
             let start = ActorStart {
                 replica,
                 listener,

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,21 +69,62 @@ impl Raw {
 }
 
 /// `replica-node` as a process of its own (so its memory and exit status are its own); killed
-/// when dropped.
+/// when dropped (a failed assertion must not leave it running, holding its ports).
 pub struct NodeProcess {
     pub child: Child,
     pub desc: Description,
+    /// Everything it logged so far (stderr is drained, so that logging never blocks it).
+    pub log: Arc<Mutex<String>>,
 }
 
 impl NodeProcess {
     /// Runs `cmd`, a `replica-node` command line, and waits for its readiness line.
     pub fn spawn(mut cmd: Command) -> NodeProcess {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let desc = Description::parse(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        NodeProcess { child, desc }
+        let desc = Description::parse(line.trim()).unwrap_or_else(|e| {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("{line:?}: {e}; its log: {}", log.lock().unwrap())
+        });
+        NodeProcess { child, desc, log }
     }
+
+    /// `replica-node` with `args`.
+    pub fn start(args: &[&str]) -> NodeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replica-node"));
+        cmd.args(args);
+        NodeProcess::spawn(cmd)
+    }
+}
+
+/// A port `p` such that `p` (UDP, for the peer endpoint) and `p ..= p + n` (TCP: the peer port
+/// and `n` client ports) look free, picked at random so that tests running at once rarely
+/// collide.
+pub fn free_port_block(n: u16) -> u16 {
+    use rand::{Rng, SeedableRng};
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(std::process::id()));
+    for _ in 0..1_000 {
+        let base = rng.random_range(20_000..60_000);
+        let ok = (0..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && std::net::UdpSocket::bind(("127.0.0.1", base)).is_ok();
+        if ok {
+            return base;
+        }
+    }
+    panic!("no free ports");
 }
 
 impl Drop for NodeProcess {

@@ -194,7 +194,9 @@ impl Deltas {
     /// An ack from the peer: the deltas it covers are dropped. An ack for another incarnation
     /// of this process (sent before the peer saw our `Hello`) says nothing about ours.
     pub fn on_ack(&mut self, ack: Ack, incarnation: u64) {
-        if ack.incarnation != incarnation {
+        // An ack for a delta never sent is bogus: honouring it would drop deltas the peer may
+        // not have, which a connection that dies could then lose.
+        if ack.incarnation != incarnation || ack.seq > self.sent_seq {
             return;
         }
         while self.unacked.front().is_some_and(|(seq, _)| *seq <= ack.seq) {

@@ -53,6 +53,9 @@ pub const MAX_ROUND_INTERVAL_MS: u64 = 30_000;
 pub const ROUND_TIMEOUT_MS: u64 = 30_000;
 /// Fingerprints per summary or want chunk (8 bytes each).
 const FINGERPRINTS_PER_CHUNK: usize = 64 * 1024;
+/// The most fingerprints a round takes from a peer (128 MiB of them): a summary or want list
+/// beyond it abandons the round, so no peer can make a gateway hold without bound.
+const MAX_FINGERPRINTS: usize = 16 << 20;
 
 /// The repair state of one live link.
 #[derive(Debug)]
@@ -318,6 +321,10 @@ impl Repair {
         if r.buckets.list.is_empty() {
             r.buckets = Buckets::new(buckets.to_vec());
         }
+        if r.fingerprints_in.len() + fingerprints.len() > MAX_FINGERPRINTS {
+            self.round = None;
+            return Vec::new();
+        }
         r.fingerprints_in.extend_from_slice(fingerprints);
         if !last {
             return Vec::new();
@@ -355,6 +362,10 @@ impl Repair {
         let Some(r) = self.round.as_mut().filter(|r| r.id == round && r.stage == Stage::Summarising) else {
             return;
         };
+        if r.fingerprints_in.len() + fingerprints.len() > MAX_FINGERPRINTS {
+            self.round = None;
+            return;
+        }
         r.fingerprints_in.extend_from_slice(fingerprints);
         if last && r.entries_out.is_none() {
             r.fingerprints_in.sort_unstable();

@@ -2,7 +2,7 @@
 //! the simulation (`crate::sim`, `tests/sim_cluster.rs`); these tests pin single rules.
 
 use super::*;
-use crate::peer::{Ack, Fingerprint};
+use crate::peer::{Ack, Fingerprint, Hello, MAX_MEMBERS, MemberInfo, PROTOCOL_VERSION};
 use lww_crdt::Timestamp;
 
 const EPOCH: u64 = 1_700_000_000_000;
@@ -293,6 +293,23 @@ fn a_new_incarnation_resets_the_sequence_state_and_resends_everything_unacknowle
         Some(Ack { incarnation: P + 1, seq: 1 }),
         "seq 1 of the new process is news"
     );
+}
+
+#[test]
+fn an_ack_for_a_delta_never_sent_is_ignored() {
+    let mut g = gateway();
+    connect(&mut g, 1, "p", 0);
+    local(&mut g, &["a"], 10, 0);
+    drain(&mut g, 0);
+    assert_eq!(g.unacked_for("p"), 1);
+    let bogus = Ack { incarnation: ME, seq: 1_000 };
+    g.handle(
+        Event::Message { conn: 1, msg: PeerMsg::Ack { ack: bogus, root: Fingerprint::default() } },
+        at(10),
+    );
+    assert_eq!(g.unacked_for("p"), 1, "kept for a resend");
+    g.handle(Event::Disconnected { conn: 1 }, at(20));
+    assert_eq!(g.pending_for("p"), 1);
 }
 
 #[test]
