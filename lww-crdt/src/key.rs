@@ -271,8 +271,8 @@ impl Key for () {
 /// A head and a key in a borrowed form `Q`: what the tree is searched by when the caller holds
 /// a `&Q` (say a `&[u8]`) rather than a stored key type.
 ///
-/// `BTreeSet` searches through `Borrow`, which must hand out a reference, and no tree element
-/// can be made from a `&Q` without building a record. Both the tree's elements and the query
+/// The chunk index (a `BTreeMap`) searches through `Borrow`, which must hand out a reference,
+/// and no tree element can be made from a `&Q` without building a record. Both the tree's elements and the query
 /// therefore borrow as this trait object. The key is fetched only when the heads tie: for a
 /// stored element it lives in the element's record, another cache line, which a comparison
 /// decided by the heads never touches.

@@ -12,7 +12,8 @@
 //!   a semilattice: associative, commutative and idempotent, for *any* input, including two
 //!   different entries with the same timestamp (see [`Entry`] for the tie-break).
 //! - [`Key`]: what a map key provides besides `Ord`, a 64-bit head that agrees with the key
-//!   order (for byte strings, the first 8 bytes), so the tree compares most keys without
+//!   order (for byte strings, the first 8 bytes; a map of byte strings takes its heads from the
+//!   bytes after the prefix all its keys share), so the tree compares most keys without
 //!   reading their buffers.
 //! - [`Record`]: a key and its entry in one shared allocation. Maps hold records by pointer,
 //!   so every map a write reaches (each query actor's replica, the gateway's, the buffers in

@@ -266,11 +266,8 @@ impl<K: Key, V> LwwMap<K, V> {
     }
 
     /// Entries (tombstones included) whose keys fall in `range`, in key order. Used to page
-    /// through the map, e.g. for snapshots in bounded chunks.
-    ///
-    /// # Panics
-    ///
-    /// Never: a range that starts after it ends is empty.
+    /// through the map, e.g. for snapshots in bounded chunks. A range that starts after it
+    /// ends is empty (where `BTreeMap::range` would panic).
     pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
     where
         K: Borrow<Q>,
