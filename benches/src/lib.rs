@@ -7,13 +7,15 @@
 //! - [`visibility`]: the probe of `local_visibility` and `remote_visibility` (Put on one actor,
 //!   time until other actors return it).
 //! - [`bulk`]: the loopback QUIC bulk rate, the anchor of `join_speed`.
+//! - [`load`]: pipelined `SET` loading of any RESP server, RSS and CPU time of a process.
 //!
 //! Binaries (`src/bin/`): `crdt_ratio`, `local_visibility`, `remote_visibility`, `join_speed`,
-//! `flood_fairness` (PING latency and visibility under a pipelining flood, RSS under the `MGET`
+//! `memory` (RSS of 1 M keys against redis-server), `flood_fairness` (PING latency and visibility under a pipelining flood, RSS under the `MGET`
 //! attack), and `linkem`, a command-line link emulator to put between two `replica-node`
 //! processes.
 
 pub mod bulk;
 pub mod data;
 pub mod harness;
+pub mod load;
 pub mod visibility;

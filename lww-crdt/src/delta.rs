@@ -1,6 +1,8 @@
 //! Deltas and delta buffers.
 
-use crate::{Entry, Key, LwwMap};
+use std::sync::Arc;
+
+use crate::{Entry, Key, LwwMap, Record};
 
 /// A set of entries to send to other replicas. A delta is itself a (small) [`LwwMap`], so
 /// deltas merge into each other and into replicas with the same associative, commutative,
@@ -41,7 +43,7 @@ impl<K, V> Default for DeltaBuffer<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> DeltaBuffer<K, V> {
+impl<K: Key + Clone, V: Ord> DeltaBuffer<K, V> {
     /// An empty buffer.
     pub fn new() -> Self {
         Self::default()
@@ -50,6 +52,12 @@ impl<K: Key, V: Ord> DeltaBuffer<K, V> {
     /// Records an entry; an older entry for the same key is superseded.
     pub fn record(&mut self, key: K, entry: Entry<V>) {
         self.pending.apply(key, entry);
+    }
+
+    /// Records a shared record (by reference: the buffer holds a pointer, not a copy); an
+    /// older entry for the same key is superseded.
+    pub fn record_shared(&mut self, rec: Arc<Record<K, V>>) {
+        self.pending.apply_record(rec);
     }
 
     /// Adds every entry of `delta` (e.g. to merge the buffers of several senders).

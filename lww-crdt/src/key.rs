@@ -1,14 +1,14 @@
 //! Keys with an inline, order-consistent head, so the map's tree can order most keys without
 //! leaving its own nodes.
 //!
-//! The map stores keys in a `BTreeMap`. With `Bytes` keys every comparison would otherwise
-//! dereference a pointer to a separately allocated buffer, and in a map larger than the caches
-//! nearly every one of the comparisons on the way down the tree is a cache miss. The tree key
-//! is therefore a [`Slot`]: the key plus its [`Key::head`], a `u64` summary that orders keys
-//! the same way the keys themselves do wherever the heads differ. Only keys with equal heads
-//! (for byte strings: the same first 8 bytes) are compared in full.
+//! The map's tree holds pointers to shared records. Comparing two keys by their bytes would
+//! dereference the record and then the key's buffer, and in a map larger than the caches nearly
+//! every one of the comparisons on the way down the tree would be a cache miss. Each tree
+//! element therefore keeps the key's [`Key::head`] inline: a `u64` summary that orders keys the
+//! same way the keys themselves do wherever the heads differ. Only keys with equal heads (for
+//! byte strings: the same first 8 bytes) are compared in full.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,6 +29,46 @@ use bytes::Bytes;
 pub trait Key: Ord {
     /// The key's head (see the trait's contract).
     fn head(&self) -> u64;
+
+    /// The key as a byte string, for keys ordered as byte strings: then the head must be the
+    /// first 8 bytes (big-endian, zero padded), and a map may skip a prefix every key shares
+    /// and take its heads from the bytes after it, so keys such as `user:000123` and
+    /// `user:000456` do not all get the same head. `None` (the default) for other keys.
+    fn as_bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The head a map's tree uses for `key` when every key of the tree starts with the same
+/// `skip` bytes (which the caller knows `key` has): for byte strings, [`suffix_head`] of the
+/// bytes after them; for other keys, [`Key::head`].
+pub(crate) fn head_after<Q: Key + ?Sized>(key: &Q, skip: usize) -> u64 {
+    match key.as_bytes() {
+        Some(b) => suffix_head(&b[skip.min(b.len())..]),
+        None => key.head(),
+    }
+}
+
+/// The first 7 bytes of `suffix` (zero padded) and then its length capped at 8, as a
+/// big-endian `u64`.
+///
+/// Order-consistent as [`bytes_head`] is: two suffixes that differ within their first 7 bytes
+/// compare as those bytes do; when one is a proper prefix of the other and their padded first
+/// 7 bytes agree, the shorter has the smaller length byte (or both have 8 and the heads tie,
+/// which only says "compare in full"). And exact for short keys: equal heads with a length
+/// byte below 8 mean both suffixes are those same bytes, so the tree tells two such keys equal
+/// without reading either one's buffer.
+pub(crate) fn suffix_head(suffix: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = suffix.len().min(7);
+    bytes[..n].copy_from_slice(&suffix[..n]);
+    bytes[7] = suffix.len().min(8) as u8;
+    u64::from_be_bytes(bytes)
+}
+
+/// Whether a [`suffix_head`] determines its suffix (it is shorter than 8 bytes).
+pub(crate) fn suffix_head_is_exact(head: u64) -> bool {
+    head & 0xff < 8
 }
 
 /// The first 8 bytes of `bytes` as a big-endian `u64`, zero padded when shorter.
@@ -62,11 +102,19 @@ impl Key for [u8] {
     fn head(&self) -> u64 {
         bytes_head(self)
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl<const N: usize> Key for [u8; N] {
     fn head(&self) -> u64 {
         bytes_head(self)
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -74,11 +122,19 @@ impl Key for Vec<u8> {
     fn head(&self) -> u64 {
         bytes_head(self)
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl Key for Bytes {
     fn head(&self) -> u64 {
         bytes_head(self)
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -87,11 +143,19 @@ impl Key for str {
     fn head(&self) -> u64 {
         bytes_head(self.as_bytes())
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(str::as_bytes(self))
+    }
 }
 
 impl Key for String {
     fn head(&self) -> u64 {
         bytes_head(self.as_bytes())
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        Some(str::as_bytes(self))
     }
 }
 
@@ -99,11 +163,19 @@ impl<T: Key + ?Sized> Key for &T {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ?Sized> Key for Box<T> {
     fn head(&self) -> u64 {
         (**self).head()
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
     }
 }
 
@@ -111,17 +183,29 @@ impl<T: Key + ?Sized> Key for Rc<T> {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ?Sized> Key for Arc<T> {
     fn head(&self) -> u64 {
         (**self).head()
     }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
+    }
 }
 
 impl<T: Key + ToOwned + ?Sized> Key for Cow<'_, T> {
     fn head(&self) -> u64 {
         (**self).head()
+    }
+
+    fn as_bytes(&self) -> Option<&[u8]> {
+        (**self).as_bytes()
     }
 }
 
@@ -184,73 +268,53 @@ impl Key for () {
     }
 }
 
-/// The key of the map's tree: a key and its head, ordered by head first and key second, which
-/// is the key order (see [`Key`]).
-///
-/// Equality compares the head too, which is equal whenever the keys are, so it agrees with
-/// `Ord` and is cheaper when the keys differ.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Slot<K> {
-    head: u64,
-    pub(crate) key: K,
-}
-
-impl<K: Key> Slot<K> {
-    pub(crate) fn new(key: K) -> Self {
-        Slot { head: key.head(), key }
-    }
-}
-
-impl<K: Key> PartialOrd for Slot<K> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<K: Key> Ord for Slot<K> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.head.cmp(&other.head).then_with(|| self.key.cmp(&other.key))
-    }
-}
-
 /// A head and a key in a borrowed form `Q`: what the tree is searched by when the caller holds
 /// a `&Q` (say a `&[u8]`) rather than a stored key type.
 ///
-/// `BTreeMap` searches through `Borrow`, which must hand out a reference, and no `&Slot<Q>`
-/// can be made from a `&Q` without copying the key into a new allocation. Both the tree key
-/// and the query therefore borrow as this trait object; a lookup costs two predictable
-/// indirect calls per comparison instead of a pointer chase into the key's buffer.
+/// The chunk index (a `BTreeMap`) searches through `Borrow`, which must hand out a reference,
+/// and no tree element can be made from a `&Q` without building a record. Both the tree's elements and the query
+/// therefore borrow as this trait object. The key is fetched only when the heads tie: for a
+/// stored element it lives in the element's record, another cache line, which a comparison
+/// decided by the heads never touches.
 pub(crate) trait Probe<Q: ?Sized> {
-    fn parts(&self) -> (u64, &Q);
-}
-
-impl<K: Borrow<Q>, Q: ?Sized> Probe<Q> for Slot<K> {
-    fn parts(&self) -> (u64, &Q) {
-        (self.head, self.key.borrow())
-    }
+    fn head(&self) -> u64;
+    fn key(&self) -> &Q;
 }
 
 /// A search key made from a borrowed key.
 pub(crate) struct Query<'q, Q: ?Sized> {
     head: u64,
     key: &'q Q,
+    /// The head determines the key among keys with this tree's prefix (see [`suffix_head`]):
+    /// a stored key with the same head is this key.
+    pub(crate) exact: bool,
 }
 
 impl<'q, Q: Key + ?Sized> Query<'q, Q> {
+    #[cfg(test)]
     pub(crate) fn new(key: &'q Q) -> Self {
-        Query { head: key.head(), key }
+        Query { head: key.head(), key, exact: false }
+    }
+
+    /// A query whose head (and exactness) the caller computed.
+    pub(crate) fn known(key: &'q Q, head: u64, exact: bool) -> Self {
+        Query { head, key, exact }
+    }
+
+    /// A query for a tree whose keys all start with the same `skip` bytes as `key`.
+    pub(crate) fn after(key: &'q Q, skip: usize) -> Self {
+        let head = head_after(key, skip);
+        Query { head, key, exact: key.as_bytes().is_some() && suffix_head_is_exact(head) }
     }
 }
 
 impl<Q: ?Sized> Probe<Q> for Query<'_, Q> {
-    fn parts(&self) -> (u64, &Q) {
-        (self.head, self.key)
+    fn head(&self) -> u64 {
+        self.head
     }
-}
 
-impl<'a, K: Borrow<Q> + 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Slot<K> {
-    fn borrow(&self) -> &(dyn Probe<Q> + 'a) {
-        self
+    fn key(&self) -> &Q {
+        self.key
     }
 }
 
@@ -270,8 +334,7 @@ impl<Q: Ord + ?Sized> PartialOrd for dyn Probe<Q> + '_ {
 
 impl<Q: Ord + ?Sized> Ord for dyn Probe<Q> + '_ {
     fn cmp(&self, other: &Self) -> Ordering {
-        let ((a_head, a), (b_head, b)) = (self.parts(), other.parts());
-        a_head.cmp(&b_head).then_with(|| a.cmp(b))
+        self.head().cmp(&other.head()).then_with(|| self.key().cmp(other.key()))
     }
 }
 
@@ -279,6 +342,13 @@ impl<Q: Ord + ?Sized> Ord for dyn Probe<Q> + '_ {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// How the map's tree orders two keys: by head, then by the keys themselves.
+    fn tree_cmp<K: Key>(a: &K, b: &K) -> Ordering {
+        let (qa, qb) = (Query::new(a), Query::new(b));
+        let (pa, pb): (&dyn Probe<K>, &dyn Probe<K>) = (&qa, &qb);
+        pa.cmp(pb)
+    }
 
     /// Short keys, keys sharing their first 8 bytes and keys with trailing zero bytes are the
     /// cases where the head alone cannot decide.
@@ -301,18 +371,25 @@ mod tests {
     proptest! {
         #[test]
         fn slot_order_is_the_byte_order(a in key(), b in key()) {
-            let (sa, sb) = (Slot::new(a.clone()), Slot::new(b.clone()));
-            prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
-            prop_assert_eq!(sa == sb, a == b);
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
             if a < b {
                 prop_assert!(a.head() <= b.head());
             }
             // A lookup by the borrowed form compares the same way.
-            let (qa, qb) = (Query::new(&a[..]), Query::new(&b[..]));
-            let (pa, pb): (&dyn Probe<[u8]>, &dyn Probe<[u8]>) = (&qa, &sb);
-            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
-            let pb: &dyn Probe<[u8]> = &qb;
-            prop_assert_eq!(pa.cmp(pb), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&&a[..], &&b[..]), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&Bytes::from(a.clone()), &Bytes::from(b.clone())), a.cmp(&b));
+        }
+
+        #[test]
+        fn suffix_heads_are_order_consistent_and_exact_for_short_suffixes(a in key(), b in key()) {
+            let (ha, hb) = (suffix_head(&a), suffix_head(&b));
+            if a < b {
+                prop_assert!(ha <= hb, "{:?} < {:?} but heads {:x} > {:x}", a, b, ha, hb);
+            }
+            if ha == hb && suffix_head_is_exact(ha) {
+                prop_assert_eq!(&a, &b);
+            }
+            prop_assert_eq!(suffix_head_is_exact(ha), a.len() < 8);
         }
 
         #[test]
@@ -328,16 +405,16 @@ mod tests {
 
         #[test]
         fn string_slots_order_as_strings(a in ".{0,10}", b in ".{0,10}") {
-            prop_assert_eq!(Slot::new(a.clone()).cmp(&Slot::new(b.clone())), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
         }
 
         #[test]
         fn integer_heads_are_monotone(a: i64, b: i64, c: u128, d: u128, e: i128, f: i128) {
-            prop_assert_eq!(Slot::new(a).cmp(&Slot::new(b)), a.cmp(&b));
-            prop_assert_eq!(Slot::new(a as i8).cmp(&Slot::new(b as i8)), (a as i8).cmp(&(b as i8)));
-            prop_assert_eq!(Slot::new(a as u64).cmp(&Slot::new(b as u64)), (a as u64).cmp(&(b as u64)));
-            prop_assert_eq!(Slot::new(c).cmp(&Slot::new(d)), c.cmp(&d));
-            prop_assert_eq!(Slot::new(e).cmp(&Slot::new(f)), e.cmp(&f));
+            prop_assert_eq!(tree_cmp(&a, &b), a.cmp(&b));
+            prop_assert_eq!(tree_cmp(&(a as i8), &(b as i8)), (a as i8).cmp(&(b as i8)));
+            prop_assert_eq!(tree_cmp(&(a as u64), &(b as u64)), (a as u64).cmp(&(b as u64)));
+            prop_assert_eq!(tree_cmp(&c, &d), c.cmp(&d));
+            prop_assert_eq!(tree_cmp(&e, &f), e.cmp(&f));
         }
     }
 
@@ -356,7 +433,7 @@ mod tests {
         ];
         for w in keys.windows(2) {
             assert!(w[0] < w[1]);
-            assert_eq!(Slot::new(w[0]).cmp(&Slot::new(w[1])), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
+            assert_eq!(tree_cmp(&w[0], &w[1]), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
         }
         assert_eq!(b"a".head(), b"a\0".head(), "trailing zeros share a head; the bytes decide");
         assert_eq!(i64::MIN.head(), 0);

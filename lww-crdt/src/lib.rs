@@ -14,8 +14,12 @@
 //!   different entries with the same timestamp (see [`Entry`] for the tie-break and for the
 //!   tombstone an expired entry turns into).
 //! - [`Key`]: what a map key provides besides `Ord`, a 64-bit head that agrees with the key
-//!   order (for byte strings, the first 8 bytes), so the tree compares most keys without
+//!   order (for byte strings, the first 8 bytes; a map of byte strings takes its heads from the
+//!   bytes after the prefix all its keys share), so the tree compares most keys without
 //!   reading their buffers.
+//! - [`Record`]: a key and its entry in one shared allocation. Maps hold records by pointer,
+//!   so every map a write reaches (each query actor's replica, the gateway's, the buffers in
+//!   between) shares one copy of its key and value.
 //! - [`Delta`] and [`DeltaBuffer`]: a delta is itself a small map; a buffer collects what
 //!   changed since the last flush, newest entry per key.
 //!
@@ -49,6 +53,7 @@ mod key;
 mod map;
 #[cfg(feature = "serde")]
 mod serde_impls;
+mod tree;
 
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
@@ -56,7 +61,7 @@ pub mod harness;
 pub use clock::{Hlc, ReplicaId, Timestamp};
 pub use delta::{Delta, DeltaBuffer};
 pub use key::Key;
-pub use map::{Entry, LwwMap, MergeStats};
+pub use map::{Entry, LwwMap, MergeStats, Record};
 
 /// The map the store replicates: binary keys and values in shared, cheaply cloned buffers.
 pub type BytesMap = LwwMap<bytes::Bytes, bytes::Bytes>;

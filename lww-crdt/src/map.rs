@@ -2,13 +2,13 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::collections::btree_map;
 use std::num::NonZeroU64;
 use std::ops::{AddAssign, Bound, RangeBounds};
+use std::sync::Arc;
 
 use crate::Timestamp;
-use crate::key::{Key, Probe, Query, Slot};
+use crate::key::Key;
+use crate::tree::{Put, Tree};
 
 /// The state of one key: a value, or a tombstone (`None`), the timestamp of the write that
 /// produced it, and optionally the deadline after which the value counts as deleted.
@@ -122,6 +122,28 @@ impl<V: Ord> PartialOrd for Entry<V> {
     }
 }
 
+/// A key with its entry: what a map holds per key, immutable and shared.
+///
+/// Maps hold records behind an [`Arc`], so a record written once is held by every map it
+/// reaches (the replicas of all the query actors of a server and its gateway, the delta
+/// buffers and batches on the way) at the cost of a pointer each: a merge by reference
+/// clones the pointer, not the key and the value. A newer write replaces the pointer; the
+/// old record is freed when the last map lets go of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Record<K, V> {
+    /// The key.
+    pub key: K,
+    /// Its value or tombstone, and when it was written.
+    pub entry: Entry<V>,
+}
+
+impl<K, V> Record<K, V> {
+    /// A shared record of `entry` under `key`.
+    pub fn shared(key: K, entry: Entry<V>) -> Arc<Self> {
+        Arc::new(Record { key, entry })
+    }
+}
+
 /// What a merge did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
@@ -149,16 +171,19 @@ impl AddAssign for MergeStats {
     }
 }
 
-/// A last-writer-wins map: `key -> (Option<value>, Timestamp)`, where `None` is a tombstone.
+/// A last-writer-wins map: `key -> (Option<value>, Timestamp, deadline)`, where `None` is a
+/// tombstone.
 ///
 /// Every operation is a merge of one entry: the entry with the greater [`Entry`] order wins.
 /// Hence [`LwwMap::merge`] is associative, commutative and idempotent, and any interleaving,
 /// duplication or regrouping of the same writes yields the same map.
 ///
 /// Keys are kept sorted, so [`LwwMap::scan_prefix`] costs `O(log n + result)` rather than a scan
-/// of the whole map. The tree orders keys by their [`Key::head`] first (for byte strings, the
-/// first 8 bytes, held inline in the tree's nodes), so most comparisons never touch a key's
-/// own buffer.
+/// of the whole map. Each key's entry lives in a shared [`Record`]; the map holds a pointer to
+/// it and the key's [`Key::head`] (for byte strings, the first 8 bytes), 16 bytes in sorted
+/// chunks under a small index (about 19 bytes per key in all), ordered by head first, so most
+/// comparisons never touch a record. Cloning a map, or merging one into another by
+/// reference, shares the records instead of copying keys and values.
 ///
 /// ```
 /// use lww_crdt::{LwwMap, Timestamp};
@@ -177,13 +202,33 @@ impl AddAssign for MergeStats {
 /// assert_eq!(a.get("user:1"), Some(&"ada lovelace"));
 /// assert_eq!((a.len(), a.tombstones()), (1, 1));
 /// ```
-#[derive(Clone, PartialEq, Eq)]
 pub struct LwwMap<K, V> {
-    entries: BTreeMap<Slot<K>, Entry<V>>,
+    entries: Tree<K, V>,
     tombstones: usize,
     /// Entries holding a value with a deadline.
     expiring: usize,
 }
+
+impl<K: Clone, V> Clone for LwwMap<K, V> {
+    fn clone(&self) -> Self {
+        LwwMap { entries: self.entries.clone(), tombstones: self.tombstones, expiring: self.expiring }
+    }
+}
+
+/// Two maps are equal when they hold the same entries under the same keys (whether or not
+/// they share the records).
+impl<K: PartialEq, V: PartialEq> PartialEq for LwwMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.tombstones == other.tombstones
+            && self.entries.iter().zip(other.entries.iter()).all(|(a, b)| {
+                Arc::ptr_eq(&a.rec, &b.rec)
+                    || (a.head == b.head && a.rec.key == b.rec.key && a.rec.entry == b.rec.entry)
+            })
+    }
+}
+
+impl<K: Eq, V: Eq> Eq for LwwMap<K, V> {}
 
 /// How an incoming entry compared with what the map held for its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +251,7 @@ impl Outcome {
 
 impl<K, V> Default for LwwMap<K, V> {
     fn default() -> Self {
-        LwwMap { entries: BTreeMap::new(), tombstones: 0, expiring: 0 }
+        LwwMap { entries: Tree::default(), tombstones: 0, expiring: 0 }
     }
 }
 
@@ -250,22 +295,42 @@ impl<K, V> LwwMap<K, V> {
 
     /// Live `(key, value)` pairs in key order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {
-        self.entries.iter().filter_map(|(s, e)| e.value.as_ref().map(|v| (&s.key, v)))
+        self.entries.iter().filter_map(|s| s.rec.entry.value.as_ref().map(|v| (&s.rec.key, v)))
     }
 
     /// Every entry, tombstones included, in key order.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + ExactSizeIterator + '_ {
-        self.entries.iter().map(|(s, e)| (&s.key, e))
+        self.entries.iter().map(|s| (&s.rec.key, &s.rec.entry))
     }
 
-    /// Consumes the map into its entries, tombstones included, in key order.
-    pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)> {
-        self.entries.into_iter().map(|(s, e)| (s.key, e))
+    /// Every record, tombstones included, in key order: to share them with another map or a
+    /// buffer ([`LwwMap::apply_record`], [`crate::DeltaBuffer::record_shared`]) without
+    /// copying keys or values.
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Arc<Record<K, V>>> + ExactSizeIterator + '_ {
+        self.entries.iter().map(|s| &s.rec)
+    }
+
+    /// Consumes the map into its records, tombstones included, in key order.
+    pub fn into_records(self) -> impl Iterator<Item = Arc<Record<K, V>>> {
+        self.entries.into_slots().map(|s| s.rec)
+    }
+
+    /// Consumes the map into its entries, tombstones included, in key order. Keys and entries
+    /// still held by another map are cloned (for `Bytes`, a reference count).
+    pub fn into_entries(self) -> impl Iterator<Item = (K, Entry<V>)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.entries.into_slots().map(|s| {
+            let Record { key, entry } = Arc::unwrap_or_clone(s.rec);
+            (key, entry)
+        })
     }
 
     /// The newest timestamp in the map, if any entry exists. `O(n)`.
     pub fn max_timestamp(&self) -> Option<Timestamp> {
-        self.entries.values().map(|e| e.ts).max()
+        self.entries.iter().map(|s| s.rec.entry.ts).max()
     }
 }
 
@@ -285,7 +350,16 @@ impl<K: Key, V> LwwMap<K, V> {
         K: Borrow<Q>,
         Q: Key + ?Sized,
     {
-        self.entries.get(&Query::new(key) as &dyn Probe<Q>)
+        self.get_record(key).map(|r| &r.entry)
+    }
+
+    /// The shared record of `key`, if the map knows the key at all.
+    pub fn get_record<Q>(&self, key: &Q) -> Option<&Arc<Record<K, V>>>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        self.entries.get(key).map(|s| &s.rec)
     }
 
     /// Whether `key` has a live value.
@@ -298,20 +372,25 @@ impl<K: Key, V> LwwMap<K, V> {
     }
 
     /// Entries (tombstones included) whose keys fall in `range`, in key order. Used to page
-    /// through the map, e.g. for snapshots in bounded chunks.
-    ///
-    /// # Panics
-    ///
-    /// As [`BTreeMap::range`]: if the range starts after it ends, or starts and ends at the
-    /// same excluded key.
+    /// through the map, e.g. for snapshots in bounded chunks. A range that starts after it
+    /// ends is empty (where `BTreeMap::range` would panic).
     pub fn range<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = (&K, &Entry<V>)> + '_
     where
         K: Borrow<Q>,
         Q: Key + ?Sized,
         R: RangeBounds<Q>,
     {
-        let (start, end) = (range.start_bound().map(Query::new), range.end_bound().map(Query::new));
-        self.entries.range::<dyn Probe<Q>, _>((probe(&start), probe(&end))).map(|(s, e)| (&s.key, e))
+        self.range_records(range).map(|r| (&r.key, &r.entry))
+    }
+
+    /// The records whose keys fall in `range`, in key order (see [`LwwMap::range`]).
+    pub fn range_records<Q, R>(&self, range: R) -> impl DoubleEndedIterator<Item = &Arc<Record<K, V>>> + '_
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+        R: RangeBounds<Q>,
+    {
+        self.entries.range(range.start_bound(), range.end_bound()).map(|s| &s.rec)
     }
 
     /// Removes the entry of `key` if it is the tombstone written at `ts` (a newer write of the
@@ -324,14 +403,9 @@ impl<K: Key, V> LwwMap<K, V> {
         K: Borrow<Q>,
         Q: Key + ?Sized,
     {
-        let probe = Query::new(key);
-        let matches =
-            self.entries.get(&probe as &dyn Probe<Q>).is_some_and(|e| e.is_tombstone() && e.ts == ts);
-        if matches {
-            self.entries.remove(&probe as &dyn Probe<Q>);
-            self.tombstones -= 1;
-        }
-        matches
+        let removed = self.entries.remove_if(key, |s| s.rec.entry.is_tombstone() && s.rec.entry.ts == ts);
+        self.tombstones -= usize::from(removed);
+        removed
     }
 
     /// Removes tombstones older than `horizon` and returns how many were removed.
@@ -341,19 +415,14 @@ impl<K: Key, V> LwwMap<K, V> {
     pub fn collect_tombstones(&mut self, horizon: Timestamp) -> usize {
         let before = self.tombstones;
         let mut removed = 0;
-        self.entries.retain(|_, e| {
-            let drop = e.is_tombstone() && e.ts < horizon;
+        self.entries.retain(|s| {
+            let drop = s.rec.entry.is_tombstone() && s.rec.entry.ts < horizon;
             removed += usize::from(drop);
             !drop
         });
         self.tombstones = before - removed;
         removed
     }
-}
-
-/// A range bound in the form the tree is searched by.
-fn probe<'b, Q: ?Sized>(bound: &'b Bound<Query<'_, Q>>) -> Bound<&'b (dyn Probe<Q> + 'b)> {
-    bound.as_ref().map(|q| q as &dyn Probe<Q>)
 }
 
 impl<K: Key + Borrow<[u8]>, V> LwwMap<K, V> {
@@ -366,11 +435,17 @@ impl<K: Key + Borrow<[u8]>, V> LwwMap<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> LwwMap<K, V> {
     /// Merges one entry; returns whether it changed the map (it was newer than what the map
     /// held for `key`, or the key was new).
     pub fn apply(&mut self, key: K, entry: Entry<V>) -> bool {
-        self.apply_slot(Slot::new(key), entry).changed()
+        self.apply_record(Record::shared(key, entry))
+    }
+
+    /// Merges a shared record (held, if it wins, by reference); returns whether it changed the
+    /// map.
+    pub fn apply_record(&mut self, rec: Arc<Record<K, V>>) -> bool {
+        self.apply_slot(rec).0.changed()
     }
 
     /// Writes `value` under `key` at `ts`; returns whether the write won (it loses only to a
@@ -384,22 +459,19 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         self.apply(key, Entry::tombstone(ts))
     }
 
-    /// Merges every entry of `other` (a delta or a whole replica) into `self`.
-    pub fn merge(&mut self, other: &LwwMap<K, V>) -> MergeStats
-    where
-        K: Clone,
-        V: Clone,
-    {
+    /// Merges every entry of `other` (a delta or a whole replica) into `self`, sharing its
+    /// records.
+    pub fn merge(&mut self, other: &LwwMap<K, V>) -> MergeStats {
         // Merge is commutative, so when `other` is much larger (a join, a resync into a young
-        // replica, `self` empty) it is cheaper to copy its tree wholesale and merge our few
-        // entries into the copy than to insert its many entries one by one. Copying costs
-        // about as much as inserting into a small map, hence the margin.
+        // replica, `self` empty) it is cheaper to copy its tree wholesale (pointers only) and
+        // merge our few entries into the copy than to insert its many entries one by one.
+        // Copying costs about as much as inserting into a small map, hence the margin.
         if other.entries.len() > self.entries.len().saturating_mul(2) {
             let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
             let mine = std::mem::replace(self, other.clone());
             return self.merge_smaller(mine, newest);
         }
-        self.merge_with(other, |_, _, _| {})
+        self.merge_records_with(other, |_, _| {})
     }
 
     /// Merges `other` and calls `on_change` for every entry that changed `self`, with the entry
@@ -409,23 +481,28 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         &mut self,
         other: &LwwMap<K, V>,
         mut on_change: impl FnMut(&K, Option<&Entry<V>>, &Entry<V>),
-    ) -> MergeStats
-    where
-        K: Clone,
-        V: Clone,
-    {
+    ) -> MergeStats {
+        self.merge_records_with(other, |new, old| on_change(&new.key, old, &new.entry))
+    }
+
+    /// As [`LwwMap::merge_with`], handing `on_change` the shared record that changed `self`
+    /// (to pass it on by reference) and the entry it replaced.
+    pub fn merge_records_with(
+        &mut self,
+        other: &LwwMap<K, V>,
+        mut on_change: impl FnMut(&Arc<Record<K, V>>, Option<&Entry<V>>),
+    ) -> MergeStats {
         let mut stats = MergeStats::default();
-        for (slot, e) in &other.entries {
-            stats.newest = stats.newest.max(e.ts);
-            // One search through the entry API, as for owned parts; the clones share buffers.
-            match self.apply_slot_replacing(slot.clone(), e.clone()) {
+        for slot in other.entries.iter() {
+            stats.newest = stats.newest.max(slot.rec.entry.ts);
+            match self.apply_slot(Arc::clone(&slot.rec)) {
                 (Outcome::Inserted, _) => {
                     stats.changed += 1;
-                    on_change(&slot.key, None, e);
+                    on_change(&slot.rec, None);
                 }
                 (Outcome::Won, old) => {
                     stats.changed += 1;
-                    on_change(&slot.key, old.as_ref(), e);
+                    on_change(&slot.rec, old.as_ref().map(|r| &r.entry));
                 }
                 (Outcome::Tied | Outcome::Lost, _) => stats.redundant += 1,
             }
@@ -435,24 +512,42 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 
     /// Merges one entry; returns whether it changed the map and the entry it replaced (`None`
     /// for a new key or when nothing changed).
-    pub fn apply_replacing(&mut self, key: K, entry: Entry<V>) -> (bool, Option<Entry<V>>) {
-        let (outcome, old) = self.apply_slot_replacing(Slot::new(key), entry);
+    pub fn apply_replacing(&mut self, key: K, entry: Entry<V>) -> (bool, Option<Entry<V>>)
+    where
+        V: Clone,
+    {
+        let (outcome, old) = self.apply_slot(Record::shared(key, entry));
+        let old = old.map(|r| match Arc::try_unwrap(r) {
+            Ok(r) => r.entry,
+            Err(shared) => shared.entry.clone(),
+        });
         (outcome.changed(), old)
     }
 
-    /// Merges `other`, consuming it (no clones of keys or values).
+    /// Merges `other`, consuming it (its records move over, none is copied).
     pub fn merge_owned(&mut self, mut other: LwwMap<K, V>) -> MergeStats {
+        // A run of keys above all of ours (a snapshot arrives in key order) moves over whole.
+        let (newest, tombstones, expiring, len) =
+            (other.max_timestamp(), other.tombstones, other.expiring, other.entries.len());
+        match self.entries.append(std::mem::take(&mut other.entries)) {
+            Ok(()) => {
+                self.tombstones += tombstones;
+                self.expiring += expiring;
+                return MergeStats { changed: len, redundant: 0, newest: newest.unwrap_or(Timestamp::ZERO) };
+            }
+            Err(entries) => other.entries = entries,
+        }
         // Merge is commutative: adopt the larger tree and merge the smaller into it, so the
-        // work is proportional to the smaller map (`self` empty: no work at all).
+        // work is proportional to the smaller map.
         if other.entries.len() > self.entries.len() {
             let newest = other.max_timestamp().unwrap_or(Timestamp::ZERO);
             std::mem::swap(self, &mut other);
             return self.merge_smaller(other, newest);
         }
         let mut stats = MergeStats::default();
-        for (slot, e) in other.entries {
-            stats.newest = stats.newest.max(e.ts);
-            if self.apply_slot(slot, e).changed() {
+        for slot in other.entries.into_slots() {
+            stats.newest = stats.newest.max(slot.rec.entry.ts);
+            if self.apply_slot(slot.rec).0.changed() {
                 stats.changed += 1;
             } else {
                 stats.redundant += 1;
@@ -471,8 +566,8 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
     fn merge_smaller(&mut self, mine: LwwMap<K, V>, newest: Timestamp) -> MergeStats {
         let theirs = self.entries.len();
         let mut redundant = 0;
-        for (slot, e) in mine.entries {
-            match self.apply_slot(slot, e) {
+        for slot in mine.entries.into_slots() {
+            match self.apply_slot(slot.rec).0 {
                 Outcome::Won | Outcome::Tied => redundant += 1,
                 Outcome::Inserted | Outcome::Lost => {}
             }
@@ -480,35 +575,39 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
         MergeStats { changed: theirs - redundant, redundant, newest }
     }
 
-    /// Merges one entry under an already built tree key.
-    fn apply_slot(&mut self, slot: Slot<K>, entry: Entry<V>) -> Outcome {
-        self.apply_slot_replacing(slot, entry).0
-    }
-
-    /// Merges one entry under an already built tree key; on a win, also returns the entry it
-    /// replaced.
-    fn apply_slot_replacing(&mut self, slot: Slot<K>, entry: Entry<V>) -> (Outcome, Option<Entry<V>>) {
-        match self.entries.entry(slot) {
-            btree_map::Entry::Vacant(vacant) => {
-                self.tombstones += usize::from(entry.is_tombstone());
-                self.expiring += usize::from(entry.is_expiring());
-                vacant.insert(entry);
+    /// Merges one record under an already computed head; on a win, also returns the record it
+    /// replaced. One search of the tree. A record already held (the same pointer: a delta that
+    /// comes back) is recognised without comparing entries.
+    fn apply_slot(&mut self, rec: Arc<Record<K, V>>) -> (Outcome, Option<Arc<Record<K, V>>>) {
+        let tombstone = rec.entry.is_tombstone();
+        let expiring = rec.entry.is_expiring();
+        let mut outcome = Outcome::Inserted;
+        let put = self.entries.put(rec, |held, new| {
+            if Arc::ptr_eq(held, new) {
+                outcome = Outcome::Tied;
+                return false;
+            }
+            outcome = match new.entry.cmp(&held.entry) {
+                Ordering::Greater => Outcome::Won,
+                Ordering::Equal => Outcome::Tied,
+                Ordering::Less => Outcome::Lost,
+            };
+            outcome == Outcome::Won
+        });
+        match put {
+            Put::Inserted => {
+                self.tombstones += usize::from(tombstone);
+                self.expiring += usize::from(expiring);
                 (Outcome::Inserted, None)
             }
-            btree_map::Entry::Occupied(mut occupied) => {
-                let current = occupied.get_mut();
-                match entry.cmp(current) {
-                    Ordering::Greater => {
-                        self.tombstones += usize::from(entry.is_tombstone());
-                        self.tombstones -= usize::from(current.is_tombstone());
-                        self.expiring += usize::from(entry.is_expiring());
-                        self.expiring -= usize::from(current.is_expiring());
-                        (Outcome::Won, Some(std::mem::replace(current, entry)))
-                    }
-                    Ordering::Equal => (Outcome::Tied, None),
-                    Ordering::Less => (Outcome::Lost, None),
-                }
+            Put::Replaced(old) => {
+                self.tombstones += usize::from(tombstone);
+                self.tombstones -= usize::from(old.entry.is_tombstone());
+                self.expiring += usize::from(expiring);
+                self.expiring -= usize::from(old.entry.is_expiring());
+                (Outcome::Won, Some(old))
             }
+            Put::Kept => (outcome, None),
         }
     }
 }
@@ -517,12 +616,12 @@ impl<K: Key, V: Ord> LwwMap<K, V> {
 /// (what every map's own iteration, and so every honest encoder, produces), entry by entry
 /// by last-writer-wins from the first key that does not (a repeated or out-of-order key).
 ///
-/// Building a `BTreeMap` from sorted input fills its nodes left to right in `O(n)`, several
-/// times faster than `n` inserts.
+/// Building the tree from sorted input fills its chunks left to right in `O(n)`, several
+/// times faster than `n` inserts, and leaves them nearly full.
 #[derive(Debug)]
 pub(crate) struct Builder<K, V> {
-    /// The strictly increasing pairs so far; emptied when the builder falls back.
-    sorted: Vec<(Slot<K>, Entry<V>)>,
+    /// The strictly increasing records so far; emptied when the builder falls back.
+    sorted: Vec<Arc<Record<K, V>>>,
     /// Tombstones in `sorted`.
     tombstones: usize,
     /// Expiring values in `sorted`.
@@ -537,18 +636,21 @@ impl<K, V> Default for Builder<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> Builder<K, V> {
+impl<K: Key + Clone, V: Ord> Builder<K, V> {
     pub(crate) fn push(&mut self, key: K, entry: Entry<V>) {
-        let slot = Slot::new(key);
+        self.push_record(Record::shared(key, entry));
+    }
+
+    pub(crate) fn push_record(&mut self, rec: Arc<Record<K, V>>) {
         if let Some(map) = &mut self.merged {
-            map.apply_slot(slot, entry);
-        } else if self.sorted.last().is_none_or(|(last, _)| *last < slot) {
-            self.tombstones += usize::from(entry.is_tombstone());
-            self.expiring += usize::from(entry.is_expiring());
-            self.sorted.push((slot, entry));
+            map.apply_slot(rec);
+        } else if self.sorted.last().is_none_or(|last| last.key < rec.key) {
+            self.tombstones += usize::from(rec.entry.is_tombstone());
+            self.expiring += usize::from(rec.entry.is_expiring());
+            self.sorted.push(rec);
         } else {
             let mut map = self.bulk();
-            map.apply_slot(slot, entry);
+            map.apply_slot(rec);
             self.merged = Some(map);
         }
     }
@@ -557,11 +659,9 @@ impl<K: Key, V: Ord> Builder<K, V> {
         self.merged.take().unwrap_or_else(|| self.bulk())
     }
 
-    /// The map of the sorted pairs so far.
+    /// The map of the sorted records so far.
     fn bulk(&mut self) -> LwwMap<K, V> {
-        // `from_iter` sorts first; on sorted input that is one linear pass, and the keys are
-        // distinct, so nothing is deduplicated away.
-        let entries = BTreeMap::from_iter(std::mem::take(&mut self.sorted));
+        let entries = Tree::from_sorted(std::mem::take(&mut self.sorted));
         LwwMap {
             entries,
             tombstones: std::mem::take(&mut self.tombstones),
@@ -570,7 +670,7 @@ impl<K: Key, V: Ord> Builder<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
     /// Builds a map by merging the entries; duplicate keys resolve by last-writer-wins. Input
     /// in strictly increasing key order is built in bulk.
     fn from_iter<I: IntoIterator<Item = (K, Entry<V>)>>(iter: I) -> Self {
@@ -582,7 +682,19 @@ impl<K: Key, V: Ord> FromIterator<(K, Entry<V>)> for LwwMap<K, V> {
     }
 }
 
-impl<K: Key, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
+impl<K: Key + Clone, V: Ord> FromIterator<Arc<Record<K, V>>> for LwwMap<K, V> {
+    /// Builds a map of shared records; duplicate keys resolve by last-writer-wins. Input in
+    /// strictly increasing key order is built in bulk.
+    fn from_iter<I: IntoIterator<Item = Arc<Record<K, V>>>>(iter: I) -> Self {
+        let mut builder = Builder::default();
+        for rec in iter {
+            builder.push_record(rec);
+        }
+        builder.finish()
+    }
+}
+
+impl<K: Key + Clone, V: Ord> Extend<(K, Entry<V>)> for LwwMap<K, V> {
     /// Merges the entries one by one.
     fn extend<I: IntoIterator<Item = (K, Entry<V>)>>(&mut self, iter: I) {
         for (k, e) in iter {
@@ -691,6 +803,75 @@ mod tests {
         assert_eq!((s.changed, s.newest), (3, ts(30, 2)));
         assert_eq!(empty, a);
         assert_eq!((a.len(), a.tombstones()), (2, 1));
+    }
+
+    #[test]
+    fn merges_share_records_instead_of_copying_them() {
+        let mut writer = LwwMap::new();
+        let rec = Record::shared(b("k"), Entry::live(b("v"), ts(10, 1)));
+        assert!(writer.apply_record(Arc::clone(&rec)));
+        assert!(!writer.apply_record(Arc::clone(&rec)), "the same record again changes nothing");
+        let mut buffer = crate::DeltaBuffer::new();
+        buffer.record_shared(Arc::clone(&rec));
+        let delta = buffer.flush();
+        let (mut by_ref, mut owned, mut via_callback) = (LwwMap::new(), LwwMap::new(), LwwMap::new());
+        by_ref.put(b("other"), b("x"), ts(1, 2));
+        by_ref.put(b("more"), b("x"), ts(1, 2));
+        assert_eq!(by_ref.merge(&delta).changed, 1);
+        owned.merge_owned(delta.clone());
+        let mut seen = Vec::new();
+        via_callback.merge_records_with(&delta, |new, old| {
+            assert!(old.is_none());
+            seen.push(Arc::clone(new));
+        });
+        for map in [&writer, &by_ref, &owned, &via_callback] {
+            assert!(Arc::ptr_eq(map.get_record(&b"k"[..]).unwrap(), &rec), "one allocation for every map");
+        }
+        assert!(Arc::ptr_eq(&seen[0], &rec));
+        // 1 (rec) + writer + delta + by_ref + owned + via_callback + seen.
+        assert_eq!(Arc::strong_count(&rec), 7);
+        let clone = by_ref.clone();
+        assert!(Arc::ptr_eq(clone.get_record(&b"k"[..]).unwrap(), &rec), "a clone shares records");
+        // A newer write replaces the pointer in one map only; the old record lives on elsewhere.
+        assert!(by_ref.put(b("k"), b("w"), ts(11, 2)));
+        assert_eq!(Arc::strong_count(&rec), 7);
+        assert_eq!(writer.get(&b"k"[..]), Some(&b("v")));
+    }
+
+    #[test]
+    fn equality_compares_contents_not_sharing() {
+        let mut a = LwwMap::new();
+        let mut c = LwwMap::new();
+        a.put(b("k"), b("v"), ts(1, 1));
+        c.put(b("k"), b("v"), ts(1, 1));
+        assert_eq!(a, c, "separate records with equal contents");
+        c.put(b("k"), b("v"), ts(2, 1));
+        assert_ne!(a, c);
+        let mut d = a.clone();
+        assert_eq!(a, d);
+        d.delete(b("z"), ts(3, 1));
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn apply_replacing_returns_the_replaced_entry_shared_or_not() {
+        let mut m = LwwMap::new();
+        assert_eq!(m.apply_replacing(b("k"), Entry::live(b("1"), ts(1, 1))), (true, None));
+        let keep = m.clone();
+        let (won, old) = m.apply_replacing(b("k"), Entry::live(b("2"), ts(2, 1)));
+        assert!(won);
+        assert_eq!(old, Some(Entry::live(b("1"), ts(1, 1))), "still held by the clone");
+        let (won, old) = m.apply_replacing(b("k"), Entry::tombstone(ts(3, 1)));
+        assert_eq!((won, old), (true, Some(Entry::live(b("2"), ts(2, 1)))));
+        assert_eq!(m.apply_replacing(b("k"), Entry::live(b("0"), ts(0, 1))), (false, None));
+        assert_eq!((m.tombstones(), keep.tombstones()), (1, 0));
+        let entries: Vec<_> = m.into_entries().collect();
+        assert_eq!(entries, vec![(b("k"), Entry::tombstone(ts(3, 1)))]);
+    }
+
+    #[test]
+    fn a_tree_element_is_two_words() {
+        assert_eq!(std::mem::size_of::<crate::tree::Slot<bytes::Bytes, bytes::Bytes>>(), 16);
     }
 
     #[test]

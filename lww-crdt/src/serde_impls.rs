@@ -26,7 +26,7 @@ impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
 
 impl<'de, K, V> Deserialize<'de> for LwwMap<K, V>
 where
-    K: Deserialize<'de> + Key,
+    K: Deserialize<'de> + Key + Clone,
     V: Deserialize<'de> + Ord,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -34,7 +34,7 @@ where
 
         impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
         where
-            K: Deserialize<'de> + Key,
+            K: Deserialize<'de> + Key + Clone,
             V: Deserialize<'de> + Ord,
         {
             type Value = LwwMap<K, V>;

@@ -22,15 +22,12 @@
 //! To profile a join alone: `--skip-bulk --joins 1 --pause-before-join-ms 3000` and
 //! `perf record -g -p PID` with the printed process id (see benches/README.md).
 
-use std::io::{BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use benches::bulk::{self, Bulk, Shape};
 use benches::data::{self, KEY_LEN, VALUE_LEN};
 use benches::harness::{self, Cluster, clients, load_average, verdict};
-use bytes::Bytes;
+use benches::load::load;
 use clap::Parser;
 use replica_node::Node;
 use replica_node::NodeStats;
@@ -39,8 +36,6 @@ use resp::Value;
 
 /// Design section 7: join rate relative to the loopback QUIC bulk rate.
 const TARGET_RATIO: f64 = 0.5;
-/// Commands per `write` of the loader (they are pipelined regardless).
-const SETS_PER_WRITE: usize = 256;
 
 #[derive(Debug, Parser)]
 #[command(about = "Time a server joining another that holds many keys, against the loopback QUIC bulk rate")]
@@ -63,6 +58,9 @@ struct Args {
     /// Fresh servers B joining A, one after the other; the median join is compared.
     #[arg(long, default_value_t = 3)]
     joins: usize,
+    /// Skip the Redis anchor (a replica's full sync of the same keys).
+    #[arg(long)]
+    skip_redis: bool,
     /// Print the process id and wait this long before B joins, to attach a profiler to the
     /// join alone (`perf record -g -p PID`).
     #[arg(long, default_value_t = 0)]
@@ -83,7 +81,6 @@ fn main() -> anyhow::Result<()> {
     let a = cluster.add(args.actors);
     eprintln!("join_speed: loading A ...");
     let load_time = load(&a.description().client_addrs(), &pairs)?;
-    drop(pairs);
     let a_clients = clients(a);
     let settle = Instant::now();
     // Every write reaches the other actors and the gateway: `actors` merges per key.
@@ -119,6 +116,20 @@ fn main() -> anyhow::Result<()> {
     }
     drop(a_clients);
     drop(cluster);
+
+    let mut redis = Vec::new();
+    if !args.skip_redis {
+        for sync in [RedisSync::Diskless, RedisSync::Disk] {
+            eprintln!("join_speed: redis-server replica, {} full sync ...", sync.name());
+            let mut times = Vec::new();
+            for _ in 0..args.joins {
+                times.push(redis_full_sync(&pairs, sync, timeout)?);
+            }
+            times.sort_unstable();
+            redis.push((sync, harness::quantile(&times, 0.5), times));
+        }
+    }
+    drop(pairs);
 
     if !args.skip_bulk {
         eprintln!("join_speed: bulk rate after the joins ...");
@@ -184,6 +195,28 @@ fn main() -> anyhow::Result<()> {
             verdict(first.max(ratio) >= TARGET_RATIO)
         );
     }
+    if !redis.is_empty() {
+        println!();
+        println!(
+            "| anchor (same keys, same run) | runs s | median s | MB/s | anchor / median join (target ≥ {REDIS_TARGET:.0}× for diskless) |"
+        );
+        println!("|---|---|---:|---:|---:|");
+        for (sync, median_redis, times) in &redis {
+            let runs: Vec<String> = times.iter().map(|t| format!("{:.2}", t.as_secs_f64())).collect();
+            let speedup = median_redis.as_secs_f64() / median.as_secs_f64();
+            let target = match sync {
+                RedisSync::Diskless => format!(" ({})", verdict(speedup >= REDIS_TARGET)),
+                RedisSync::Disk => String::new(),
+            };
+            println!(
+                "| redis-server replica (`--replicaof`), {} | {} | {:.2} | {:.1} | {speedup:.2}×{target} |",
+                sync.describe(),
+                runs.join(", "),
+                median_redis.as_secs_f64(),
+                mb_s(payload, *median_redis)
+            );
+        }
+    }
     println!();
     println!(
         "{} keys of {KEY_LEN} B with values of {VALUE_LEN} B (seed {}); in-process servers of {} actors on \
@@ -206,6 +239,114 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("`{}`", harness::command_line("join_speed"));
     Ok(())
+}
+
+/// Design section 7 (issue 15): a join at least this many times faster than a Redis replica's
+/// diskless full sync of the same keys.
+const REDIS_TARGET: f64 = 3.0;
+
+/// How the Redis master hands its data to a new replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RedisSync {
+    /// `repl-diskless-sync yes`, `repl-diskless-sync-delay 0` on the master, and
+    /// `repl-diskless-load on-empty-db` on the replica: the RDB streams from memory to memory.
+    Diskless,
+    /// `repl-diskless-sync no`: the master writes an RDB file, then sends it; the replica
+    /// stores it and loads it.
+    Disk,
+}
+
+impl RedisSync {
+    fn name(self) -> &'static str {
+        match self {
+            RedisSync::Diskless => "diskless",
+            RedisSync::Disk => "disk",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RedisSync::Diskless => {
+                "diskless (`repl-diskless-sync-delay 0`, `repl-diskless-load on-empty-db`)"
+            }
+            RedisSync::Disk => "disk (`repl-diskless-sync no`)",
+        }
+    }
+}
+
+/// Kills a child process when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback TCP port.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Kill> {
+    let mut args: Vec<String> =
+        ["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--logfile", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(["--dir".to_string(), dir.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = std::process::Command::new("redis-server")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting redis-server (apt-get install redis-server): {e}"))?;
+    Ok(Kill(child))
+}
+
+/// A master holding `pairs`, then a fresh replica of it: the time from starting the replica
+/// until it answers `DBSIZE` with every key (during the sync it answers `-LOADING` or less).
+fn redis_full_sync(
+    pairs: &[(bytes::Bytes, bytes::Bytes)],
+    sync: RedisSync,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    use replica_node::client::Fixed;
+    let dir = harness::temp_dir("redis-sync");
+    let (master_port, replica_port) = (free_port()?, free_port()?);
+    let master_opts: &[&str] = match sync {
+        RedisSync::Diskless => &["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"],
+        RedisSync::Disk => &["--repl-diskless-sync", "no"],
+    };
+    let master_dir = dir.path().join("master");
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir_all(&master_dir)?;
+    std::fs::create_dir_all(&replica_dir)?;
+    let _master = redis(master_port, &master_dir, master_opts)?;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], master_port).into();
+    let master = Client::new(Fixed(addr));
+    harness::eventually_every(Duration::from_secs(10), Duration::from_millis(10), || {
+        master.command(&["PING"]).is_ok()
+    })
+    .ok_or_else(|| anyhow::anyhow!("redis master did not start"))?;
+    load(&[addr], pairs)?;
+    let n = pairs.len() as i64;
+    anyhow::ensure!(dbsize(&master)? == n, "redis master lost keys");
+    let replica_opts: Vec<String> = {
+        let mut o = vec!["--replicaof".to_string(), "127.0.0.1".to_string(), master_port.to_string()];
+        if sync == RedisSync::Diskless {
+            o.extend(["--repl-diskless-load".to_string(), "on-empty-db".to_string()]);
+        }
+        o
+    };
+    let refs: Vec<&str> = replica_opts.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let _replica = redis(replica_port, &replica_dir, &refs)?;
+    let replica = Client::new(Fixed(([127, 0, 0, 1], replica_port).into()));
+    harness::eventually_every(timeout, Duration::from_millis(5), || dbsize(&replica).ok() == Some(n))
+        .ok_or_else(|| anyhow::anyhow!("the redis replica did not get every key within {timeout:?}"))?;
+    Ok(t0.elapsed())
 }
 
 /// Bulk transfers per shape and moment; the best is kept (short runs vary by 2× here).
@@ -359,56 +500,4 @@ fn watch_counters<T>(
         std::thread::sleep(Duration::from_millis(5));
     }
     c
-}
-
-/// Writes every pair with pipelined `SET`s, one raw TCP connection (and a reader thread) per
-/// address, the pairs split evenly; returns when every reply has arrived.
-fn load(addrs: &[SocketAddr], pairs: &[(Bytes, Bytes)]) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let per = pairs.len().div_ceil(addrs.len());
-    std::thread::scope(|s| {
-        let loaders: Vec<_> = addrs
-            .iter()
-            .zip(pairs.chunks(per))
-            .map(|(&addr, chunk)| s.spawn(move || load_one(addr, chunk)))
-            .collect();
-        loaders.into_iter().try_for_each(|l| l.join().expect("loader does not panic"))
-    })?;
-    Ok(start.elapsed())
-}
-
-fn load_one(addr: SocketAddr, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
-    const OK: &[u8] = b"+OK\r\n";
-    let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = stream.try_clone()?;
-    let expected = pairs.len() * OK.len();
-    std::thread::scope(|s| {
-        let replies = s.spawn(move || -> anyhow::Result<()> {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut seen = 0;
-            while seen < expected {
-                let got = reader.read(&mut buf).context("reading replies")?;
-                anyhow::ensure!(got > 0, "{addr} closed after {} replies", seen / OK.len());
-                for (i, &byte) in buf[..got].iter().enumerate() {
-                    if byte != OK[(seen + i) % OK.len()] {
-                        anyhow::bail!("{addr} answered {:?}", String::from_utf8_lossy(&buf[i..got]));
-                    }
-                }
-                seen += got;
-            }
-            Ok(())
-        });
-        let mut w = BufWriter::with_capacity(SETS_PER_WRITE * 160, &stream);
-        for (k, v) in pairs {
-            write!(w, "*3\r\n$3\r\nSET\r\n${}\r\n", k.len())?;
-            w.write_all(k)?;
-            write!(w, "\r\n${}\r\n", v.len())?;
-            w.write_all(v)?;
-            w.write_all(b"\r\n")?;
-        }
-        w.flush()?;
-        replies.join().expect("reader does not panic")
-    })
 }

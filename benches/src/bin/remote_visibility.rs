@@ -6,7 +6,12 @@
 //! ```text
 //! cargo run --release -p benches --bin remote_visibility                 # 250 and 200 ms, 200 writes each
 //! cargo run --release -p benches --bin remote_visibility -- --delay-ms 250 --samples 500
+//! cargo run --release -p benches --bin remote_visibility -- --delay-ms 250 --join-keys 1000000
 //! ```
+//!
+//! With `--join-keys N` each delay is measured twice: idle, and while the second server joins
+//! a first one holding N keys (its snapshot streams through the same link and connection as
+//! the deltas; the probe starts as soon as the servers are connected).
 //!
 //! Each delay gets a fresh two-server cluster on loopback (in-process nodes, the second joining
 //! the first through a `net_quic::LinkEmulator`). Each write goes to a random actor of either
@@ -46,6 +51,11 @@ struct Args {
     /// A write not visible everywhere after this many ms is counted as lost.
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
+    /// Also measure while the second server joins a first one holding this many keys
+    /// (16-byte keys, 100-byte values): the snapshot streams through the same link, on the
+    /// same connection as the deltas. 0: idle only.
+    #[arg(long, default_value_t = 0)]
+    join_keys: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,12 +66,20 @@ fn main() -> anyhow::Result<()> {
         Options { samples: args.samples, seed: args.seed, timeout: Duration::from_millis(args.timeout_ms) };
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for &delay_ms in &args.delay_ms {
+    let pairs = (args.join_keys > 0).then(|| benches::data::pairs(args.join_keys, 7));
+    let phases: &[bool] = if pairs.is_some() { &[false, true] } else { &[false] };
+    for (&delay_ms, &joining) in args.delay_ms.iter().flat_map(|d| phases.iter().map(move |j| (d, j))) {
         let delay = Duration::from_millis(delay_ms);
         let mut cluster = Cluster::with_link("remote-vis", Some(LinkConfig::with_delay(delay)));
-        cluster.add(args.actors);
+        let a = cluster.add(args.actors);
+        if joining && let Some(pairs) = &pairs {
+            eprintln!("remote_visibility: loading {} keys into the first server ...", pairs.len());
+            benches::load::load(&a.description().client_addrs(), pairs)?;
+        }
+        let joined = std::time::Instant::now();
         cluster.add(args.actors);
         anyhow::ensure!(cluster.try_wait_connected(Duration::from_secs(30)), "the servers did not connect");
+
         let all: Vec<_> = cluster.nodes.iter().flat_map(clients).collect();
         let n = args.actors;
         // Actors 0..n are server A's, n..2n server B's; a write on one server is watched on the other.
@@ -72,7 +90,24 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         eprintln!("remote_visibility: {delay_ms} ms one way, {} writes ...", args.samples);
-        let report = visibility::measure(&all, &routes, &options)?;
+        let measure_start = joined.elapsed();
+        // While B loads the snapshot its `loading` flag is up: note when it comes down.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (report, join_done) = std::thread::scope(|sc| {
+            let b_stats = cluster.nodes[1].stats();
+            let stop = &stop;
+            let watch = sc.spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                harness::eventually_every(Duration::from_secs(600), Duration::from_millis(5), || {
+                    replica_node::NodeStats::get(&b_stats.loading) == 0 || stop.load(Relaxed)
+                });
+                (replica_node::NodeStats::get(&b_stats.loading) == 0).then(|| joined.elapsed())
+            });
+            let report = visibility::measure(&all, &routes, &options);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (report, watch.join().expect("watcher does not panic"))
+        });
+        let report = report?;
         let link = cluster.relays[0].stats();
         drop(cluster);
         let acks: Vec<Duration> = report.samples.iter().map(|s| s.ack).collect();
@@ -85,9 +120,22 @@ fn main() -> anyhow::Result<()> {
             link.packets_forwarded,
             link.bytes_forwarded as f64 / 1e3
         ));
-        let setup = format!("{delay_ms} ms one way");
+        if joining {
+            notes.push(format!(
+                "{delay_ms} ms, during the join: {} keys; the probe started {:.2} s after B started; B's snapshot \
+                 was complete {}",
+                args.join_keys,
+                measure_start.as_secs_f64(),
+                join_done.map_or("not within the probe".into(), |d| format!("{:.2} s after B started", d.as_secs_f64()))
+            ));
+        }
+        let setup = if joining {
+            format!("{delay_ms} ms one way, during a join of {} keys", args.join_keys)
+        } else {
+            format!("{delay_ms} ms one way")
+        };
         for (i, (label, summary)) in visibility::rows(&setup, &report).into_iter().enumerate() {
-            rows.push((label, summary, delay, i == 0 && delay_ms == 250));
+            rows.push((label, summary, delay, i == 0 && delay_ms == 250 && !joining));
         }
     }
 

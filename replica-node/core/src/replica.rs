@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, ReplicaId, Timestamp};
+use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, Record, ReplicaId, Timestamp};
 
 use crate::pacer::Pacer;
 use crate::stats::SyncStats;
@@ -69,7 +69,7 @@ pub struct Replica {
     max_ahead_ms: u64,
     /// With persistence: every client write that changed the replica since the driver last
     /// took them, unpaced (see [`Replica::take_durable`]).
-    durable: Vec<(Bytes, Entry<Bytes>)>,
+    durable: Vec<Arc<Record<Bytes, Bytes>>>,
     keep_durable: bool,
     /// Where the sweep for expired entries resumes: after this key (`None`: from the start).
     sweep_after: Option<Bytes>,
@@ -134,7 +134,7 @@ impl Replica {
     /// The client writes that changed the replica since the last call, oldest first (none
     /// unless [`Replica::keep_durable`] was called). The driver hands them to the persistence
     /// actor at the end of every round, however the pacer holds the same writes back.
-    pub fn take_durable(&mut self) -> std::vec::Drain<'_, (Bytes, Entry<Bytes>)> {
+    pub fn take_durable(&mut self) -> std::vec::Drain<'_, Arc<Record<Bytes, Bytes>>> {
         self.durable.drain(..)
     }
 
@@ -174,15 +174,17 @@ impl Replica {
     ) -> Result<Timestamp, Lost> {
         let ts = self.clock.now(now.wall_ms);
         let expires = deadline.filter(|_| value.is_some()).and_then(std::num::NonZeroU64::new);
-        let entry = Entry { ts, value, expires };
-        if self.map.apply(key.clone(), entry.clone()) {
+        // One record, shared by this replica, the delta buffer, the durable queue and, through
+        // the delta, every other actor's replica and the gateway's.
+        let rec = Record::shared(key, Entry { ts, value, expires });
+        if self.map.apply_record(Arc::clone(&rec)) {
             if self.keep_durable {
-                self.durable.push((key.clone(), entry.clone()));
+                self.durable.push(Arc::clone(&rec));
             }
-            self.pending.record(key, entry);
+            self.pending.record_shared(rec);
             Ok(ts)
         } else {
-            let newer = self.map.get_entry(&key[..]).map_or(ts, |e| e.ts);
+            let newer = self.map.get_entry(&rec.key[..]).map_or(ts, |e| e.ts);
             Err(Lost { ts, newer })
         }
     }

@@ -115,13 +115,12 @@ pub(crate) fn take_chunk<T>(
 /// Splits `delta` into pieces of about `max_bytes` of keys and values each (an entry larger than
 /// that travels alone), so no frame exceeds the transport's limit.
 pub fn split(delta: BytesMap, max_bytes: usize) -> Vec<BytesMap> {
-    let mut entries = delta.into_entries().peekable();
+    let mut entries = delta.into_records().peekable();
     let mut pieces = Vec::new();
     while entries.peek().is_some() {
-        let mut piece = BytesMap::new();
-        for (k, e) in take_chunk(&mut entries, max_bytes, |(k, e)| entry_size(k, e)) {
-            piece.apply(k, e);
-        }
+        // The records come in key order: each piece is built in bulk.
+        let piece: BytesMap =
+            take_chunk(&mut entries, max_bytes, |r| entry_size(&r.key, &r.entry)).into_iter().collect();
         pieces.push(piece);
     }
     pieces

@@ -79,8 +79,8 @@ fn run(seed: u64, crash: Crash) {
             }
             // End of the actor's round: its writes, encoded, to the persistence actor.
             let mut enc = BatchEncoder::new();
-            for (k, e) in actor.take_durable() {
-                enc.push(&k, e.value.as_deref(), e.ts);
+            for rec in actor.take_durable() {
+                enc.push(&rec.key, rec.entry.value.as_deref(), rec.entry.ts);
             }
             if let Some(payload) = enc.take_payload() {
                 mailbox.push((t, payload));

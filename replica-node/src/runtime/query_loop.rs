@@ -325,8 +325,8 @@ impl Actor {
     /// once: this is what bounds the time an acknowledged write is only in memory.
     fn persist_writes(&mut self) {
         let Some(persist) = &self.persist else { return };
-        for (key, entry) in self.state.replica.take_durable() {
-            self.encoder.push_until(&key, entry.value.as_deref(), entry.deadline(), entry.ts);
+        for rec in self.state.replica.take_durable() {
+            self.encoder.push_until(&rec.key, rec.entry.value.as_deref(), rec.entry.deadline(), rec.entry.ts);
             if self.encoder.is_full()
                 && let Some(payload) = self.encoder.take_payload()
             {

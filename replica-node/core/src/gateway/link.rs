@@ -145,9 +145,9 @@ impl Deltas {
     /// come back after every server has collected the tombstone that replaced it.
     pub fn requeue_unacked(&mut self, replica: &BytesMap) {
         for (_, batch) in self.unacked.drain(..) {
-            for (k, e) in batch.into_entries() {
-                if replica.get_entry(&k) == Some(&e) {
-                    self.pending.record(k, e);
+            for rec in batch.into_records() {
+                if replica.get_entry(&rec.key) == Some(&rec.entry) {
+                    self.pending.record_shared(rec);
                 }
             }
         }

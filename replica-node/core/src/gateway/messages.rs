@@ -2,6 +2,7 @@
 //! with the chunks of a snapshot it asked for.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use lww_crdt::{BytesMap, MergeStats, Timestamp};
@@ -22,12 +23,14 @@ impl Gateway {
     pub(super) fn on_local(&mut self, delta: &BytesMap, now: Now) -> MergeStats {
         let members = &mut self.members;
         let digest = &mut self.digest;
-        let stats = self.replica.merge_with(delta, |k, old, e| {
-            digest.replace(k, old, e, now.mono_ms);
+        // Records are shared, not copied: the gateway's replica and every member's queue hold
+        // the record the writing actor made.
+        let stats = self.replica.merge_records_with(delta, |rec, old| {
+            digest.replace(&rec.key, old, &rec.entry, now.mono_ms);
             // A member whose queue was dropped gets nothing more until it is back: repair then
             // finds everything it missed.
             for m in members.values_mut().filter(|m| m.is_active() && !m.deltas.lost) {
-                m.deltas.pending.record(k.clone(), e.clone());
+                m.deltas.pending.record_shared(Arc::clone(rec));
             }
         });
         self.stats.sync.received(&stats);
@@ -51,14 +54,14 @@ impl Gateway {
         let inbound = &mut self.inbound;
         let digest = &mut self.digest;
         let members = &mut self.members;
-        let stats = self.replica.merge_with(delta, |k, old, e| {
-            digest.replace(k, old, e, now.mono_ms);
-            inbound.record(k.clone(), e.clone());
+        let stats = self.replica.merge_records_with(delta, |rec, old| {
+            digest.replace(&rec.key, old, &rec.entry, now.mono_ms);
+            inbound.record_shared(Arc::clone(rec));
             // A local write still queued for a member and now replaced goes as the newer entry:
             // this node never sends an entry older than its own (see `Deltas::requeue_unacked`).
             for m in members.values_mut() {
-                if m.deltas.pending.pending().get_entry(k).is_some() {
-                    m.deltas.pending.record(k.clone(), e.clone());
+                if m.deltas.pending.pending().get_entry(&rec.key).is_some() {
+                    m.deltas.pending.record_shared(Arc::clone(rec));
                 }
             }
         });
