@@ -113,7 +113,9 @@ impl ClientBuilder {
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let config = replica_node::NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 2, ..Default::default() };
+/// # // One actor: each query here reads its own writes (across actors a write takes a few
+/// # // milliseconds to arrive).
+/// # let config = replica_node::NodeConfig { host: "127.0.0.1".into(), port: 0, actors: 1, ..Default::default() };
 /// # let node = replica_node::Node::start(&config)?;
 /// use replica_client::{Client, RoundRobin};
 ///
