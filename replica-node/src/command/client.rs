@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use resp::Protocol;
 
-use super::{COMMANDS, Ctx, Flow, Session, printable};
+use super::{COMMANDS, Ctx, Flow, Session, help_reply, printable, unknown_subcommand};
 use crate::runtime::ActorMsg;
 
 /// Every client connection of a node.
@@ -223,15 +223,9 @@ pub(super) fn client(c: &mut Ctx<'_>) {
             "KILL <ip:port> | KILL [ID id] [ADDR ip:port] [LADDR ip:port] [USER name] [SKIPME yes|no]",
             "    [MAXAGE seconds]: close connections of this node (on any of its actors).",
         ];
-        c.array_header(lines.len());
-        for l in lines {
-            resp::simple(c.out.raw(), l);
-        }
+        help_reply(c, &lines);
     } else {
-        c.error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for 'client|{}'. Try CLIENT HELP.",
-            printable(sub, 32)
-        ));
+        unknown_subcommand(c, "CLIENT", sub);
     }
 }
 

@@ -4,7 +4,7 @@
 use replica_core::Now;
 use replica_core::gateway::MemberStatus;
 
-use super::{Ctx, NodeInfo, printable};
+use super::{Ctx, NodeInfo, help_reply, printable, unknown_subcommand};
 use crate::runtime::AdminMsg;
 
 pub(super) fn cluster(c: &mut Ctx<'_>) {
@@ -29,15 +29,9 @@ pub(super) fn cluster(c: &mut Ctx<'_>) {
             "FORGET <node-id>",
             "    Remove a server that is gone for good from the whole cluster.",
         ];
-        c.array_header(lines.len());
-        for l in lines {
-            resp::simple(c.out.raw(), l);
-        }
+        help_reply(c, &lines);
     } else {
-        c.error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for 'cluster|{}'. Try CLUSTER HELP.",
-            printable(sub, 32)
-        ));
+        unknown_subcommand(c, "CLUSTER", sub);
     }
 }
 

@@ -978,6 +978,24 @@ fn printable(b: &[u8], max: usize) -> String {
     if b.len() > max { format!("{s}...") } else { s }
 }
 
+/// The reply to `<COMMAND> HELP`: its lines as an array of simple strings.
+fn help_reply(c: &mut Ctx<'_>, lines: &[&str]) {
+    c.array_header(lines.len());
+    for l in lines {
+        resp::simple(c.out.raw(), l);
+    }
+}
+
+/// Redis's error for a subcommand of `command` that does not exist or has the wrong arity.
+fn unknown_subcommand(c: &mut Ctx<'_>, command: &str, sub: &[u8]) {
+    c.error(&format!(
+        "ERR unknown subcommand or wrong number of arguments for '{}|{}'. Try {} HELP.",
+        command.to_ascii_lowercase(),
+        printable(sub, 32),
+        command
+    ));
+}
+
 /// Whether `key` is within the key limit; replies with an error otherwise.
 fn key_ok(c: &mut Ctx<'_>, key: &[u8]) -> bool {
     if key.len() > MAX_KEY {

@@ -1,6 +1,6 @@
 //! Server commands: `TIME`, `ROLE`, `MEMORY USAGE`.
 
-use super::{Ctx, parse_int, printable};
+use super::{Ctx, help_reply, parse_int, unknown_subcommand};
 
 pub(super) fn time(c: &mut Ctx<'_>) {
     // The clock the replica stamps writes with (moved up when this server's is behind its
@@ -60,15 +60,9 @@ pub(super) fn memory(c: &mut Ctx<'_>) {
             "    Return the approximate memory usage in bytes of the key and its value.",
             "(INFO memory reports the process's figures.)",
         ];
-        c.array_header(lines.len());
-        for l in lines {
-            resp::simple(c.out.raw(), l);
-        }
+        help_reply(c, &lines);
     } else {
-        c.error(&format!(
-            "ERR unknown subcommand or wrong number of arguments for 'memory|{}'. Try MEMORY HELP.",
-            printable(sub, 32)
-        ));
+        unknown_subcommand(c, "MEMORY", sub);
     }
 }
 
