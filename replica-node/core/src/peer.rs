@@ -138,6 +138,10 @@ pub enum PeerMsg {
         ack: Ack,
         /// The sender's digest root after merging these entries.
         root: Fingerprint,
+        /// More pieces of the same flush follow (a flush larger than [`CHUNK_BYTES`] goes as
+        /// several deltas). The receiver merges the pieces together when the last arrives, so a
+        /// batch of writes (the writes of one `EXEC`) split across frames is never seen in part.
+        more: bool,
         /// The entries.
         entries: BytesMap,
     },
@@ -415,11 +419,18 @@ mod tests {
                 root,
                 entries: 12,
             }),
-            PeerMsg::Delta { seq: 7, ack: Ack { incarnation: 3, seq: 5 }, root, entries: m.clone() },
+            PeerMsg::Delta {
+                seq: 7,
+                ack: Ack { incarnation: 3, seq: 5 },
+                root,
+                more: true,
+                entries: m.clone(),
+            },
             PeerMsg::Delta {
                 seq: 1,
                 ack: Ack::default(),
                 root: Fingerprint::default(),
+                more: false,
                 entries: BytesMap::new(),
             },
             PeerMsg::Ack { ack: Ack { incarnation: 1 << 63, seq: u64::MAX }, root },
@@ -510,6 +521,7 @@ mod tests {
             seq: u64::MAX,
             ack: Ack { incarnation: u64::MAX, seq: u64::MAX },
             root: Fingerprint(u64::MAX, u64::MAX),
+            more: true,
             entries: m,
         };
         assert!(encode(&msg).len() <= MAX_FRAME);

@@ -41,6 +41,12 @@ pub const MAX_UNACKED: usize = 64;
 /// is still in the replica, and tombstones are kept until every server has them).
 pub const MAX_PENDING_WHILE_DOWN: usize = 65_536;
 
+/// The most pieces of one flush (see [`PeerMsg::Delta`]'s `more`) a receiver holds before
+/// merging them anyway: 64 MiB of entries at [`CHUNK_BYTES`] a piece. A flush that large is a
+/// backlog (after a partition), not one batch of writes; a peer that never ends its flush must
+/// not make this node hold its deltas without bound.
+pub const MAX_HELD_PIECES: usize = 64;
+
 /// The phase of a link: the per-connection state lives in the phase that has a connection.
 #[derive(Debug)]
 pub(crate) enum Phase {
@@ -136,6 +142,9 @@ pub(crate) struct Deltas {
     root_sent_at: u64,
     /// Entries were dropped while the peer was unreachable: repair when it is back.
     pub lost: bool,
+    /// Pieces of a flush from the peer whose last piece has not arrived, in order; merged
+    /// with it (or when the connection they came on ends: good data is never dropped).
+    held: Vec<BytesMap>,
 }
 
 impl Deltas {
@@ -204,6 +213,26 @@ impl Deltas {
         }
     }
 
+    /// A piece of a delta from the peer, numbered `seq`, arrived at `mono_ms`; `more` pieces of
+    /// the same flush follow. Returns what to merge now, in order: nothing while the flush is
+    /// incomplete (and not acknowledged either, so a connection that ends sends it again),
+    /// then every piece of it at once.
+    pub fn on_piece(&mut self, seq: u64, more: bool, entries: BytesMap, mono_ms: u64) -> Vec<BytesMap> {
+        if more && self.held.len() < MAX_HELD_PIECES {
+            self.held.push(entries);
+            return Vec::new();
+        }
+        self.on_delta(seq, mono_ms);
+        let mut pieces = std::mem::take(&mut self.held);
+        pieces.push(entries);
+        pieces
+    }
+
+    /// The pieces held from a flush that did not end, to be merged now (its connection ended).
+    pub fn take_held(&mut self) -> Vec<BytesMap> {
+        std::mem::take(&mut self.held)
+    }
+
     /// A delta numbered `seq` arrived at `mono_ms`: an ack is owed for it.
     pub fn on_delta(&mut self, seq: u64, mono_ms: u64) {
         if seq > self.received {
@@ -252,11 +281,22 @@ impl Deltas {
         if self.pending.is_empty() {
             msgs.push(PeerMsg::Ack { ack, root: root_fp });
         } else {
-            // One sequence number per frame: an ack then covers only frames that arrived.
-            for piece in split(self.pending.flush(), CHUNK_BYTES) {
+            // One sequence number per frame: an ack then covers only frames that arrived. The
+            // receiver merges the pieces of one flush together (`more`), so the writes of one
+            // batch (a transaction) are never seen in part, wherever the cut falls.
+            let pieces = split(self.pending.flush(), CHUNK_BYTES);
+            let count = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
                 self.sent_seq += 1;
                 entries += piece.entry_count();
-                msgs.push(PeerMsg::Delta { seq: self.sent_seq, ack, root: root_fp, entries: piece.clone() });
+                let more = i + 1 < count;
+                msgs.push(PeerMsg::Delta {
+                    seq: self.sent_seq,
+                    ack,
+                    root: root_fp,
+                    more,
+                    entries: piece.clone(),
+                });
                 self.keep_unacked(self.sent_seq, piece);
             }
         }

@@ -125,6 +125,9 @@ impl Gateway {
         m.last_contact = Some(now.mono_ms);
         m.phase = Phase::Down(Down { since: now.mono_ms });
         m.deltas.requeue_unacked(&self.replica);
+        // A flush cut by the failure: its pieces are good data, and the peer may never send
+        // them again (it may be gone for good). Merged below.
+        let held = m.deltas.take_held();
         // A second connection to the same peer, still greeting, takes over.
         if let Some((&other, info)) = self.conns.iter().find(|(_, c)| c.peer == peer) {
             m.phase = Phase::Greeting(Greeting { conn: other, dialed: info.dialed });
@@ -154,6 +157,10 @@ impl Gateway {
             // A node that connected and went before saying who it is or where it can be
             // reached: nothing to keep of it.
             self.members.remove(&peer);
+        }
+        for piece in held {
+            let piece = self.admit(&peer, &piece, now).into_owned();
+            self.on_remote(&piece, now);
         }
         if self.fill.uses(conn) {
             self.fill.interrupted();

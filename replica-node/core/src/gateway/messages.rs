@@ -161,14 +161,17 @@ impl Gateway {
         }
         match msg {
             PeerMsg::Hello(_) => unreachable!("handled above"),
-            PeerMsg::Delta { seq, ack, root, entries } => {
+            PeerMsg::Delta { seq, ack, root, more, entries } => {
                 m.deltas.on_ack(ack, self.incarnation);
-                m.deltas.on_delta(seq, now.mono_ms);
                 if let Some(l) = m.phase.live_mut() {
                     l.repair.on_root(root);
                 }
-                let entries = self.admit(&peer, &entries, now).into_owned();
-                self.on_remote(&entries, now);
+                // All pieces of a flush are merged in this one call, so the actors get them in
+                // one fan-out.
+                for piece in m.deltas.on_piece(seq, more, entries, now.mono_ms) {
+                    let piece = self.admit(&peer, &piece, now).into_owned();
+                    self.on_remote(&piece, now);
+                }
             }
             PeerMsg::Ack { ack, root } => {
                 m.deltas.on_ack(ack, self.incarnation);

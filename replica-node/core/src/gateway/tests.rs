@@ -91,6 +91,7 @@ fn peer_delta(g: &mut Gateway, conn: ConnId, seq: u64, keys: &[&str], t: u64) {
         seq,
         ack: Ack::default(),
         root: Fingerprint::default(),
+        more: false,
         entries: (*delta(keys, 5)).clone(),
     };
     g.handle(Event::Message { conn, msg }, at(t));
@@ -282,6 +283,7 @@ fn a_new_incarnation_resets_the_sequence_state_and_resends_everything_unacknowle
         seq: 1,
         ack: Ack { incarnation: ME + 5, seq: 99 },
         root: Fingerprint::default(),
+        more: false,
         entries: BytesMap::new(),
     };
     g.handle(Event::Message { conn: 2, msg }, at(1_100));
@@ -757,4 +759,79 @@ fn buckets_still_changing_are_left_to_a_later_round() {
     }
     assert!(t >= 1_500 + QUIET_MS);
     assert_eq!(a.root(), b.root());
+}
+
+/// What `g` fans out to its actors at `t`: the entry counts of its batches.
+fn fanned_out(g: &mut Gateway, t: u64) -> Vec<usize> {
+    drain(g, t)
+        .iter()
+        .filter_map(|t| match t {
+            Transmit::FanOut(b) => Some(b.delta.entry_count()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch of writes larger than one frame: two keys far apart, 600 KiB each.
+fn large_batch(wall: u64) -> Arc<BytesMap> {
+    let mut d = BytesMap::new();
+    for k in ["a-first", "z-last"] {
+        d.put(
+            Bytes::from_static(k.as_bytes()),
+            Bytes::from(vec![b'v'; 600 << 10]),
+            Timestamp::new(wall, 0, 1),
+        );
+    }
+    Arc::new(d)
+}
+
+#[test]
+fn a_batch_split_across_frames_is_merged_and_fanned_out_whole() {
+    let (mut a, mut b) = pair(BytesMap::new(), BytesMap::new());
+    exchange(&mut a, &mut b, 1, 0);
+    a.handle(Event::Local(large_batch(10)), at(1_000));
+    let msgs = deltas_and_acks(sent(&drain(&mut a, 1_000), 1));
+    let more: Vec<bool> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            PeerMsg::Delta { more, .. } => Some(*more),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(more, [true, false], "two frames, the first saying more follow");
+    let [first, last] = <[PeerMsg; 2]>::try_from(msgs).unwrap();
+    b.handle(Event::Message { conn: 1, msg: first }, at(1_010));
+    assert_eq!(b.replica().entry_count(), 0, "the first piece waits for the last");
+    assert!(fanned_out(&mut b, 2_000).is_empty(), "nothing reaches the actors in part");
+    assert!(
+        !deltas_and_acks(sent(&drain(&mut b, 3_000), 1)).iter().any(|m| ack_of(m).is_some_and(|a| a.seq > 0)),
+        "an incomplete flush is not acknowledged"
+    );
+    b.handle(Event::Message { conn: 1, msg: last }, at(3_010));
+    assert_eq!(b.replica().entry_count(), 2);
+    assert_eq!(fanned_out(&mut b, 4_000), [2], "both writes in one batch");
+}
+
+#[test]
+fn the_pieces_of_a_flush_cut_by_a_failure_are_kept() {
+    let (mut a, mut b) = pair(BytesMap::new(), BytesMap::new());
+    a.handle(Event::Local(large_batch(10)), at(1_000));
+    let first = deltas_and_acks(sent(&drain(&mut a, 1_000), 1)).swap_remove(0);
+    b.handle(Event::Message { conn: 1, msg: first }, at(1_010));
+    assert_eq!(b.replica().entry_count(), 0);
+    // The connection ends before the last piece: what arrived is good data, merged at once
+    // (the sender may never come back).
+    b.handle(Event::Disconnected { conn: 1 }, at(1_020));
+    assert_eq!(b.replica().entry_count(), 1);
+    // A peer that never ends its flush is not held for without bound.
+    let (mut a, mut b) = pair(BytesMap::new(), BytesMap::new());
+    exchange(&mut a, &mut b, 1, 0);
+    for seq in 1..=link::MAX_HELD_PIECES as u64 + 1 {
+        let mut d = BytesMap::new();
+        d.put(Bytes::from(format!("k{seq:03}")), Bytes::from_static(b"v"), Timestamp::new(5, 0, 1));
+        let msg =
+            PeerMsg::Delta { seq, ack: Ack::default(), root: Fingerprint::default(), more: true, entries: d };
+        b.handle(Event::Message { conn: 1, msg }, at(2_000));
+    }
+    assert_eq!(b.replica().entry_count(), link::MAX_HELD_PIECES + 1);
 }
