@@ -8,6 +8,7 @@
 //!   time until other actors return it).
 //! - [`bulk`]: the loopback QUIC bulk rate, the anchor of `join_speed`.
 //! - [`load`]: pipelined `SET` loading of any RESP server, RSS and CPU time of a process.
+//! - [`churn`]: the delete-heavy workload of `clocks_tombstones` and `tombstone_heap`.
 //!
 //! Binaries (`src/bin/`): `crdt_ratio`, `local_visibility`, `remote_visibility`, `join_speed`,
 //! `memory` (RSS of 1 M keys against redis-server), `flood_fairness` (PING latency and visibility under a pipelining flood, RSS under the `MGET`
@@ -15,6 +16,7 @@
 //! processes.
 
 pub mod bulk;
+pub mod churn;
 pub mod data;
 pub mod harness;
 pub mod load;

@@ -6,7 +6,9 @@
 //! clock is ahead of ours by `t1 - (t0 + rtt / 2)` (NTP's estimate: the reply is assumed to
 //! spend half the round trip on the way back). Of the last [`SAMPLES`] samples the one with the
 //! shortest round trip is kept, since queueing on either side only ever adds delay, and the
-//! error of a sample is at most half its round trip.
+//! error of a sample is at most half its round trip. Decisions (refusing writes, moving the
+//! clock up) count only what is sure: the offset less that error, so a slow round trip (a
+//! busy peer, a queue on the way) cannot make clocks that agree look skewed.
 //!
 //! The gateway turns the offsets of its live peers into two decisions (see
 //! [`super::Gateway::clock`]): a server ahead of most peers by more than the bound refuses
@@ -66,7 +68,35 @@ impl PeerClock {
 
     /// The best estimate of how far the peer's clock is ahead of ours (ms; negative: behind).
     pub fn offset(&self) -> Option<i64> {
-        self.samples.iter().min_by_key(|(rtt, _)| *rtt).map(|(_, o)| *o)
+        self.measured().map(|m| m.offset_ms)
+    }
+
+    /// The best estimate with its error bound.
+    pub fn measured(&self) -> Option<Measured> {
+        self.samples.iter().min_by_key(|(rtt, _)| *rtt).map(|&(rtt, offset_ms)| Measured {
+            offset_ms,
+            error_ms: rtt.div_ceil(2),
+            refusing: self.refusing,
+        })
+    }
+}
+
+/// One peer's clock as measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// How far the peer's clock is ahead of ours (ms; negative: behind): the estimate.
+    pub offset_ms: i64,
+    /// How far off the estimate may be, either way (half the sample's round trip).
+    pub error_ms: u64,
+    /// Whether the peer refuses client writes for its own clock.
+    pub refusing: bool,
+}
+
+impl Measured {
+    /// The part of the offset that is sure: the estimate moved toward zero by its error.
+    fn sure_ms(&self) -> i64 {
+        let size = self.offset_ms.unsigned_abs().saturating_sub(self.error_ms) as i64;
+        size * self.offset_ms.signum()
     }
 }
 
@@ -102,16 +132,18 @@ impl ClockView {
         }
     }
 
-    /// The view from the offsets of the peers measured (peer clock minus ours, and whether the
-    /// peer itself refuses writes for its clock), for a bound of `bound_ms`.
-    pub fn from_offsets(measured: Vec<(i64, bool)>, bound_ms: u64) -> ClockView {
+    /// The view from the clocks of the peers measured, for a bound of `bound_ms`. The largest
+    /// offset reported is the largest estimate; the decisions count only the sure part of
+    /// each offset.
+    pub fn from_offsets(measured: Vec<Measured>, bound_ms: u64) -> ClockView {
         if measured.is_empty() {
             return ClockView::default();
         }
+        let max_offset_ms = measured.iter().map(|m| m.offset_ms.unsigned_abs()).max().unwrap_or(0);
+        let measured: Vec<(i64, bool)> = measured.iter().map(|m| (m.sure_ms(), m.refusing)).collect();
         let mut offsets: Vec<i64> = measured.iter().map(|(o, _)| *o).collect();
         offsets.sort_unstable();
         let n = offsets.len();
-        let max_offset_ms = offsets.iter().map(|o| o.unsigned_abs()).max().unwrap_or(0);
         // The clock to move up to is that of the peers whose clocks are not themselves off:
         // the lower median of theirs (at least half of them are at least this far ahead).
         let mut sound: Vec<i64> =
@@ -159,8 +191,8 @@ mod tests {
         assert_eq!(c.offset(), Some(1_000));
     }
 
-    fn sound(offsets: &[i64]) -> Vec<(i64, bool)> {
-        offsets.iter().map(|&o| (o, false)).collect()
+    fn sound(offsets: &[i64]) -> Vec<Measured> {
+        offsets.iter().map(|&o| Measured { offset_ms: o, error_ms: 0, refusing: false }).collect()
     }
 
     #[test]
@@ -186,11 +218,32 @@ mod tests {
         assert_eq!(ahead.refusal().as_deref(), Some("clock ahead of the cluster by 3000 ms"));
         assert_eq!(ClockView::from_offsets(sound(&[400]), bound).refusal(), None, "within the bound");
         // Peers far ahead that refuse writes themselves are not followed.
-        let v =
-            ClockView::from_offsets(vec![(-3_200, false), (2_400, true), (3_800, true), (-60, false)], bound);
+        let m = |offset_ms, refusing| Measured { offset_ms, error_ms: 0, refusing };
+        let v = ClockView::from_offsets(
+            vec![m(-3_200, false), m(2_400, true), m(3_800, true), m(-60, false)],
+            bound,
+        );
         assert_eq!((v.correction_ms, v.ahead_ms), (0, None));
         // Small offsets either way: nothing to do beyond the correction.
         let v = ClockView::from_offsets(sound(&[-3, 2]), bound);
         assert_eq!((v.correction_ms, v.ahead_ms), (0, None));
+    }
+
+    #[test]
+    fn a_slow_round_trip_does_not_make_agreeing_clocks_look_skewed() {
+        // The same clock on both sides, but the reply sat 1.2 s in a busy peer's queue: the
+        // estimate is 600 ms off, and only what exceeds the error counts.
+        let mut c = PeerClock::default();
+        let t0 = c.poll_probe(10_000, 0).unwrap();
+        c.on_reply(t0, 10_000 + 1_200, false, 1_200);
+        let m = c.measured().unwrap();
+        assert_eq!((m.offset_ms, m.error_ms), (600, 600));
+        let v = ClockView::from_offsets(vec![m], 500);
+        assert_eq!(v.max_offset_ms, 600, "the estimate is reported");
+        assert_eq!(v.refusal(), None, "but nothing sure passes the bound");
+        assert_eq!(ClockView::from_offsets(vec![Measured { offset_ms: -600, ..m }], 500).refusal(), None);
+        // A peer 3 s ahead measured over a 400 ms round trip is still 2.8 s ahead for sure.
+        let far = Measured { offset_ms: 3_000, error_ms: 200, refusing: false };
+        assert_eq!(ClockView::from_offsets(vec![far], 500).disputed_ms, Some(2_800));
     }
 }

@@ -9,7 +9,7 @@ use crate::peer::{Hello, MAX_MEMBERS, MemberInfo, MemberState, PROTOCOL_VERSION,
 use crate::replica::Now;
 
 use super::link::{Deltas, Down, Greeting, Phase};
-use super::{ClockView, CloseWhy, ConnId, ConnInfo, Gateway, Member, Notice, Transmit};
+use super::{ClockView, CloseWhy, ConnId, ConnInfo, Gateway, Measured, Member, Notice, Transmit};
 
 impl Member {
     pub(super) fn new(now: u64) -> Self {
@@ -333,11 +333,8 @@ impl Gateway {
                 }
             }
         }
-        let measured: Vec<(i64, bool)> = self
-            .members
-            .values()
-            .filter_map(|m| m.phase.live().and_then(|l| Some((l.clock.offset()?, l.clock.refusing))))
-            .collect();
+        let measured: Vec<Measured> =
+            self.members.values().filter_map(|m| m.phase.live().and_then(|l| l.clock.measured())).collect();
         let clock = ClockView::from_offsets(measured, self.max_clock_offset_ms);
         if clock.refusal().is_some() != self.clock.refusal().is_some() {
             self.out.push_back(Transmit::Notice(Notice::Skewed { refusal: clock.refusal() }));
