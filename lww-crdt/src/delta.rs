@@ -1,6 +1,6 @@
 //! Deltas and delta buffers.
 
-use std::sync::Arc;
+use triomphe::Arc;
 
 use crate::{Entry, Key, LwwMap, Record};
 

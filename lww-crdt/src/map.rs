@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::num::NonZeroU64;
 use std::ops::{AddAssign, Bound, RangeBounds};
-use std::sync::Arc;
+use triomphe::Arc;
 
 use crate::Timestamp;
 use crate::key::Key;
@@ -829,12 +829,12 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&seen[0], &rec));
         // 1 (rec) + writer + delta + by_ref + owned + via_callback + seen.
-        assert_eq!(Arc::strong_count(&rec), 7);
+        assert_eq!(Arc::count(&rec), 7);
         let clone = by_ref.clone();
         assert!(Arc::ptr_eq(clone.get_record(&b"k"[..]).unwrap(), &rec), "a clone shares records");
         // A newer write replaces the pointer in one map only; the old record lives on elsewhere.
         assert!(by_ref.put(b("k"), b("w"), ts(11, 2)));
-        assert_eq!(Arc::strong_count(&rec), 7);
+        assert_eq!(Arc::count(&rec), 7);
         assert_eq!(writer.get(&b"k"[..]), Some(&b("v")));
     }
 

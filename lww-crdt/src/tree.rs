@@ -23,7 +23,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::collections::btree_map;
 use std::ops::Bound;
-use std::sync::Arc;
+use triomphe::Arc;
 
 use crate::Record;
 use crate::key::{Key, Probe, Query, head_after};

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, Record, ReplicaId, Timestamp};
+use lww_crdt::{BytesMap, DeltaBuffer, Entry, Hlc, MergeStats, Record, ReplicaId, Shared, Timestamp};
 
 use crate::pacer::Pacer;
 use crate::stats::SyncStats;
@@ -69,7 +69,7 @@ pub struct Replica {
     max_ahead_ms: u64,
     /// With persistence: every client write that changed the replica since the driver last
     /// took them, unpaced (see [`Replica::take_durable`]).
-    durable: Vec<Arc<Record<Bytes, Bytes>>>,
+    durable: Vec<Shared<Record<Bytes, Bytes>>>,
     keep_durable: bool,
     /// Where the sweep for expired entries resumes: after this key (`None`: from the start).
     sweep_after: Option<Bytes>,
@@ -134,7 +134,7 @@ impl Replica {
     /// The client writes that changed the replica since the last call, oldest first (none
     /// unless [`Replica::keep_durable`] was called). The driver hands them to the persistence
     /// actor at the end of every round, however the pacer holds the same writes back.
-    pub fn take_durable(&mut self) -> std::vec::Drain<'_, Arc<Record<Bytes, Bytes>>> {
+    pub fn take_durable(&mut self) -> std::vec::Drain<'_, Shared<Record<Bytes, Bytes>>> {
         self.durable.drain(..)
     }
 
@@ -177,9 +177,9 @@ impl Replica {
         // One record, shared by this replica, the delta buffer, the durable queue and, through
         // the delta, every other actor's replica and the gateway's.
         let rec = Record::shared(key, Entry { ts, value, expires });
-        if self.map.apply_record(Arc::clone(&rec)) {
+        if self.map.apply_record(Shared::clone(&rec)) {
             if self.keep_durable {
-                self.durable.push(Arc::clone(&rec));
+                self.durable.push(Shared::clone(&rec));
             }
             self.pending.record_shared(rec);
             Ok(ts)

@@ -2,10 +2,9 @@
 //! with the chunks of a snapshot it asked for.
 
 use std::ops::Bound;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use lww_crdt::{BytesMap, MergeStats, Timestamp};
+use lww_crdt::{BytesMap, MergeStats, Shared, Timestamp};
 
 use crate::peer::{Hello, PROTOCOL_VERSION, PeerMsg};
 use crate::replica::Now;
@@ -30,7 +29,7 @@ impl Gateway {
             // A member whose queue was dropped gets nothing more until it is back: repair then
             // finds everything it missed.
             for m in members.values_mut().filter(|m| m.is_active() && !m.deltas.lost) {
-                m.deltas.pending.record_shared(Arc::clone(rec));
+                m.deltas.pending.record_shared(Shared::clone(rec));
             }
         });
         self.stats.sync.received(&stats);
@@ -56,12 +55,12 @@ impl Gateway {
         let members = &mut self.members;
         let stats = self.replica.merge_records_with(delta, |rec, old| {
             digest.replace(&rec.key, old, &rec.entry, now.mono_ms);
-            inbound.record_shared(Arc::clone(rec));
+            inbound.record_shared(Shared::clone(rec));
             // A local write still queued for a member and now replaced goes as the newer entry:
             // this node never sends an entry older than its own (see `Deltas::requeue_unacked`).
             for m in members.values_mut() {
                 if m.deltas.pending.pending().get_entry(&rec.key).is_some() {
-                    m.deltas.pending.record_shared(Arc::clone(rec));
+                    m.deltas.pending.record_shared(Shared::clone(rec));
                 }
             }
         });
