@@ -170,16 +170,20 @@ fn two_threads(
         })
     })?;
     let rt = runtime()?;
-    let (start, sent, _conn) = rt.block_on(async {
+    let (start, sent, received) = rt.block_on(async {
         let ea = PeerEndpoint::bind(loopback(), a, &EndpointOptions::default())?;
         let addr = addr_rx.recv().context("receiver thread failed")?;
         let ab = ea.connect(addr, Some("b2")).await?;
         let start = Instant::now();
         let sent = send(&ab, frames, frame).await;
-        // The connection stays open until the receiver is done.
-        Ok::<_, anyhow::Error>((start, sent, (ea, ab)))
+        // This runtime keeps driving the connection (acknowledgements, the stream's end) until
+        // the receiver is done: a sender that stopped polling could leave the receiver waiting
+        // for its idle timeout.
+        let received = tokio::task::spawn_blocking(move || receiver.join()).await?;
+        drop((ab, ea));
+        Ok::<_, anyhow::Error>((start, sent, received))
     })?;
-    let (bytes, end) = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))??;
+    let (bytes, end) = received.map_err(|_| anyhow::anyhow!("receiver thread panicked"))??;
     sent?;
     Ok((bytes, end - start))
 }
