@@ -99,15 +99,16 @@ impl Gateway {
     /// Every active member other than `node` dialled at `addr` and not connected has been
     /// replaced by `node`, which answers there now.
     pub(super) fn replace_dialed_at(&mut self, addr: &str, node: &str) {
+        self.replace_where(node, |o| o.dial.as_deref() == Some(addr));
+    }
+
+    /// Every active member other than `node`, not connected, for which `stale` holds, is
+    /// replaced by `node`.
+    fn replace_where(&mut self, node: &str, stale: impl Fn(&Member) -> bool) {
         let replaced: Vec<String> = self
             .members
             .iter()
-            .filter(|(id, o)| {
-                id.as_str() != node
-                    && o.is_active()
-                    && o.dial.as_deref() == Some(addr)
-                    && o.phase.conn().is_none()
-            })
+            .filter(|(id, o)| id.as_str() != node && o.is_active() && o.phase.conn().is_none() && stale(o))
             .map(|(id, _)| id.clone())
             .collect();
         for old in replaced {
@@ -259,21 +260,7 @@ impl Gateway {
     /// A member newly heard of, started at `started_ms` and advertised at `addr`, replaces any
     /// older member advertised at the same address that is not connected.
     pub(super) fn replace_at(&mut self, node: &str, addr: &str, started_ms: u64) {
-        let replaced: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(id, o)| {
-                id.as_str() != node
-                    && o.is_active()
-                    && o.advertised.as_deref() == Some(addr)
-                    && o.phase.conn().is_none()
-                    && o.started_ms < started_ms
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for old in replaced {
-            self.replace(&old, node);
-        }
+        self.replace_where(node, |o| o.advertised.as_deref() == Some(addr) && o.started_ms < started_ms);
     }
 
     pub(super) fn replace(&mut self, old: &str, new: &str) {

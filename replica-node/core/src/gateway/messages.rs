@@ -341,21 +341,7 @@ impl Gateway {
         }));
         self.out.push_back(Transmit::Notice(Notice::Up { peer: peer.to_owned(), addr: hello.peer.clone() }));
         // Another active member advertised at this address is gone: this node took its place.
-        let replaced: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(id, o)| {
-                id.as_str() != peer
-                    && o.is_active()
-                    && o.advertised.as_deref() == Some(&hello.peer)
-                    && o.phase.conn().is_none()
-                    && o.started_ms < hello.started_ms
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for old in replaced {
-            self.replace(&old, peer);
-        }
+        self.replace_at(peer, &hello.peer, hello.started_ms);
         if fill_interrupted {
             // What arrived goes to the actors now, as when its connection goes down.
             self.release_held();
