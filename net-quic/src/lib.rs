@@ -63,7 +63,8 @@ pub use frame::{
 };
 pub use identity::{
     ALPN, ANY_NODE_NAME, CA_CERT_FILE, CA_KEY_FILE, ClusterIdentity, IdentityError, MAX_NODE_ID_LEN,
-    NodeIdentity, PeerIdError, node_id_from_cert, validate_node_id,
+    NODE_CERT_FILE, NODE_KEY_FILE, NodeIdentity, PeerIdError, issued_node_id, node_id_from_cert,
+    validate_node_id,
 };
 #[cfg(feature = "linkem")]
 pub use linkem::{LinkConfig, LinkEmulator, LinkStats};

@@ -139,3 +139,46 @@ fn node_certificates_name_their_node() {
     node.server_config().unwrap();
     node.client_config().unwrap();
 }
+
+/// A directory from `issue_node_files` (no CA key) proves its one node, mints no other, and
+/// is refused when its certificate is from another CA or its key is not the certificate's.
+#[test]
+fn an_issued_node_directory_proves_its_node_and_nothing_else() {
+    use net_quic::{NODE_KEY_FILE, issued_node_id};
+    let dir = temp_dir("issued");
+    let ca = ClusterIdentity::load_or_create(&dir.path().join("ca")).unwrap();
+    let out = dir.path().join("node");
+    ca.issue_node_files("00000000000b", &out).unwrap();
+    assert!(!out.join(CA_KEY_FILE).exists());
+    assert_eq!(issued_node_id(&out).unwrap().as_deref(), Some("00000000000b"));
+    let node = ClusterIdentity::load_or_create(&out).unwrap();
+    assert!(!node.created());
+    assert_eq!(node.issued_node(), Some("00000000000b"));
+    assert_eq!(node.ca_cert_der(), ca.ca_cert_der(), "the same trust anchor");
+    let me = node.mint_node("00000000000b").unwrap();
+    assert_eq!(node_id_from_cert(me.cert_der()).unwrap(), "00000000000b");
+    assert!(matches!(node.mint_node("00000000000c"), Err(IdentityError::NoCaKey { .. })));
+    assert_eq!(
+        ClusterIdentity::load_or_create(&out).unwrap().endpoint_secret("x"),
+        node.endpoint_secret("x"),
+        "stable across restarts"
+    );
+    // Files are never overwritten.
+    assert!(ca.issue_node_files("00000000000d", &out).is_err());
+    assert_eq!(issued_node_id(&out).unwrap().as_deref(), Some("00000000000b"));
+
+    // A certificate of another cluster's CA beside this CA certificate: refused.
+    let other = ClusterIdentity::load_or_create(&dir.path().join("other")).unwrap();
+    let foreign = dir.path().join("foreign");
+    other.issue_node_files("00000000000e", &foreign).unwrap();
+    std::fs::copy(out.join(CA_CERT_FILE), foreign.join(CA_CERT_FILE)).unwrap();
+    let err = ClusterIdentity::load_or_create(&foreign).unwrap_err();
+    assert!(matches!(err, IdentityError::NodeCert { .. }), "{err}");
+    // A key that is not the certificate's: refused.
+    let mixed = dir.path().join("mixed");
+    ca.issue_node_files("00000000000f", &mixed).unwrap();
+    std::fs::remove_file(mixed.join(NODE_KEY_FILE)).unwrap();
+    std::fs::copy(out.join(NODE_KEY_FILE), mixed.join(NODE_KEY_FILE)).unwrap();
+    let err = ClusterIdentity::load_or_create(&mixed).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}

@@ -24,7 +24,7 @@ mod stats;
 pub mod testkit;
 
 pub use command::Password;
-pub use node::{Description, MAX_ACTORS, Node, NodeConfig, StartError, default_actors};
+pub use node::{Description, MAX_ACTORS, Node, NodeConfig, StartError, default_actors, issue_cert};
 /// The client library (`replica-client`), for embedders and the contract path
 /// `replica_node::client::Client`.
 pub use replica_client as client;

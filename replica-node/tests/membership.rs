@@ -348,3 +348,97 @@ fn the_first_server_killed_and_started_again_with_the_same_command_line_is_refil
     let nodes = cluster_nodes(&b);
     assert_eq!(nodes.get(&old_id).map(|(s, _)| s.as_str()), Some("replaced"), "{nodes:?}");
 }
+
+/// `replica-node issue-cert`: the operator keeps the CA key; a server given only `ca.pem` and
+/// its own certificate and key runs as that node, is admitted by the others, keeps its id
+/// across restarts, and cannot be confused with another node's data directory.
+#[test]
+fn a_server_with_an_issued_certificate_joins_without_the_ca_key() {
+    let dir = temp_dir("issue-cert");
+    let ca_dir = dir.path().join("ca");
+    let out = dir.path().join("node-b");
+    let data = dir.path().join("data-b");
+    let issue = |out: &std::path::Path, node: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_replica-node"));
+        cmd.args(["issue-cert", "--cluster-dir"]).arg(&ca_dir).arg("--out").arg(out);
+        if let Some(id) = node {
+            cmd.args(["--node", id]);
+        }
+        cmd.output().unwrap()
+    };
+    // No CA yet: issue-cert refuses, and creates none.
+    let refused = issue(&out, None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ca.key"), "{refused:?}");
+    assert!(!ca_dir.join("ca.key").exists());
+
+    let port = free_port_block(1).to_string();
+    let a =
+        NodeProcess::start(&["--port", &port, "--actors", "1", "--cluster-dir", ca_dir.to_str().unwrap()]);
+    let issued = issue(&out, None);
+    assert!(issued.status.success(), "{issued:?}");
+    let id = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 12, "{id:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["ca.pem", "node.key", "node.pem"], "no CA key for the server");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("node.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+    }
+    let again = issue(&out, None);
+    assert_eq!(again.status.code(), Some(2), "never overwrites");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"), "{again:?}");
+    assert_eq!(issue(&dir.path().join("x"), Some("NOT-HEX")).status.code(), Some(2));
+
+    let join = a.desc.to_line();
+    let port_b = free_port_block(1).to_string();
+    let b_args = [
+        "--port",
+        &port_b,
+        "--actors",
+        "1",
+        "--cluster-dir",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--join",
+        &join,
+    ];
+    let mut b = NodeProcess::start(&b_args);
+    assert_eq!(b.desc.node, id, "the server runs as the node of its certificate");
+    let ca = Client::new(Fixed(a.desc.client_addrs()[0]));
+    let cb = Client::new(Fixed(b.desc.client_addrs()[0]));
+    ca.put("from-a", "1").unwrap();
+    cb.put("from-b", "2").unwrap();
+    let both =
+        |c: &Client| c.get("from-a").ok().flatten().is_some() && c.get("from-b").ok().flatten().is_some();
+    assert!(
+        eventually(Duration::from_secs(10), || both(&ca) && both(&cb)).is_some(),
+        "{}",
+        b.log.lock().unwrap()
+    );
+    // The same node after a restart.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    b = NodeProcess::start(&b_args);
+    assert_eq!(b.desc.node, id);
+    drop(b);
+    // Another node's certificate with this data directory: a clear error, not a second identity.
+    let other = dir.path().join("node-c");
+    assert!(issue(&other, Some("00000000000c")).status.success());
+    let port_c = free_port_block(1).to_string();
+    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_replica-node"))
+        .args(["--port", &port_c, "--actors", "1", "--cluster-dir", other.to_str().unwrap(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let why = String::from_utf8_lossy(&wrong.stderr);
+    assert!(why.contains("belongs to node") && why.contains("00000000000c"), "{why}");
+}

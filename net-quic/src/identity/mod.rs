@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod ca_store;
+mod node_cert;
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -27,6 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use crate::der;
 use crate::secret::EndpointSecret;
 use ca_store::{ca_params, create_ca, io_err, warn_if_key_readable};
+pub use node_cert::{NODE_CERT_FILE, NODE_KEY_FILE, issued_node_id};
 
 /// The ALPN protocol both sides must offer; a peer speaking anything else fails the handshake.
 pub const ALPN: &[u8] = b"cmud-kv/1";
@@ -90,6 +92,28 @@ pub enum IdentityError {
         /// What failed.
         reason: String,
     },
+    /// The cluster directory holds the CA certificate and a node certificate, not the CA key:
+    /// it can prove this node, not mint certificates.
+    #[error(
+        "{dir} holds no CA key ({CA_KEY_FILE}), only the certificate of node {held}: it cannot \
+         mint a certificate for node {wanted}"
+    )]
+    NoCaKey {
+        /// The cluster directory.
+        dir: PathBuf,
+        /// The node whose certificate the directory holds.
+        held: String,
+        /// The node a certificate was asked for.
+        wanted: String,
+    },
+    /// A node certificate or key issued ahead of time is not usable.
+    #[error("node certificate in {dir} is unusable: {reason}")]
+    NodeCert {
+        /// The cluster directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A node id is not 1 to 63 lowercase hexadecimal digits.
     #[error("invalid node id {0:?}: expected 1 to 63 lowercase hex digits")]
     InvalidNodeId(String),
@@ -149,10 +173,15 @@ pub struct ClusterIdentity {
     /// Whether this process created the CA (rather than loading one another made).
     created: bool,
     ca_cert: CertificateDer<'static>,
-    /// PKCS#8 DER of the CA key; the input of [`ClusterIdentity::endpoint_secret`].
-    ca_key_der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
+    /// PKCS#8 DER of the key secrets derive from ([`ClusterIdentity::endpoint_secret`]): the
+    /// CA key, or, in a directory holding a node certificate instead, the node's key.
+    secret_der: Vec<u8>,
+    /// The CA key as an issuer; `None` in a directory holding a node certificate instead.
+    issuer: Option<Issuer<'static, KeyPair>>,
     roots: Arc<RootCertStore>,
+    /// The node certificate issued ahead of time (`replica-node issue-cert`), in a directory
+    /// without the CA key.
+    issued: Option<NodeIdentity>,
 }
 
 impl std::fmt::Debug for ClusterIdentity {
@@ -167,7 +196,9 @@ impl std::fmt::Debug for ClusterIdentity {
 
 impl ClusterIdentity {
     /// Loads the cluster CA from `dir/ca.pem` and `dir/ca.key`, creating the directory and a new
-    /// CA if neither file exists.
+    /// CA if neither file exists. A directory holding `ca.pem` and a node certificate
+    /// (`node.pem`, `node.key`, as `replica-node issue-cert` writes them) instead of the CA key
+    /// loads as that node's identity: it can prove that node, not mint others.
     ///
     /// Safe when several processes start at once on the same directory: each candidate CA is
     /// written to temporary files and published with hard links, which never overwrite, key
@@ -192,6 +223,7 @@ impl ClusterIdentity {
                     identity.created = won;
                     return Ok(identity);
                 }
+                (true, false) if dir.join(NODE_CERT_FILE).exists() => return Self::load_issued(dir),
                 (cert_exists, _) => {
                     if Instant::now() >= deadline {
                         let (present, missing) = if cert_exists {
@@ -240,9 +272,10 @@ impl ClusterIdentity {
             dir: dir.to_owned(),
             created: false,
             ca_cert,
-            ca_key_der: key.serialize_der(),
-            issuer: Issuer::new(ca_params(&common_name), key),
+            secret_der: key.serialize_der(),
+            issuer: Some(Issuer::new(ca_params(&common_name), key)),
             roots: Arc::new(roots),
+            issued: None,
         };
         identity.probe()?;
         Ok(identity)
@@ -291,8 +324,40 @@ impl ClusterIdentity {
     /// Mints a fresh key pair and a certificate for `node_id`, signed by the CA: SAN
     /// `<node_id>.cmud-kv.internal`, extended key usage server and client authentication,
     /// valid from a year ago (clock skew) to ten years ahead. Nothing is written to disk.
+    ///
+    /// In a directory holding a node certificate instead of the CA key, returns that node's
+    /// identity if `node_id` is its id, and [`IdentityError::NoCaKey`] otherwise.
     pub fn mint_node(&self, node_id: &str) -> Result<NodeIdentity, IdentityError> {
+        if let Some(node) = &self.issued {
+            if node.node_id == node_id {
+                return Ok(node.clone());
+            }
+            return Err(IdentityError::NoCaKey {
+                dir: self.dir.clone(),
+                held: node.node_id.clone(),
+                wanted: node_id.to_owned(),
+            });
+        }
+        let (cert, key) = self.sign_node(node_id)?;
+        Ok(NodeIdentity {
+            node_id: node_id.to_owned(),
+            cert_chain: vec![cert.der().clone()],
+            key_der: key.serialize_der(),
+            roots: self.roots.clone(),
+            endpoint_secret: self.endpoint_secret(node_id),
+        })
+    }
+
+    /// A fresh key pair and a certificate for `node_id` signed by the CA key.
+    fn sign_node(&self, node_id: &str) -> Result<(rcgen::Certificate, KeyPair), IdentityError> {
         validate_node_id(node_id)?;
+        let Some(issuer) = &self.issuer else {
+            return Err(IdentityError::NoCaKey {
+                dir: self.dir.clone(),
+                held: self.issued.as_ref().map_or_else(String::new, |n| n.node_id.clone()),
+                wanted: node_id.to_owned(),
+            });
+        };
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![node_dns_name(node_id)])?;
         let mut dn = DistinguishedName::new();
@@ -306,14 +371,14 @@ impl ClusterIdentity {
         let year = current_year();
         params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
         params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(NodeIdentity {
-            node_id: node_id.to_owned(),
-            cert_chain: vec![cert.der().clone()],
-            key_der: key.serialize_der(),
-            roots: self.roots.clone(),
-            endpoint_secret: self.endpoint_secret(node_id),
-        })
+        let cert = params.signed_by(&key, issuer)?;
+        Ok((cert, key))
+    }
+
+    /// The node certificate this directory holds instead of the CA key, if it does: the node
+    /// id it proves.
+    pub fn issued_node(&self) -> Option<&str> {
+        self.issued.as_ref().map(|n| n.node_id.as_str())
     }
 
     /// A 32-byte key derived from the CA certificate and `label` (HKDF-SHA256), the same in
@@ -325,12 +390,13 @@ impl ClusterIdentity {
     }
 
     /// A secret derived from the CA key and `label` (HKDF-SHA256), the same in every process
-    /// that loads this CA. Pass it in [`EndpointOptions::secret`](crate::EndpointOptions) so a
+    /// that loads this CA (in a directory holding a node certificate instead of the CA key:
+    /// from that node's key, the same in every run of that node). Pass it in [`EndpointOptions::secret`](crate::EndpointOptions) so a
     /// restarted node keeps its stateless-reset and connection-id keys and its peers notice the
     /// restart at once. The label must be stable across restarts of one node and distinct
     /// between nodes: the node id if it is persisted, else the listen address `host:port`.
     pub fn endpoint_secret(&self, label: &str) -> EndpointSecret {
-        EndpointSecret::derive(&self.ca_key_der, label.as_bytes())
+        EndpointSecret::derive(&self.secret_der, label.as_bytes())
     }
 }
 

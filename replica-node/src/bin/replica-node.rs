@@ -37,8 +37,10 @@ const REQUIREPASS_ENV: &str = "REPLICA_NODE_REQUIREPASS";
 /// password is never taken from the command line, where other users of the machine can read
 /// it.
 #[derive(Debug, Parser)]
-#[command(version, long_about)]
+#[command(version, long_about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (and advertise, unless --advertise says otherwise).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -59,7 +61,8 @@ struct Args {
     join: Vec<Description>,
     /// Directory of the cluster certificate authority (`ca.pem`, `ca.key`), created on first
     /// start. Every server of a cluster uses the same CA; a peer whose certificate it did not
-    /// sign is refused.
+    /// sign is refused. Or a directory from `replica-node issue-cert` (`ca.pem`, `node.pem`,
+    /// `node.key`): the server runs as that node without the CA key.
     #[arg(long, default_value = "./cluster")]
     cluster_dir: PathBuf,
     /// Keep the node's state and identity in DIR (created if absent): a log of every write,
@@ -191,6 +194,30 @@ fn requirepass(file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<O
     Ok(Some(bytes))
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Issue a node certificate from the cluster CA, so that a server need not hold the CA key.
+    ///
+    /// Writes ca.pem, node.pem and node.key (the key with mode 0600) into --out (never overwriting a file)
+    /// and prints the node id. Give that directory to one server as its --cluster-dir: it runs
+    /// as that node (with --data-dir, the directory must be new or that node's), proves it to
+    /// its peers and can mint no other certificate. Keep ca.key with the operator.
+    IssueCert(IssueCertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IssueCertArgs {
+    /// Directory of the cluster CA to sign with (ca.pem and ca.key; never created here).
+    #[arg(long, default_value = "./cluster")]
+    cluster_dir: PathBuf,
+    /// Directory to write ca.pem, node.pem and node.key into (created if absent).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The node id, 12 lowercase hex digits [default: a new random id].
+    #[arg(long, value_name = "ID")]
+    node: Option<String>,
+}
+
 fn main() -> ExitCode {
     // Colours only for a person at a terminal: not in files, pipes or journals, nor with NO_COLOR.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -202,6 +229,24 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::IssueCert(a)) = &args.command {
+        return match replica_node::issue_cert(&a.cluster_dir, &a.out, a.node.as_deref()) {
+            Ok(id) => {
+                println!("{id}");
+                eprintln!(
+                    "replica-node: issued node {id}: {} holds ca.pem, node.pem and node.key; start that \
+                     server with --cluster-dir {}",
+                    a.out.display(),
+                    a.out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("replica-node: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let requirepass = match requirepass(args.requirepass_file.as_deref(), std::env::var_os(REQUIREPASS_ENV)) {
         Ok(p) => p,
         Err(e) => {

@@ -67,13 +67,29 @@ impl Node {
         let (ip, joins) = validate(config)?;
         // The data directory first: it holds the node's id, and a second process on it must be
         // refused before anything is bound.
-        let mut data = match &config.data_dir {
-            Some(path) => Some(open_data_dir(path, config)?),
+        // A cluster directory holding a node certificate issued ahead of time (`replica-node
+        // issue-cert`) fixes the node's id.
+        let issued = match &config.cluster_dir {
+            Some(dir) => net_quic::issued_node_id(dir)
+                .map_err(|e| StartError::Cluster(format!("{}: {e}", dir.display())))?,
             None => None,
         };
-        let node = match &data {
-            Some(d) => d.dir.node().to_owned(),
-            None => format!("{:012x}", random_u64() >> 16),
+        let mut data = match &config.data_dir {
+            Some(path) => Some(open_data_dir(path, config, issued.clone())?),
+            None => None,
+        };
+        let node = match (&data, &issued) {
+            (Some(d), Some(id)) if d.dir.node() != id => {
+                return Err(StartError::Config(format!(
+                    "the data directory belongs to node {}, but the certificate in the cluster \
+                     directory is node {id}'s: give each server its own certificate and its own \
+                     data directory",
+                    d.dir.node()
+                )));
+            }
+            (Some(d), _) => d.dir.node().to_owned(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => format!("{:012x}", random_u64() >> 16),
         };
         let node_num =
             u64::from_str_radix(&node, 16).ok().filter(|n| node.len() == 12 && *n < 1 << 48).ok_or_else(
@@ -392,9 +408,13 @@ fn copies_of(map: &BytesMap, n: usize) -> Result<Vec<BytesMap>, StartError> {
 }
 
 /// Opens the data directory and recovers its state, timing it for the logs.
-fn open_data_dir(path: &Path, config: &NodeConfig) -> Result<replica_persist::Opened, StartError> {
+fn open_data_dir(
+    path: &Path,
+    config: &NodeConfig,
+    issued: Option<String>,
+) -> Result<replica_persist::Opened, StartError> {
     let t0 = Instant::now();
-    let new_id = || format!("{:012x}", random_u64() >> 16);
+    let new_id = || issued.unwrap_or_else(|| format!("{:012x}", random_u64() >> 16));
     #[cfg(feature = "testkit")]
     let opened = DataDir::open_faulty(path, Options::default(), config.faults.disk.clone(), new_id)?;
     #[cfg(not(feature = "testkit"))]
@@ -539,4 +559,28 @@ fn resolve_host(host: &str) -> Result<IpAddr, StartError> {
         .and_then(|mut a| a.next())
         .map(|a| a.ip())
         .ok_or_else(|| StartError::Config(format!("cannot resolve --host {host:?}")))
+}
+
+/// `replica-node issue-cert`: signs a certificate for node `node` (12 lowercase hex digits; a
+/// new random id if `None`) with the CA in `cluster_dir`, which must exist, and writes
+/// `ca.pem`, `node.pem` and `node.key` into `out`, for a server to use as its cluster
+/// directory without the CA key. Returns the node id.
+pub fn issue_cert(cluster_dir: &Path, out: &Path, node: Option<&str>) -> Result<String, StartError> {
+    let id = match node {
+        Some(id) if id.len() == 12 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            id.to_owned()
+        }
+        Some(id) => {
+            return Err(StartError::Config(format!("--node {id:?}: a node id is 12 lowercase hex digits")));
+        }
+        None => format!("{:012x}", random_u64() >> 16),
+    };
+    let cluster = ClusterIdentity::load(cluster_dir).map_err(|e| {
+        StartError::Cluster(format!(
+            "{}: {e} (issue-cert signs with an existing cluster CA: ca.pem and ca.key)",
+            cluster_dir.display()
+        ))
+    })?;
+    cluster.issue_node_files(&id, out).map_err(|e| StartError::Cluster(e.to_string()))?;
+    Ok(id)
 }
