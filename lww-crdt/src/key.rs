@@ -295,12 +295,6 @@ impl<'q, Q: Key + ?Sized> Query<'q, Q> {
     pub(crate) fn new(key: &'q Q) -> Self {
         Query { head: key.head(), key, exact: false }
     }
-
-    /// A query whose head (and exactness) the caller computed.
-    pub(crate) fn known(key: &'q Q, head: u64, exact: bool) -> Self {
-        Query { head, key, exact }
-    }
-
     /// A query for a tree whose keys all start with the same `skip` bytes as `key`.
     pub(crate) fn after(key: &'q Q, skip: usize) -> Self {
         let head = head_after(key, skip);

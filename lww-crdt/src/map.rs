@@ -222,8 +222,7 @@ impl<K: PartialEq, V: PartialEq> PartialEq for LwwMap<K, V> {
         self.entries.len() == other.entries.len()
             && self.tombstones == other.tombstones
             && self.entries.iter().zip(other.entries.iter()).all(|(a, b)| {
-                Arc::ptr_eq(&a.rec, &b.rec)
-                    || (a.head == b.head && a.rec.key == b.rec.key && a.rec.entry == b.rec.entry)
+                Arc::ptr_eq(&a.rec, &b.rec) || (a.rec.key == b.rec.key && a.rec.entry == b.rec.entry)
             })
     }
 }

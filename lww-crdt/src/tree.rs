@@ -11,12 +11,15 @@
 //! next chunk's; a key below every separator is new and becomes the first chunk's first key,
 //! and that chunk its separator.
 //!
-//! Heads skip the prefix every key of the tree shares (byte-string keys, up to
-//! [`MAX_PREFIX`] bytes): with keys such as `key:000000012345` the first 8 bytes are the same
-//! everywhere, and heads of those bytes would send every comparison to the keys' buffers. The
-//! prefix only shrinks, when a key without it arrives; then every head is computed anew (a
-//! pass over the tree, at most [`MAX_PREFIX`] times in its life, and in practice while it is
-//! small).
+//! Heads skip a prefix their keys share (byte-string keys, up to [`MAX_PREFIX`] bytes): with
+//! keys such as `key:000000012345` the first 8 bytes are the same everywhere, and heads of
+//! those bytes would send every comparison to the keys' buffers. Two prefixes: the separators'
+//! heads skip the one every key of the tree shares, which only shrinks, when a key without it
+//! arrives (then every separator's head is computed anew); each chunk's slots skip the one its
+//! own keys share, set when the chunk is made (built, split) and shortened when a key without
+//! it joins the chunk (its heads are computed anew, at most [`MAX`] of them). So a tree holding
+//! several key families (`user:…` and `session:…`, whose shared prefix is empty) still
+//! compares most keys by their heads alone within a chunk.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -37,6 +40,8 @@ pub(crate) const GROW: usize = 8;
 const FILL: usize = 112;
 /// Longest shared prefix the heads skip.
 pub(crate) const MAX_PREFIX: usize = 64;
+/// How many more shared bytes make a chunk's heads worth computing anew when it splits.
+const LONGER: usize = 4;
 
 /// An element of the tree: a shared record and its key's head, inline so that most comparisons
 /// never leave the chunk (see [`Key`]). 16 bytes.
@@ -112,7 +117,134 @@ impl<'a, K: Borrow<Q> + 'a, Q: ?Sized> Borrow<dyn Probe<Q> + 'a> for Sep<K> {
     }
 }
 
-type Chunk<K, V> = Vec<Slot<K, V>>;
+/// A sorted run of at most [`MAX`] slots, whose heads skip the first `skip` bytes every key of
+/// the chunk shares, kept inline (`prefix`) so that a search need not read a key to use them.
+#[derive(Debug)]
+struct Chunk<K, V> {
+    skip: usize,
+    prefix: [u8; MAX_PREFIX],
+    slots: Vec<Slot<K, V>>,
+}
+
+impl<K, V> Clone for Chunk<K, V> {
+    fn clone(&self) -> Self {
+        Chunk { skip: self.skip, prefix: self.prefix, slots: self.slots.clone() }
+    }
+}
+
+impl<K, V> std::ops::Deref for Chunk<K, V> {
+    type Target = Vec<Slot<K, V>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl<K, V> std::ops::DerefMut for Chunk<K, V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slots
+    }
+}
+
+impl<K: Key, V> Chunk<K, V> {
+    /// A chunk of `slots` (sorted, not empty) whose heads skip `skip_now` bytes. If their keys
+    /// no longer all share those bytes, or share [`LONGER`] more, the heads are computed anew
+    /// for the prefix they share; otherwise they stay (reading every key to gain a byte or two
+    /// would cost more than it saves).
+    fn new(mut slots: Vec<Slot<K, V>>, skip_now: usize) -> Self {
+        let shared = shared_prefix(&slots);
+        if shared >= skip_now && shared < skip_now + LONGER {
+            return Chunk::with_skip(slots, skip_now);
+        }
+        for s in &mut slots {
+            s.head = head_after(&s.rec.key, shared);
+        }
+        Chunk::with_skip(slots, shared)
+    }
+
+    /// A chunk of `slots` whose heads already skip the `skip` bytes their keys share.
+    fn with_skip(slots: Vec<Slot<K, V>>, skip: usize) -> Self {
+        let mut prefix = [0; MAX_PREFIX];
+        if let Some(first) = slots.first().and_then(|s| s.rec.key.as_bytes()) {
+            prefix[..skip].copy_from_slice(&first[..skip]);
+        }
+        Chunk { skip, prefix, slots }
+    }
+
+    /// Where `key` is (`Ok`) or would go (`Err`) in this chunk. `query` is its query for the
+    /// tree's prefix of `tree_skip` bytes, reused when the chunk skips as many.
+    fn search<Q>(&self, key: &Q, query: &Query<'_, Q>, tree_skip: usize) -> Result<usize, usize>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        if self.skip == tree_skip {
+            return self.slots.binary_search_by(|s| cmp(s, query));
+        }
+        // Only byte-string keys have a prefix.
+        let Some(bytes) = key.as_bytes() else {
+            return self.slots.binary_search_by(|s| cmp(s, query));
+        };
+        let prefix = &self.prefix[..self.skip];
+        if !bytes.starts_with(prefix) {
+            // Outside the chunk's prefix: before or after every key of the chunk.
+            return Err(if bytes < prefix { 0 } else { self.slots.len() });
+        }
+        let query = Query::after(key, self.skip);
+        self.slots.binary_search_by(|s| cmp(s, &query))
+    }
+
+    /// The index of the first slot at or above (`after_equal`: above) the key of `query`.
+    fn position<Q>(&self, query: &Query<'_, Q>, tree_skip: usize, after_equal: bool) -> usize
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        match self.search(query.key(), query, tree_skip) {
+            Ok(i) if after_equal => i + 1,
+            Ok(i) | Err(i) => i,
+        }
+    }
+
+    /// Inserts `slot` at `at` (its head for this chunk's prefix if `fits`, else the prefix
+    /// shrinks to what the new key shares and every head is computed anew).
+    fn insert_slot(&mut self, at: usize, slot: Slot<K, V>, fits: bool) {
+        insert_at(&mut self.slots, at, slot);
+        if !fits {
+            let skip = self.skip;
+            let slots = std::mem::take(&mut self.slots);
+            *self = Chunk::new(slots, skip);
+        }
+    }
+
+    /// Whether `key` has this chunk's prefix (so its head for the chunk is order-consistent).
+    fn fits(&self, key: &K) -> bool {
+        key.as_bytes().is_none_or(|b| b.starts_with(&self.prefix[..self.skip]))
+    }
+
+    /// Splits off the upper half when over [`MAX`]; both halves take their own prefix.
+    fn split(&mut self) -> Option<Chunk<K, V>> {
+        if self.slots.len() <= MAX {
+            return None;
+        }
+        let upper = self.slots.split_off(self.slots.len() / 2);
+        shrink(&mut self.slots);
+        let skip = self.skip;
+        let lower = std::mem::take(&mut self.slots);
+        *self = Chunk::new(lower, skip);
+        Some(Chunk::new(upper, skip))
+    }
+}
+
+/// The longest prefix (at most [`MAX_PREFIX`]) every key of sorted, non-empty `slots` shares:
+/// that of the first and the last.
+fn shared_prefix<K: Key, V>(slots: &[Slot<K, V>]) -> usize {
+    match (slots.first().and_then(|s| s.rec.key.as_bytes()), slots.last().and_then(|s| s.rec.key.as_bytes()))
+    {
+        (Some(a), Some(b)) => common_prefix(a, b).min(MAX_PREFIX),
+        _ => 0,
+    }
+}
 
 /// How `a` (a slot) compares with `b` (a query), in tree order; an exact query with the
 /// slot's head is its key, without reading the slot's record.
@@ -179,17 +311,17 @@ impl<K, V> Tree<K, V> {
 
     /// Every slot in key order, consuming the tree.
     pub(crate) fn into_slots(self) -> impl Iterator<Item = Slot<K, V>> {
-        self.index.into_values().flatten()
+        self.index.into_values().flat_map(|c| c.slots)
     }
 }
 
-/// The separator of a chunk starting with `slot`.
-fn sep_of<K: Clone, V>(slot: &Slot<K, V>) -> Sep<K> {
-    Sep { head: slot.head, key: slot.rec.key.clone() }
+/// The separator of a chunk starting with `slot`, in a tree whose keys share `skip` bytes.
+fn sep_of<K: Key + Clone, V>(slot: &Slot<K, V>, skip: usize) -> Sep<K> {
+    Sep { head: head_after(&slot.rec.key, skip), key: slot.rec.key.clone() }
 }
 
 /// Inserts into a chunk, growing it by [`GROW`] slots when full.
-fn insert_at<K, V>(chunk: &mut Chunk<K, V>, at: usize, slot: Slot<K, V>) {
+fn insert_at<K, V>(chunk: &mut Vec<Slot<K, V>>, at: usize, slot: Slot<K, V>) {
     if chunk.len() == chunk.capacity() {
         chunk.reserve_exact(GROW);
     }
@@ -197,7 +329,7 @@ fn insert_at<K, V>(chunk: &mut Chunk<K, V>, at: usize, slot: Slot<K, V>) {
 }
 
 /// Gives back a chunk's unused room beyond [`GROW`].
-fn shrink<K, V>(chunk: &mut Chunk<K, V>) {
+fn shrink<K, V>(chunk: &mut Vec<Slot<K, V>>) {
     if chunk.capacity() > chunk.len() + 2 * GROW {
         chunk.shrink_to(chunk.len() + GROW);
     }
@@ -222,8 +354,14 @@ impl<K: Key + Clone, V> Tree<K, V> {
         let mut chunks = Vec::with_capacity(len.div_ceil(FILL));
         let mut recs = recs.into_iter().peekable();
         while recs.peek().is_some() {
-            let chunk: Chunk<K, V> = recs.by_ref().take(FILL).map(|r| Slot::at(r, skip)).collect();
-            chunks.push((sep_of(&chunk[0]), chunk));
+            let run: Vec<Arc<Record<K, V>>> = recs.by_ref().take(FILL).collect();
+            let chunk_skip = match (run[0].key.as_bytes(), run[run.len() - 1].key.as_bytes()) {
+                (Some(a), Some(b)) => common_prefix(a, b).min(MAX_PREFIX),
+                _ => 0,
+            };
+            let slots: Vec<Slot<K, V>> = run.into_iter().map(|r| Slot::at(r, chunk_skip)).collect();
+            let chunk = Chunk::with_skip(slots, chunk_skip);
+            chunks.push((sep_of(&chunk[0], skip), chunk));
         }
         // Sorted input: the index is built in bulk too.
         Tree { index: chunks.into_iter().collect(), len, prefix }
@@ -263,19 +401,15 @@ impl<K: Key + Clone, V> Tree<K, V> {
         Ok(())
     }
 
-    /// Shortens the shared prefix to its first `keep` bytes and computes every head anew.
+    /// Shortens the shared prefix to its first `keep` bytes and computes every separator's
+    /// head anew (the chunks keep their own prefixes).
     fn shorten_prefix_to(&mut self, keep: usize) {
         self.prefix.truncate(keep);
         let index = std::mem::take(&mut self.index);
         // The order does not change: the index is rebuilt in bulk.
         self.index = index
-            .into_values()
-            .map(|mut chunk| {
-                for s in &mut chunk {
-                    s.head = head_after(&s.rec.key, keep);
-                }
-                (sep_of(&chunk[0]), chunk)
-            })
+            .into_iter()
+            .map(|(sep, chunk)| (Sep { head: head_after(&sep.key, keep), key: sep.key }, chunk))
             .collect();
     }
 
@@ -288,8 +422,9 @@ impl<K: Key + Clone, V> Tree<K, V> {
     ) -> Put<K, V> {
         if self.index.is_empty() {
             self.prefix = rec.key.as_bytes().map_or_else(Vec::new, |b| b[..b.len().min(MAX_PREFIX)].to_vec());
-            let slot = Slot::at(rec, self.prefix.len());
-            self.index.insert(sep_of(&slot), vec![slot]);
+            let skip = self.prefix.len();
+            let slot = Slot::at(rec, skip);
+            self.index.insert(sep_of(&slot, skip), Chunk::with_skip(vec![slot], skip));
             self.len = 1;
             return Put::Inserted;
         }
@@ -298,24 +433,21 @@ impl<K: Key + Clone, V> Tree<K, V> {
         {
             self.shorten_prefix(bytes);
         }
-        let query = Query::after(&rec.key, self.prefix.len());
-        let head = query.head();
-        let exact = query.exact;
-        let slot = Slot { head, rec };
-        let query = Query::known(&slot.rec.key, head, exact);
+        let skip = self.prefix.len();
+        let query = Query::after(&rec.key, skip);
         let probe = &query as &dyn Probe<K>;
         if self.index.first_key_value().is_some_and(|(first, _)| probe < first as &dyn Probe<K>) {
             // Below every key: the first slot of the first chunk, which takes a new separator
             // (separators never exceed their chunk's keys, or the index would misorder chunks).
             let (_, mut chunk) = self.index.pop_first().expect("not empty");
-            insert_at(&mut chunk, 0, slot);
+            let fits = chunk.fits(&rec.key);
+            let slot = Slot::at(rec, chunk.skip);
+            chunk.insert_slot(0, slot, fits);
             self.len += 1;
-            if chunk.len() > MAX {
-                let upper = chunk.split_off(chunk.len() / 2);
-                shrink(&mut chunk);
-                self.index.insert(sep_of(&upper[0]), upper);
+            if let Some(upper) = chunk.split() {
+                self.index.insert(sep_of(&upper[0], skip), upper);
             }
-            self.index.insert(sep_of(&chunk[0]), chunk);
+            self.index.insert(sep_of(&chunk[0], skip), chunk);
             return Put::Inserted;
         }
         let (_, chunk) = self
@@ -323,22 +455,23 @@ impl<K: Key + Clone, V> Tree<K, V> {
             .range_mut::<dyn Probe<K>, _>((Bound::Unbounded, Bound::Included(probe)))
             .next_back()
             .expect("not before every separator: some separator is at most the key");
-        let at = match chunk.binary_search_by(|s| cmp(s, &query)) {
+        let at = match chunk.search(&rec.key, &query, skip) {
             Ok(i) => {
-                return if wins(&chunk[i].rec, &slot.rec) {
-                    Put::Replaced(std::mem::replace(&mut chunk[i], slot).rec)
+                return if wins(&chunk[i].rec, &rec) {
+                    let head = chunk[i].head;
+                    Put::Replaced(std::mem::replace(&mut chunk[i], Slot { head, rec }).rec)
                 } else {
                     Put::Kept
                 };
             }
             Err(i) => i,
         };
-        insert_at(chunk, at, slot);
+        let fits = chunk.fits(&rec.key);
+        let slot = Slot::at(rec, chunk.skip);
+        chunk.insert_slot(at, slot, fits);
         self.len += 1;
-        if chunk.len() > MAX {
-            let upper = chunk.split_off(chunk.len() / 2);
-            shrink(chunk);
-            self.index.insert(sep_of(&upper[0]), upper);
+        if let Some(upper) = chunk.split() {
+            self.index.insert(sep_of(&upper[0], skip), upper);
         }
         Put::Inserted
     }
@@ -391,7 +524,7 @@ impl<K: Key, V> Tree<K, V> {
         let probe = &query as &dyn Probe<Q>;
         let (_, chunk) =
             self.index.range::<dyn Probe<Q>, _>((Bound::Unbounded, Bound::Included(probe))).next_back()?;
-        chunk.binary_search_by(|s| cmp(s, &query)).ok().map(|i| &chunk[i])
+        chunk.search(key, &query, self.prefix.len()).ok().map(|i| &chunk[i])
     }
 
     /// Keeps the slots for which `keep` is true.
@@ -399,7 +532,7 @@ impl<K: Key, V> Tree<K, V> {
         let mut len = 0;
         self.index.retain(|_, chunk| {
             chunk.retain(&mut keep);
-            shrink(chunk);
+            shrink(&mut chunk.slots);
             len += chunk.len();
             !chunk.is_empty()
         });
@@ -420,13 +553,13 @@ impl<K: Key, V> Tree<K, V> {
             .next_back()
             .map(|(_, c)| c);
         let Some(chunk) = found else { return false };
-        let Ok(i) = chunk.binary_search_by(|s| cmp(s, &query)) else { return false };
+        let Ok(i) = chunk.search(key, &query, self.prefix.len()) else { return false };
         if !remove(&chunk[i]) {
             return false;
         }
         chunk.remove(i);
         self.len -= 1;
-        shrink(chunk);
+        shrink(&mut chunk.slots);
         if chunk.is_empty() {
             self.index.retain(|_, c| !c.is_empty());
         }
@@ -441,6 +574,7 @@ impl<K: Key, V> Tree<K, V> {
         Q: Key + ?Sized,
     {
         let empty = Range { front: [].iter(), back: [].iter(), chunks: None };
+        let skip = self.prefix.len();
         // Bounds outside the prefix: below every key or above it.
         let start = match start.map(|k| self.place(k)) {
             Bound::Included(Place::Below) | Bound::Excluded(Place::Below) => Bound::Unbounded,
@@ -453,23 +587,19 @@ impl<K: Key, V> Tree<K, V> {
             other => other,
         };
         let Some(((a_sep, a), lo)) = (match &start {
-            Bound::Included(p) => within(p).and_then(|p| {
-                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt())))
-            }),
-            Bound::Excluded(p) => within(p).and_then(|p| {
-                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le())))
-            }),
+            Bound::Included(p) => within(p)
+                .and_then(|p| self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.position(p, skip, false)))),
+            Bound::Excluded(p) => within(p)
+                .and_then(|p| self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.position(p, skip, true)))),
             Bound::Unbounded => self.index.first_key_value().map(|c| (c, 0)),
         }) else {
             return empty;
         };
         let Some(((b_sep, b), hi)) = (match &end {
-            Bound::Included(p) => within(p).and_then(|p| {
-                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_le())))
-            }),
-            Bound::Excluded(p) => within(p).and_then(|p| {
-                self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.partition_point(|s| cmp(s, p).is_lt())))
-            }),
+            Bound::Included(p) => within(p)
+                .and_then(|p| self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.position(p, skip, true)))),
+            Bound::Excluded(p) => within(p)
+                .and_then(|p| self.chunk_of(p as &dyn Probe<Q>).map(|c| (c, c.1.position(p, skip, false)))),
             Bound::Unbounded => self.index.last_key_value().map(|c| (c, c.1.len())),
         }) else {
             return empty;
@@ -608,11 +738,20 @@ mod tests {
             );
             assert!(chunk[0].rec.key >= sep.key, "a chunk's keys are at least its separator");
             assert_eq!(sep.head, head_after(&sep.key, t.prefix.len()));
-            for s in chunk {
+            assert!(chunk.skip >= t.prefix.len() && chunk.skip <= MAX_PREFIX, "chunk prefix {}", chunk.skip);
+            let chunk_prefix = chunk[0].rec.key.as_bytes().map(|b| b[..chunk.skip].to_vec());
+            if let Some(p) = &chunk_prefix {
+                assert_eq!(&chunk.prefix[..chunk.skip], &p[..], "the inline prefix is the keys'");
+            }
+            for s in chunk.iter() {
                 assert!(prev.is_none_or(|p| *p < s.rec.key), "strictly increasing");
-                assert_eq!(s.head, head_after(&s.rec.key, t.prefix.len()), "head after the prefix");
+                assert_eq!(s.head, head_after(&s.rec.key, chunk.skip), "head after the chunk's prefix");
                 if let Some(b) = s.rec.key.as_bytes() {
                     assert!(b.starts_with(&t.prefix), "every key has the prefix");
+                    assert!(
+                        b.starts_with(chunk_prefix.as_deref().unwrap()),
+                        "every key of a chunk has its prefix"
+                    );
                 }
                 prev = Some(&s.rec.key);
                 n += 1;
@@ -770,11 +909,20 @@ mod tests {
             t.put(rec(format!("key:{k:012}").into_bytes(), 0), |_, _| false);
         }
         assert_eq!(t.prefix, b"key:000000000", "heads come from the distinct bytes");
-        let heads: std::collections::BTreeSet<u64> = t.iter().map(|s| s.head).collect();
-        assert_eq!(heads.len(), 1_000, "every head differs");
+        for chunk in t.index.values() {
+            let heads: std::collections::BTreeSet<u64> = chunk.iter().map(|s| s.head).collect();
+            assert_eq!(heads.len(), chunk.len(), "every head of a chunk differs");
+        }
         t.put(rec(b"other".to_vec(), 0), |_, _| false);
         assert!(t.prefix.is_empty());
         check_shape(&t);
+        // The chunks of `key:…` keep their own prefix: within each, heads still differ. (The
+        // chunk `other` joined has the prefix it shares with `key:…` until it splits.)
+        for chunk in t.index.values().filter(|c| c.iter().all(|s| s.rec.key.starts_with(b"key:"))) {
+            let heads: std::collections::BTreeSet<u64> = chunk.iter().map(|s| s.head).collect();
+            assert_eq!(heads.len(), chunk.len(), "distinct heads within a chunk");
+            assert!(chunk.skip >= 9, "a chunk of key:… keys skips `key:00000`: {}", chunk.skip);
+        }
         assert_eq!(t.get(&b"key:000000000999"[..]).map(|s| s.rec.key.len()), Some(16));
         assert!(t.get(&b"key:0000000009999"[..]).is_none());
         assert!(t.get(&b"k"[..]).is_none());
