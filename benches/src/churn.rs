@@ -99,39 +99,36 @@ pub fn churn(
     let probe = c.client(0);
     let collects = grace < Duration::from_secs(60);
     let label = if collects { format!("grace {} s", grace.as_secs()) } else { "never collected".into() };
-    println!("| {label} | start | {} | {} |", info(&probe, "tombstones")?, memory(&probe)?);
+    // One table row: the moment, server 0's tombstones and the memory.
+    let row = |moment: &str| -> anyhow::Result<()> {
+        println!("| {label} | {moment} | {} | {} |", info(&probe, "tombstones")?, memory(&probe)?);
+        Ok(())
+    };
+    row("start")?;
     let value = [b'v'; 100];
     for round in 1..=usize::from(args.rounds) {
         on_every_actor(&addrs, round, args.keys, |k| resp(&[b"SET", k, &value]))?;
-        println!(
-            "| {label} | round {round}: inserted | {} | {} |",
-            info(&probe, "tombstones")?,
-            memory(&probe)?
-        );
+        row(&format!("round {round}: inserted"))?;
         on_every_actor(&addrs, round, args.keys, |k| resp(&[b"DEL", k]))?;
         // Every server has every delete before the next round.
-        let t0 = Instant::now();
-        while (0..2).any(|i| info(&c.client(i), "keys").map_or(true, |k| k > 0)) {
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "deletes did not spread");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        println!(
-            "| {label} | round {round}: deleted | {} | {} |",
-            info(&probe, "tombstones")?,
-            memory(&probe)?
-        );
+        until_zero(&c, "keys", Duration::from_secs(60), "deletes did not spread")?;
+        row(&format!("round {round}: deleted"))?;
         if collects {
-            let t0 = Instant::now();
-            while (0..2).any(|i| info(&c.client(i), "tombstones").map_or(true, |t| t > 0)) {
-                anyhow::ensure!(t0.elapsed() < Duration::from_secs(120), "tombstones were not collected");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            println!(
-                "| {label} | round {round}: collected after {:.1} s | 0 | {} |",
-                t0.elapsed().as_secs_f64(),
-                memory(&probe)?
-            );
+            let waited =
+                until_zero(&c, "tombstones", Duration::from_secs(120), "tombstones were not collected")?;
+            row(&format!("round {round}: collected after {:.1} s", waited.as_secs_f64()))?;
         }
     }
     Ok(())
+}
+
+/// Waits until `field` of `INFO` is 0 on both servers of `c`; returns how long that took, or
+/// fails with `why` after `within`.
+fn until_zero(c: &Cluster, field: &str, within: Duration, why: &str) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    while (0..2).any(|i| info(&c.client(i), field).map_or(true, |n| n > 0)) {
+        anyhow::ensure!(t0.elapsed() < within, "{why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(t0.elapsed())
 }

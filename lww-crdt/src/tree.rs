@@ -206,10 +206,11 @@ impl<K: Key, V> Chunk<K, V> {
         }
     }
 
-    /// Inserts `slot` at `at` (its head for this chunk's prefix if `fits`, else the prefix
-    /// shrinks to what the new key shares and every head is computed anew).
-    fn insert_slot(&mut self, at: usize, slot: Slot<K, V>, fits: bool) {
-        insert_at(&mut self.slots, at, slot);
+    /// Inserts `rec` at `at`: with its head for this chunk's prefix if its key has it, else
+    /// the prefix shrinks to what the new key shares and every head is computed anew.
+    fn insert_rec(&mut self, at: usize, rec: Arc<Record<K, V>>) {
+        let fits = self.fits(&rec.key);
+        insert_at(&mut self.slots, at, Slot::at(rec, self.skip));
         if !fits {
             let skip = self.skip;
             let slots = std::mem::take(&mut self.slots);
@@ -236,11 +237,15 @@ impl<K: Key, V> Chunk<K, V> {
     }
 }
 
-/// The longest prefix (at most [`MAX_PREFIX`]) every key of sorted, non-empty `slots` shares:
-/// that of the first and the last.
+/// The longest prefix (at most [`MAX_PREFIX`]) every key of sorted, non-empty `slots` shares.
 fn shared_prefix<K: Key, V>(slots: &[Slot<K, V>]) -> usize {
-    match (slots.first().and_then(|s| s.rec.key.as_bytes()), slots.last().and_then(|s| s.rec.key.as_bytes()))
-    {
+    span_prefix(&slots[0].rec.key, &slots[slots.len() - 1].rec.key)
+}
+
+/// The longest prefix (at most [`MAX_PREFIX`]) every key from `first` to `last` (sorted)
+/// shares: theirs, 0 for keys that are not byte strings.
+fn span_prefix<K: Key>(first: &K, last: &K) -> usize {
+    match (first.as_bytes(), last.as_bytes()) {
         (Some(a), Some(b)) => common_prefix(a, b).min(MAX_PREFIX),
         _ => 0,
     }
@@ -345,20 +350,18 @@ impl<K: Key + Clone, V> Tree<K, V> {
     pub(crate) fn from_sorted(recs: Vec<Arc<Record<K, V>>>) -> Self {
         let len = recs.len();
         // Sorted: the first and the last key share what every key shares.
-        let prefix =
-            match (recs.first().and_then(|r| r.key.as_bytes()), recs.last().and_then(|r| r.key.as_bytes())) {
-                (Some(a), Some(b)) => a[..common_prefix(a, b).min(MAX_PREFIX)].to_vec(),
-                _ => Vec::new(),
-            };
+        let prefix = match (recs.first(), recs.last()) {
+            (Some(a), Some(b)) => {
+                a.key.as_bytes().map_or_else(Vec::new, |k| k[..span_prefix(&a.key, &b.key)].to_vec())
+            }
+            _ => Vec::new(),
+        };
         let skip = prefix.len();
         let mut chunks = Vec::with_capacity(len.div_ceil(FILL));
         let mut recs = recs.into_iter().peekable();
         while recs.peek().is_some() {
             let run: Vec<Arc<Record<K, V>>> = recs.by_ref().take(FILL).collect();
-            let chunk_skip = match (run[0].key.as_bytes(), run[run.len() - 1].key.as_bytes()) {
-                (Some(a), Some(b)) => common_prefix(a, b).min(MAX_PREFIX),
-                _ => 0,
-            };
+            let chunk_skip = span_prefix(&run[0].key, &run[run.len() - 1].key);
             let slots: Vec<Slot<K, V>> = run.into_iter().map(|r| Slot::at(r, chunk_skip)).collect();
             let chunk = Chunk::with_skip(slots, chunk_skip);
             chunks.push((sep_of(&chunk[0], skip), chunk));
@@ -440,9 +443,7 @@ impl<K: Key + Clone, V> Tree<K, V> {
             // Below every key: the first slot of the first chunk, which takes a new separator
             // (separators never exceed their chunk's keys, or the index would misorder chunks).
             let (_, mut chunk) = self.index.pop_first().expect("not empty");
-            let fits = chunk.fits(&rec.key);
-            let slot = Slot::at(rec, chunk.skip);
-            chunk.insert_slot(0, slot, fits);
+            chunk.insert_rec(0, rec);
             self.len += 1;
             if let Some(upper) = chunk.split() {
                 self.index.insert(sep_of(&upper[0], skip), upper);
@@ -466,9 +467,7 @@ impl<K: Key + Clone, V> Tree<K, V> {
             }
             Err(i) => i,
         };
-        let fits = chunk.fits(&rec.key);
-        let slot = Slot::at(rec, chunk.skip);
-        chunk.insert_slot(at, slot, fits);
+        chunk.insert_rec(at, rec);
         self.len += 1;
         if let Some(upper) = chunk.split() {
             self.index.insert(sep_of(&upper[0], skip), upper);

@@ -91,10 +91,9 @@ impl Node {
             (None, Some(id)) => id.clone(),
             (None, None) => format!("{:012x}", random_u64() >> 16),
         };
-        let node_num =
-            u64::from_str_radix(&node, 16).ok().filter(|n| node.len() == 12 && *n < 1 << 48).ok_or_else(
-                || StartError::Config(format!("the data directory names node {node:?}, not 12 hex digits")),
-            )?;
+        let node_num = node_number(&node).ok_or_else(|| {
+            StartError::Config(format!("the data directory names node {node:?}, not 12 hex digits"))
+        })?;
         let (recovered, newest): (BytesMap, Timestamp) = match &mut data {
             Some(d) => (std::mem::take(&mut d.recovered.map), d.recovered.newest),
             None => (BytesMap::new(), Timestamp::ZERO),
@@ -567,9 +566,7 @@ fn resolve_host(host: &str) -> Result<IpAddr, StartError> {
 /// directory without the CA key. Returns the node id.
 pub fn issue_cert(cluster_dir: &Path, out: &Path, node: Option<&str>) -> Result<String, StartError> {
     let id = match node {
-        Some(id) if id.len() == 12 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
-            id.to_owned()
-        }
+        Some(id) if node_number(id).is_some() => id.to_owned(),
         Some(id) => {
             return Err(StartError::Config(format!("--node {id:?}: a node id is 12 lowercase hex digits")));
         }
@@ -583,4 +580,12 @@ pub fn issue_cert(cluster_dir: &Path, out: &Path, node: Option<&str>) -> Result<
     })?;
     cluster.issue_node_files(&id, out).map_err(|e| StartError::Cluster(e.to_string()))?;
     Ok(id)
+}
+
+/// The number of a node id: 12 lowercase hex digits (48 bits, the replica ids' node part).
+fn node_number(id: &str) -> Option<u64> {
+    if id.len() != 12 || net_quic::validate_node_id(id).is_err() {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
 }

@@ -160,8 +160,7 @@ impl Gateway {
             self.members.remove(&peer);
         }
         for piece in held {
-            let piece = self.admit(&peer, &piece, now).into_owned();
-            self.on_remote(&piece, now);
+            self.merge_from(&peer, &piece, now);
         }
         if self.fill.uses(conn) {
             self.fill.interrupted();

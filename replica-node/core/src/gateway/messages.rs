@@ -68,6 +68,13 @@ impl Gateway {
         stats
     }
 
+    /// Merges the entries of `delta` from `peer` that [`Gateway::admit`] lets in (every remote
+    /// path: deltas, snapshot chunks, repair).
+    pub(super) fn merge_from(&mut self, peer: &str, delta: &BytesMap, now: Now) -> MergeStats {
+        let admitted = self.admit(peer, delta, now);
+        self.on_remote(&admitted, now)
+    }
+
     /// The entries of `delta` from `peer` that are not stamped more than the bound ahead of
     /// this node's clock (its wall clock, moved up as its peers' clocks say): entries from
     /// the future are refused, counted and reported (design 4.9), so a peer with a clock far
@@ -153,8 +160,7 @@ impl Gateway {
             | PeerMsg::SnapshotChunk { entries, .. }
             | PeerMsg::RepairEntries { entries, .. } = &msg
             {
-                let entries = self.admit(&peer, entries, now).into_owned();
-                self.on_remote(&entries, now);
+                self.merge_from(&peer, entries, now);
             }
             return;
         }
@@ -168,8 +174,7 @@ impl Gateway {
                 // All pieces of a flush are merged in this one call, so the actors get them in
                 // one fan-out.
                 for piece in m.deltas.on_piece(seq, more, entries, now.mono_ms) {
-                    let piece = self.admit(&peer, &piece, now).into_owned();
-                    self.on_remote(&piece, now);
+                    self.merge_from(&peer, &piece, now);
                 }
             }
             PeerMsg::Ack { ack, root } => {
@@ -258,8 +263,7 @@ impl Gateway {
             }
             PeerMsg::RepairEntries { round, entries, last } => {
                 self.stats.repair_entries_received += entries.entry_count() as u64;
-                let entries = self.admit(&peer, &entries, now).into_owned();
-                self.on_remote(&entries, now);
+                self.merge_from(&peer, &entries, now);
                 if let Some(m) = self.members.get_mut(&peer)
                     && let Some(l) = m.phase.live_mut()
                 {
@@ -372,8 +376,7 @@ impl Gateway {
         if !self.fill.is_current(conn, id) {
             // A chunk of a transfer given up on, or on a connection being replaced: still good
             // data.
-            let entries = self.admit(&peer, &piece.entries, now).into_owned();
-            self.on_remote(&entries, now);
+            self.merge_from(&peer, &piece.entries, now);
             return;
         }
         let n = piece.entry_count() as u64;
